@@ -1,0 +1,41 @@
+# Every target bootstraps .venv from nothing but python3 (idempotent: re-installs only when
+# pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DB ?= ./flytecache.db
+
+.PHONY: serve test bench bench-quick lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,postgres]'
+	@touch $@ $(VENV)/.installed-base
+
+serve: $(VENV)/.installed-base
+	$(BIN)/flytecache db upgrade --db $(DB)
+	$(BIN)/flytecache db current --db $(DB)
+
+test: $(VENV)/.installed-test
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run --quick
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check flytecache tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

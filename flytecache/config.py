@@ -1,0 +1,156 @@
+"""Settings: frozen, validated dataclasses from code, CLI flags or ``FLYTECACHE_*`` variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from flytecache.errors import InvalidArgumentError
+
+__all__ = ["StoreSettings", "parse_duration", "parse_size"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {
+    "us": timedelta(microseconds=1),
+    "ms": timedelta(milliseconds=1),
+    "s": timedelta(seconds=1),
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_duration(text: str | float | timedelta, *, name: str = "duration") -> timedelta:
+    """Parse ``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``250ms`` or a bare number of seconds."""
+    if isinstance(text, timedelta):
+        return text
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return timedelta(seconds=text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise InvalidArgumentError(
+            f"{name}: {text!r} is not a duration (examples: 90s, 15m, 12h, 30d, 2w)", field=name
+        )
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit or "s"]
+
+
+def parse_size(text: str | int, *, name: str = "size") -> int:
+    """Parse a byte size: ``16MiB``, ``512k``, ``1048576``."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise InvalidArgumentError(f"{name}: {text!r} is not a size (examples: 16MiB, 512k)")
+    number, unit = match.groups()
+    return int(number) * _SIZE_UNITS[(unit or "b")[0].lower()]
+
+
+def _env_bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise InvalidArgumentError(f"{name}: {value!r} is not a boolean (use true/false)")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """How a :class:`~flytecache.CacheStore` behaves; every value is checked at construction.
+
+    Defaults are Flyte's (``max_heartbeat`` 10 s, ``grace_multiplier`` 3) and SQLite's safe
+    multi-process settings (WAL, ``synchronous=NORMAL``, a 5 s busy timeout).
+    """
+
+    max_heartbeat: timedelta = timedelta(seconds=10)
+    """Upper bound (and default) of a reservation's heartbeat interval."""
+    grace_multiplier: float = 3
+    """A lease expires ``heartbeat × grace_multiplier`` after its last extension."""
+    busy_timeout: timedelta = timedelta(seconds=5)
+    """How long an operation waits for the database write lock before ``StorageBusyError``."""
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    """SQLite durability: NORMAL survives process crashes, FULL also power loss (slower)."""
+    allow_network_filesystem: bool = False
+    """Open SQLite files on NFS/SMB/network FUSE anyway (WAL locking is unsafe there)."""
+    pool_size: int = 5
+    """Connections kept open per process (PostgreSQL; SQLite keeps one per thread in use)."""
+    max_overflow: int = 10
+    """Extra connections a busy process may open beyond ``pool_size`` (PostgreSQL)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_heartbeat", "busy_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, timedelta):
+                raise InvalidArgumentError(f"{name} must be a timedelta, got {value!r}")
+            if value <= timedelta(0):
+                raise InvalidArgumentError(f"{name} must be positive, got {value}")
+        if isinstance(self.grace_multiplier, bool) or not isinstance(
+            self.grace_multiplier, int | float
+        ):
+            raise InvalidArgumentError(
+                f"grace_multiplier must be a number, got {self.grace_multiplier!r}"
+            )
+        if not 0 < self.grace_multiplier <= 1000:
+            raise InvalidArgumentError(
+                f"grace_multiplier must be in (0, 1000], got {self.grace_multiplier}"
+            )
+        if self.synchronous not in ("NORMAL", "FULL"):
+            raise InvalidArgumentError(
+                f"synchronous must be 'NORMAL' or 'FULL', got {self.synchronous!r}"
+            )
+        if not isinstance(self.allow_network_filesystem, bool):
+            raise InvalidArgumentError("allow_network_filesystem must be a bool")
+        for name in ("pool_size", "max_overflow"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.pool_size < 1:
+            raise InvalidArgumentError(f"pool_size must be at least 1, got {self.pool_size}")
+
+    def replace(self, **changes: Any) -> StoreSettings:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> StoreSettings:
+        """Build settings from ``FLYTECACHE_*`` variables; explicit ``overrides`` win.
+
+        Variables: ``FLYTECACHE_MAX_HEARTBEAT``, ``FLYTECACHE_GRACE_MULTIPLIER``,
+        ``FLYTECACHE_BUSY_TIMEOUT``, ``FLYTECACHE_SYNCHRONOUS``,
+        ``FLYTECACHE_ALLOW_NETWORK_FILESYSTEM``, ``FLYTECACHE_POOL_SIZE``,
+        ``FLYTECACHE_MAX_OVERFLOW``.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            var = "FLYTECACHE_" + field.name.upper()
+            if var not in env:
+                continue
+            raw = env[var]
+            if field.name in ("max_heartbeat", "busy_timeout"):
+                values[field.name] = parse_duration(raw, name=var)
+            elif field.name == "grace_multiplier":
+                try:
+                    values[field.name] = float(raw)
+                except ValueError:
+                    raise InvalidArgumentError(f"{var}: {raw!r} is not a number") from None
+            elif field.name == "synchronous":
+                values[field.name] = raw.strip().upper()
+            elif field.name == "allow_network_filesystem":
+                values[field.name] = _env_bool(raw, var)
+            else:
+                try:
+                    values[field.name] = int(raw)
+                except ValueError:
+                    raise InvalidArgumentError(f"{var}: {raw!r} is not an integer") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

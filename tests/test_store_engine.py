@@ -1,0 +1,115 @@
+"""The engine: PRAGMAs, BEGIN IMMEDIATE, busy handling, fork safety."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import timedelta
+
+import pytest
+from flyteidl2.cacheservice import cacheservice_pb2 as cs
+
+from flytecache import CacheStore, StoreSettings
+from flytecache.errors import StorageBusyError
+
+
+def test_pragmas_on_every_connection(db_path: str) -> None:
+    settings = StoreSettings(synchronous="FULL", busy_timeout=timedelta(seconds=2))
+    with CacheStore.open(db_path, settings=settings) as store:
+        conn = store._pool.acquire()
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2000
+        finally:
+            store._pool.release(conn)
+    with CacheStore.open(db_path) as store:
+        conn = store._pool.acquire()
+        try:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        finally:
+            store._pool.release(conn)
+
+
+def test_reservation_runs_inside_begin_immediate(store: CacheStore) -> None:
+    statements: list[str] = []
+    conn = store._pool.acquire()
+    conn.set_trace_callback(statements.append)
+    store._pool.release(conn)  # LIFO: the next operation on this thread uses it
+    store.get_or_extend_reservation("k", "owner")
+    conn.set_trace_callback(None)
+    assert statements[0] == "BEGIN IMMEDIATE"
+    assert statements[1].startswith("INSERT INTO reservations")
+    assert "ON CONFLICT" in statements[1] and "RETURNING" in statements[1]
+    assert statements[-1] == "COMMIT"
+
+
+def test_put_runs_inside_begin_immediate(store: CacheStore) -> None:
+    statements: list[str] = []
+    conn = store._pool.acquire()
+    conn.set_trace_callback(statements.append)
+    store._pool.release(conn)
+    store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+    conn.set_trace_callback(None)
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+
+
+def test_lock_held_past_busy_timeout_raises_storage_busy(db_path: str) -> None:
+    settings = StoreSettings(busy_timeout=timedelta(milliseconds=200))
+    with CacheStore.open(db_path, settings=settings) as store:
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StorageBusyError) as info:
+                store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+            assert info.value.code == "UNAVAILABLE"
+            assert "retry" in str(info.value)
+            with pytest.raises(StorageBusyError):
+                store.get_or_extend_reservation("k", "o")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        # Nothing was half-written, and the store works again once the lock is gone.
+        assert store.engine.dialect.name == "sqlite"
+        store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+        assert store.get("k").output_uri == "s3://b/k"
+
+
+def test_reads_do_not_wait_for_a_writer(db_path: str) -> None:
+    settings = StoreSettings(busy_timeout=timedelta(milliseconds=200))
+    with CacheStore.open(db_path, settings=settings) as store:
+        store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            assert store.get("k").output_uri == "s3://b/k"  # WAL: readers never block
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+
+def test_forked_child_never_reuses_parent_connections(db_path: str) -> None:
+    with CacheStore.open(db_path) as store:
+        store.put("parent", cs.CachedOutput(output_uri="s3://b/p"))
+        parent_conn = store._pool._idle[-1]
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            status = 1
+            try:
+                fresh = store._pool.acquire()
+                ok = fresh is not parent_conn
+                store._pool.release(fresh)
+                store.put("child", cs.CachedOutput(output_uri="s3://b/c"))
+                status = 0 if ok and store.get("parent").output_uri == "s3://b/p" else 2
+            finally:
+                os.write(write_end, bytes([status]))
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(read_end, 1) == b"\x00"
+        os.close(read_end)
+        os.close(write_end)
+        # The parent's connection still works after the child exited.
+        assert store.get("child").output_uri == "s3://b/c"
+        assert store._pool._idle[-1] is parent_conn
