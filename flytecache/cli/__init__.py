@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from flytecache.cli import db
+from . import db, entries, maintenance, reservations, serve, transfer
 
 app = typer.Typer(
     name="flytecache",
@@ -19,6 +19,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(entries.app, name="entries")
+app.add_typer(reservations.app, name="reservations")
+serve.register(app)  # flytecache serve
+transfer.register(app)  # flytecache export / import
+maintenance.register(app)  # flytecache stats / vacuum / checkpoint
 
 
 def main() -> None:

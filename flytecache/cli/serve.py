@@ -1,0 +1,9 @@
+"""Top-level ``flytecache`` commands (serve)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the top-level app."""
