@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AlreadyExistsError",
+    "DeadlineExceededError",
     "FlyteCacheError",
     "InvalidArgumentError",
     "NotFoundError",
@@ -94,3 +95,9 @@ class StorageError(FlyteCacheError):
     """Any other storage failure (corrupt file, unexpected driver error)."""
 
     code = "INTERNAL"
+
+
+class DeadlineExceededError(FlyteCacheError, TimeoutError):
+    """Waiting (for another owner's result or lease) took longer than the caller allowed."""
+
+    code = "DEADLINE_EXCEEDED"

@@ -18,6 +18,7 @@ class Scope(NamedTuple):
     project: str = ""
     domain: str = ""
 
+
 RESERVATION_PREFIX = "reservation:"
 
 
