@@ -153,9 +153,9 @@ def bench_reserve(directory: str, n: int, processes: int = 4, keys: int = 10) ->
     return result
 
 
-def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
+def run(quick: bool = False, repeats: int | None = None, n: int | None = None) -> dict[str, Any]:
     """Run every comparison ``repeats`` times and keep the medians."""
-    n = 2000 if quick else 20000
+    n = n or (2000 if quick else 20000)
     repeats = repeats or (3 if quick else 5)
     samples: dict[str, list[dict[str, float]]] = {"put": [], "get": [], "reserve_4p_10keys": []}
     for _ in range(repeats):
