@@ -14,9 +14,17 @@ from flytecache.store import migrate
 from flytecache.store.engine import create_store_engine, normalize_url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, db_path: str) -> str:
+    """An empty database on each backend."""
+    if request.param == "sqlite":
+        return db_path
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def engine(db_path: str):
-    engine = create_store_engine(normalize_url(db_path), StoreSettings())
+def engine(empty_url: str):
+    engine = create_store_engine(normalize_url(empty_url), StoreSettings())
     yield engine
     engine.dispose()
 
@@ -50,15 +58,15 @@ def test_models_match_migrations(engine: sa.Engine) -> None:
     assert migrate.check_models_match(engine) == []
 
 
-def test_upgrade_keeps_data_and_is_idempotent(db_path: str) -> None:
-    with CacheStore.open(db_path) as store:
+def test_upgrade_keeps_data_and_is_idempotent(empty_url: str) -> None:
+    with CacheStore.open(empty_url) as store:
         store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
-    engine = create_store_engine(normalize_url(db_path), StoreSettings())
+    engine = create_store_engine(normalize_url(empty_url), StoreSettings())
     try:
         migrate.upgrade(engine)  # already at head: nothing happens
     finally:
         engine.dispose()
-    with CacheStore.open(db_path, migrate=False) as store:
+    with CacheStore.open(empty_url, migrate=False) as store:
         assert store.get("k").output_uri == "s3://b/k"
 
 
@@ -76,3 +84,16 @@ def test_old_database_without_migrate_is_refused(db_path: str) -> None:
     sqlite3.connect(db_path).close()
     with pytest.raises(SchemaError, match="flytecache db upgrade"):
         CacheStore.open(db_path, migrate=False)
+
+
+def test_newer_database_is_refused_on_any_backend(engine: sa.Engine, empty_url: str) -> None:
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
+    with pytest.raises(SchemaError, match="9999_future"):
+        CacheStore.open(empty_url)
+
+
+def test_empty_database_without_migrate_is_refused_on_any_backend(empty_url: str) -> None:
+    with pytest.raises(SchemaError, match="flytecache db upgrade"):
+        CacheStore.open(empty_url, migrate=False)

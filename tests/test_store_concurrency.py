@@ -30,7 +30,8 @@ def _assert_no_overlap(results: list[dict]) -> int:
     return wins
 
 
-def test_leases_never_overlap_across_processes(db_path: str) -> None:
+def test_leases_never_overlap_across_processes(db_url: str) -> None:
+    db_path = db_url
     CacheStore.open(db_path).close()
     keys = [f"hot-{i}" for i in range(5)]
     with ProcessPoolExecutor(8, mp_context=CTX) as pool:
@@ -43,7 +44,8 @@ def test_leases_never_overlap_across_processes(db_path: str) -> None:
     assert wins > 100  # the race really happened
 
 
-def test_puts_from_many_processes_are_all_readable(db_path: str) -> None:
+def test_puts_from_many_processes_are_all_readable(db_url: str) -> None:
+    db_path = db_url
     CacheStore.open(db_path).close()
     with ProcessPoolExecutor(8, mp_context=CTX) as pool:
         busy = list(
@@ -57,6 +59,16 @@ def test_puts_from_many_processes_are_all_readable(db_path: str) -> None:
                 assert out.output_literals.literals["o"].scalar.primitive.string_value == (
                     f"p{n}-{i}"
                 )
+
+
+def test_many_processes_open_a_brand_new_postgres_database_at_once(pg_url: str) -> None:
+    with CTX.Manager() as manager:
+        barrier = manager.Barrier(8)
+        with ProcessPoolExecutor(8, mp_context=CTX) as pool:
+            results = list(pool.map(_workers.open_worker, [pg_url] * 8, [barrier] * 8))
+    assert results == ["ok"] * 8
+    with CacheStore.open(pg_url, migrate=False) as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("select count(*) from alembic_version").scalar() == 1
 
 
 def test_many_processes_open_a_brand_new_file_at_once(tmp_path) -> None:

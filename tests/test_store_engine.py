@@ -32,7 +32,8 @@ def test_pragmas_on_every_connection(db_path: str) -> None:
             store._pool.release(conn)
 
 
-def test_reservation_runs_inside_begin_immediate(store: CacheStore) -> None:
+def test_reservation_runs_inside_begin_immediate(sqlite_store: CacheStore) -> None:
+    store = sqlite_store
     statements: list[str] = []
     conn = store._pool.acquire()
     conn.set_trace_callback(statements.append)
@@ -45,7 +46,8 @@ def test_reservation_runs_inside_begin_immediate(store: CacheStore) -> None:
     assert statements[-1] == "COMMIT"
 
 
-def test_put_runs_inside_begin_immediate(store: CacheStore) -> None:
+def test_put_runs_inside_begin_immediate(sqlite_store: CacheStore) -> None:
+    store = sqlite_store
     statements: list[str] = []
     conn = store._pool.acquire()
     conn.set_trace_callback(statements.append)

@@ -81,14 +81,17 @@ def check_error(error: BaseException, code: str) -> None:
     assert error.code == code
 
 
-def query(db_path: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the database file directly, bypassing the store."""
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        return conn.execute(sql, params).fetchall()
+def query(target: str | CacheStore, sql: str) -> list[tuple[Any, ...]]:
+    """Read the database directly, bypassing the store (a SQLite path, or a store's engine)."""
+    if isinstance(target, CacheStore):
+        with target.engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql).fetchall()]
+    with contextlib.closing(sqlite3.connect(target)) as conn:
+        return conn.execute(sql).fetchall()
 
 
-def lease_rows(db_path: str) -> list[tuple[Any, ...]]:
-    return query(db_path, "SELECT * FROM reservations ORDER BY key")
+def lease_rows(target: str | CacheStore) -> list[tuple[Any, ...]]:
+    return query(target, "SELECT * FROM reservations ORDER BY key")
 
 
 def lease(key: str, owner: str, hb: timedelta, expires: datetime) -> cs.Reservation:
@@ -249,14 +252,14 @@ def test_store_applies_no_age_limit_on_get(store: CacheStore, clock):
     ],
 )
 def test_put_invalid_input_is_invalid_argument_naming_the_field(
-    store: CacheStore, db_path: str, key: Any, output: Any, field: str
+    store: CacheStore, key: Any, output: Any, field: str
 ):
     with pytest.raises(InvalidArgumentError) as info:
         store.put(key, output)
     check_error(info.value, "INVALID_ARGUMENT")
     assert info.value.field == field
     assert field in str(info.value)
-    assert query(db_path, "SELECT count(*) FROM entries") == [(0,)]
+    assert query(store, "SELECT count(*) FROM entries") == [(0,)]
 
 
 # -- Put: existing entries, overwrite and max_age ----------------------------------------------
@@ -292,7 +295,7 @@ def test_put_overwrite_replaces(store: CacheStore, clock):
     assert got.metadata.last_updated_at == ts(t1)
 
 
-def test_put_overwrite_uri_with_inline_and_back(store: CacheStore, db_path: str):
+def test_put_overwrite_uri_with_inline_and_back(store: CacheStore):
     store.put("k", uri_output("s3://b/o"))
     store.put("k", inline_output({"a": int_literal(1), "b": int_literal(2)}), overwrite=True)
     got = store.get("k")
@@ -306,7 +309,7 @@ def test_put_overwrite_uri_with_inline_and_back(store: CacheStore, db_path: str)
     got = store.get("k")
     assert got.WhichOneof("output") == "output_uri"
     assert got.output_uri == "s3://b/again"
-    assert query(db_path, "SELECT count(*) FROM outputs") == [(0,)]
+    assert query(store, "SELECT count(*) FROM outputs") == [(0,)]
 
 
 def test_put_overwrite_on_missing_key_creates(store: CacheStore, clock):
@@ -464,22 +467,22 @@ def test_metadata_is_the_requests_on_overwrite(store: CacheStore):
 # -- Put and reservations are independent --------------------------------------------------------
 
 
-def test_put_never_creates_a_reservation(store: CacheStore, db_path: str):
+def test_put_never_creates_a_reservation(store: CacheStore):
     store.put("k", uri_output("s3://b/o"))
     store.put("k", uri_output("s3://b/o2"), overwrite=True)
-    assert lease_rows(db_path) == []
+    assert lease_rows(store) == []
     _, outcome = store.reserve("k", "b")
     assert outcome is ReservationOutcome.ACQUIRED
 
 
-def test_put_never_releases_or_checks_a_reservation(store: CacheStore, db_path: str, clock):
+def test_put_never_releases_or_checks_a_reservation(store: CacheStore, clock):
     held, _ = store.reserve("k", "owner-a")
-    before = lease_rows(db_path)
+    before = lease_rows(store)
     # Someone who does not hold the lease may still put, and the lease survives.
     store.put("k", uri_output("s3://b/o"))
     store.put("k", uri_output("s3://b/o2"), overwrite=True)
     store.delete("k")
-    assert lease_rows(db_path) == before
+    assert lease_rows(store) == before
     got, outcome = store.reserve("k", "owner-b")
     assert outcome is ReservationOutcome.HELD_BY_OTHER
     assert got == held
@@ -488,14 +491,14 @@ def test_put_never_releases_or_checks_a_reservation(store: CacheStore, db_path: 
 # -- Delete -------------------------------------------------------------------------------------
 
 
-def test_delete_removes_entry_and_outputs(store: CacheStore, db_path: str):
+def test_delete_removes_entry_and_outputs(store: CacheStore):
     store.put("k", inline_output({"a": int_literal(1), "b": int_literal(2)}))
     store.put("other", inline_output({"a": int_literal(3)}))
-    assert query(db_path, "SELECT count(*) FROM outputs") == [(3,)]
+    assert query(store, "SELECT count(*) FROM outputs") == [(3,)]
     store.delete("k")
     with pytest.raises(NotFoundError, match=re.escape('cache entry "k" not found')):
         store.get("k")
-    assert query(db_path, "SELECT count(*) FROM outputs") == [(1,)]
+    assert query(store, "SELECT count(*) FROM outputs") == [(1,)]
     assert dict(store.get("other").output_literals.literals) == {"a": int_literal(3)}
 
 
@@ -564,13 +567,13 @@ def test_opaque_keys_work_for_reservations(store: CacheStore, key: str):
     "method", ["reserve", "get_or_extend_reservation", "release", "release_reservation"]
 )
 def test_reservation_empty_key_or_owner_is_invalid_argument(
-    store: CacheStore, db_path: str, method: str, key: str, owner: str, field: str
+    store: CacheStore, method: str, key: str, owner: str, field: str
 ):
     with pytest.raises(InvalidArgumentError) as info:
         getattr(store, method)(key, owner)
     check_error(info.value, "INVALID_ARGUMENT")
     assert info.value.field == field
-    assert lease_rows(db_path) == []
+    assert lease_rows(store) == []
 
 
 @pytest.mark.parametrize(
@@ -611,20 +614,20 @@ def test_heartbeat_clamp_and_expiry(
     ],
 )
 def test_heartbeat_with_custom_settings(
-    db_path: str, clock, requested: timedelta | None, effective: timedelta
+    db_url: str, clock, requested: timedelta | None, effective: timedelta
 ):
     settings = StoreSettings(
         max_heartbeat=timedelta(seconds=2, microseconds=2), grace_multiplier=2.5
     )
-    with CacheStore.open(db_path, settings=settings, clock=clock) as custom:
+    with CacheStore.open(db_url, settings=settings, clock=clock) as custom:
         got = custom.get_or_extend_reservation("k", "owner", requested)
     # Multiples chosen so hb × 2.5 is a whole number of microseconds (no rounding question).
     assert got == lease("k", "owner", effective, clock.now + effective * 5 / 2)
 
 
-def test_grace_multiplier_one(db_path: str, clock):
+def test_grace_multiplier_one(db_url: str, clock):
     settings = StoreSettings(max_heartbeat=timedelta(minutes=1), grace_multiplier=1)
-    with CacheStore.open(db_path, settings=settings, clock=clock) as custom:
+    with CacheStore.open(db_url, settings=settings, clock=clock) as custom:
         got = custom.get_or_extend_reservation("k", "owner", timedelta(seconds=7, microseconds=1))
         hb = timedelta(seconds=7, microseconds=1)
         assert got == lease("k", "owner", hb, clock.now + hb)
@@ -643,12 +646,12 @@ def test_heartbeat_must_be_a_timedelta(store: CacheStore):
 # -- Reservations: the decision table ------------------------------------------------------------
 
 
-def test_no_lease_creates_one(store: CacheStore, db_path: str, clock):
+def test_no_lease_creates_one(store: CacheStore, clock):
     hb = timedelta(seconds=1)
     got, outcome = store.reserve("k", "owner-a", hb)
     assert outcome is ReservationOutcome.ACQUIRED
     assert got == lease("k", "owner-a", hb, clock.now + hb * GRACE)
-    assert [row[:2] for row in lease_rows(db_path)] == [("k", "owner-a")]
+    assert [row[:2] for row in lease_rows(store)] == [("k", "owner-a")]
 
 
 def test_get_or_extend_reservation_returns_the_reservation_only(store: CacheStore, clock):
@@ -698,10 +701,10 @@ def test_others_expired_lease_is_taken_over(store: CacheStore, clock, late: time
     assert store.reserve("k", "owner-c")[0] == got
 
 
-def test_others_live_lease_is_returned_unchanged(store: CacheStore, db_path: str, clock):
+def test_others_live_lease_is_returned_unchanged(store: CacheStore, clock):
     hb = timedelta(seconds=1, microseconds=5)
     held, _ = store.reserve("k", "owner-a", hb)
-    before = lease_rows(db_path)
+    before = lease_rows(store)
     clock.advance(hb * GRACE - US)  # expires_at == now + 1µs: still live
     got, outcome = store.reserve("k", "owner-b", timedelta(seconds=7))
     assert outcome is ReservationOutcome.HELD_BY_OTHER
@@ -711,7 +714,7 @@ def test_others_live_lease_is_returned_unchanged(store: CacheStore, db_path: str
     assert got.heartbeat_interval == dur(hb)
     assert got.key == "k"
     assert store.get_or_extend_reservation("k", "owner-b") == held
-    assert lease_rows(db_path) == before
+    assert lease_rows(store) == before
 
 
 def test_others_lease_becomes_takeable_exactly_at_expiry(store: CacheStore, clock):
@@ -748,25 +751,25 @@ def test_reservation_owner_ids_are_compared_exactly(store: CacheStore):
 # -- Release ------------------------------------------------------------------------------------
 
 
-def test_release_by_non_owner_is_a_no_op(store: CacheStore, db_path: str):
+def test_release_by_non_owner_is_a_no_op(store: CacheStore):
     held, _ = store.reserve("k", "owner-a")
-    before = lease_rows(db_path)
+    before = lease_rows(store)
     assert store.release("k", "owner-b") is False
     assert store.release_reservation("k", "owner-b") is None
-    assert lease_rows(db_path) == before
+    assert lease_rows(store) == before
     assert store.reserve("k", "owner-c") == (held, ReservationOutcome.HELD_BY_OTHER)
 
 
-def test_release_missing_is_a_no_op(store: CacheStore, db_path: str):
+def test_release_missing_is_a_no_op(store: CacheStore):
     assert store.release("k", "owner-a") is False
     assert store.release_reservation("k", "owner-a") is None
-    assert lease_rows(db_path) == []
+    assert lease_rows(store) == []
 
 
-def test_release_by_owner_frees_the_lease(store: CacheStore, db_path: str, clock):
+def test_release_by_owner_frees_the_lease(store: CacheStore, clock):
     store.reserve("k", "owner-a")
     assert store.release("k", "owner-a") is True
-    assert lease_rows(db_path) == []
+    assert lease_rows(store) == []
     assert store.release("k", "owner-a") is False  # already gone
     got, outcome = store.reserve("k", "owner-b", timedelta(seconds=1))
     # A fresh acquisition, not a takeover: the old lease is gone.

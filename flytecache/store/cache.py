@@ -37,8 +37,9 @@ from flytecache.store.timeutil import (
 
 __all__ = ["MAX_KEY_BYTES", "CacheStore", "ReservationOutcome"]
 
-MAX_KEY_BYTES = 4096
-"""Longest key or owner id accepted, in UTF-8 bytes (Flyte keys are ~120 bytes)."""
+MAX_KEY_BYTES = 2048
+"""Longest key or owner id accepted, in UTF-8 bytes (Flyte keys are ~130 bytes; PostgreSQL
+indexes entries up to ~2.7 KB, so the limit is the same on both backends)."""
 
 _MIN_BIGINT = -(2**63)
 _MAX_BIGINT = 2**63 - 1
@@ -212,7 +213,11 @@ class CacheStore:
         self._now_us = make_now_us(clock)
         self._clock = clock
         self._sql = _Statements(engine)
-        self._pool = HotPool(engine, keep=max(settings.pool_size, 8))
+        self._pool = HotPool(
+            engine,
+            keep=max(settings.pool_size, 8) if is_sqlite(engine) else settings.pool_size,
+            limit=settings.pool_size + settings.max_overflow,
+        )
         self._closed = False
         self._max_heartbeat_us = timedelta_to_us(settings.max_heartbeat)
         self._grace = settings.grace_multiplier

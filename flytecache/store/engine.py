@@ -115,7 +115,7 @@ def normalize_url(url_or_path: str | os.PathLike[str]) -> URL:
             )
         return url.set(database=str(Path(url.database).expanduser().absolute()))
     if backend == "postgresql":
-        if url.get_driver_name() != "psycopg":
+        if url.drivername != "postgresql+psycopg":
             # psycopg 3 is the only PostgreSQL driver tested (and the one we install).
             url = url.set(drivername="postgresql+psycopg")
         return url
@@ -267,6 +267,16 @@ def write_connection(engine: Engine) -> Iterator[sa.Connection]:
         yield conn
 
 
+def lock_for_migration(conn: sa.Connection) -> None:
+    """Serialize schema changes between processes, inside the caller's write transaction.
+
+    SQLite's BEGIN IMMEDIATE already holds the database write lock. PostgreSQL gets a
+    transaction-scoped advisory lock: released at commit/rollback, so it cannot leak from a pool.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7414221032)")
+
+
 @contextlib.contextmanager
 def read_connection(engine: Engine) -> Iterator[sa.Connection]:
     """A SQLAlchemy connection in a read-only transaction (deferred BEGIN on SQLite)."""
@@ -311,12 +321,18 @@ class HotPool:
     forked child.
     """
 
-    def __init__(self, engine: Engine, keep: int) -> None:
+    def __init__(
+        self, engine: Engine, keep: int, limit: int | None = None, wait: float = 30.0
+    ) -> None:
         self._engine = engine
         self._keep = keep
         self._idle: deque[Any] = deque()
         self._pid = os.getpid()
         self._sqlite = is_sqlite(engine)
+        # A server has a connection budget; SQLite connections are cheap and local.
+        self._limit = limit or 1
+        self._slots = None if limit is None or self._sqlite else threading.BoundedSemaphore(limit)
+        self._wait = wait
         self._lock = threading.Lock()
         self._orphans: list[Any] = []
         _HOT_POOLS.add(self)
@@ -326,14 +342,29 @@ class HotPool:
         self._orphans.extend(self._idle)
         self._idle = deque()
         self._pid = os.getpid()
+        if self._slots is not None:
+            self._slots = threading.BoundedSemaphore(self._limit)
 
     def acquire(self) -> Any:
         if self._pid != os.getpid():
             self.forget()
+        if self._slots is not None and not self._slots.acquire(timeout=self._wait):
+            raise StorageBusyError(
+                f"all {self._limit} database connections stayed busy for {self._wait:.0f}s; "
+                "raise pool_size/max_overflow or retry"
+            )
         try:
             return self._idle.pop()
         except IndexError:
             pass
+        try:
+            return self._connect()
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    def _connect(self) -> Any:
         proxy = self._engine.raw_connection()
         dbapi = proxy.driver_connection
         proxy.detach()
@@ -344,7 +375,12 @@ class HotPool:
         return dbapi
 
     def release(self, dbapi: Any, *, broken: bool = False) -> None:
-        if broken or self._pid != os.getpid() or len(self._idle) >= self._keep:
+        if self._pid != os.getpid():
+            self._orphans.append(dbapi)  # a connection from before a fork: never touch it
+            return
+        if self._slots is not None:
+            self._slots.release()
+        if broken or len(self._idle) >= self._keep:
             with contextlib.suppress(Exception):
                 dbapi.close()
             return

@@ -15,7 +15,12 @@ from sqlalchemy.engine import Engine
 
 from alembic import command
 from flytecache.errors import SchemaError
-from flytecache.store.engine import read_connection, translate_errors, write_connection
+from flytecache.store.engine import (
+    lock_for_migration,
+    read_connection,
+    translate_errors,
+    write_connection,
+)
 from flytecache.store.models import Base
 
 __all__ = [
@@ -109,6 +114,7 @@ def ensure_schema(engine: Engine, *, migrate: bool) -> None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade to ``revision`` in one write transaction (a no-op when already there)."""
     with write_connection(engine) as conn:
+        lock_for_migration(conn)
         _check_known(current_revision(conn))
         _run(command.upgrade, conn, revision)
 
@@ -116,6 +122,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade to ``revision`` (``base`` empties the schema) in one write transaction."""
     with write_connection(engine) as conn:
+        lock_for_migration(conn)
         _check_known(current_revision(conn))
         _run(command.downgrade, conn, revision)
 
