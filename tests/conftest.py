@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import _postgres
 import pytest
 
-import _postgres
 from flytecache import CacheStore
 
 START = datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)

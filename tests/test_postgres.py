@@ -32,7 +32,7 @@ def test_wrong_credentials_are_a_clear_error(pg_server, pg_url: str) -> None:
     if pg_server is None:
         pytest.skip("needs the suite's own server")
     bad = pg_url.replace("flytecache@", "no_such_role@")
-    with pytest.raises(UnavailableError, match="no_such_role|credentials|authentication"):
+    with pytest.raises(UnavailableError, match=r"no_such_role|credentials|authentication"):
         CacheStore.open(bad)
 
 
