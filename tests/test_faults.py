@@ -91,10 +91,9 @@ def test_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.db"
     data = good.read_bytes()
     truncated.write_bytes(data[: len(data) // 3])
-    with pytest.raises(FlyteCacheError) as info:
-        with CacheStore.open(str(truncated)) as store:
-            for i in range(200):
-                store.get(f"k{i}")
+    with pytest.raises(FlyteCacheError) as info, CacheStore.open(str(truncated)) as store:
+        for i in range(200):
+            store.get(f"k{i}")
     assert "db check" in str(info.value) or "damaged" in str(info.value)
 
 
