@@ -77,15 +77,22 @@ def bench_put(directory: str, n: int) -> dict[str, float]:
     rows = []
     for i in range(n):
         params, literals = _entry_params(f"key-{i}", outputs[i])
-        params.update(request_created_at=None, created_at=1, last_updated_at=1, overwrite=False,
-                      expired_before=-(2**63))
+        params.update(
+            request_created_at=None,
+            created_at=1,
+            last_updated_at=1,
+            overwrite=False,
+            writes=0,
+            expired_before=-(2**63),
+        )
         rows.append((sql.put.args(params), literals))
 
     def raw_put(i: int) -> None:
         args, literals = rows[i]
         conn.execute("BEGIN IMMEDIATE")
-        entry_id = conn.execute(sql.put.text, args).fetchone()[0]
-        conn.execute(sql.delete_outputs.text, (entry_id,))
+        entry_id, writes = conn.execute(sql.put.text, args).fetchone()
+        if writes:
+            conn.execute(sql.delete_outputs.text, (entry_id,))
         conn.executemany(sql.insert_output.text, [(entry_id, k, v) for k, v in literals])
         conn.execute("COMMIT")
 
@@ -176,8 +183,10 @@ def main() -> None:
     args = parser.parse_args()
     results = run(quick=args.quick)
     for name, r in results.items():
-        print(f"{name:20} flytecache {r['store']:>9.0f}/s   raw sqlite3 {r['raw']:>9.0f}/s   "
-              f"ratio {r['ratio']:.2f}")
+        print(
+            f"{name:20} flytecache {r['store']:>9.0f}/s   raw sqlite3 {r['raw']:>9.0f}/s   "
+            f"ratio {r['ratio']:.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

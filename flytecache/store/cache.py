@@ -112,6 +112,7 @@ class _Statements:
         values: dict[str, Any] = {
             name: b(name)
             for name in (
+                "writes",
                 "key",
                 "resource_type",
                 "project",
@@ -132,7 +133,8 @@ class _Statements:
             upsert.on_conflict_do_update(
                 index_elements=[e.c.key],
                 set_={
-                    **{c: excluded[c] for c in values if c not in ("key", "created_at")},
+                    **{c: excluded[c] for c in values if c not in ("key", "created_at", "writes")},
+                    "writes": e.c.writes + sa.literal_column("1"),
                     # The writer's created_at wins; otherwise the first write's is kept.
                     "created_at": sa.func.coalesce(
                         b("request_created_at", type_=sa.BigInteger), e.c.created_at
@@ -144,7 +146,7 @@ class _Statements:
                     b("overwrite", type_=sa.Boolean),
                     e.c.last_updated_at < b("expired_before", type_=sa.BigInteger),
                 ),
-            ).returning(e.c.id),
+            ).returning(e.c.id, e.c.writes),
             engine,
         )
         self.delete_outputs = Sql.compile(sa.delete(o).where(o.c.entry_id == b("entry_id")), engine)
@@ -307,8 +309,7 @@ class CacheStore:
         """The entry stored under ``key``; :class:`NotFoundError` if there is none."""
         check_text(key, "key")
         self._check_open()
-        with self._pool.cursor() as cur:
-            rows = cur.execute(self._sql.get.text, self._sql.get.args({"key": key})).fetchall()
+        rows = self._pool.fetchall(self._sql.get, {"key": key})
         if not rows:
             raise NotFoundError(f'cache entry "{key}" not found', key=key)
         return _cached_output(rows)
@@ -349,13 +350,17 @@ class CacheStore:
         params["last_updated_at"] = now
         params["overwrite"] = overwrite
         params["expired_before"] = expired_before
+        params["writes"] = 0
         sql = self._sql
         with self._pool.transaction(write=True) as cur:
             row = cur.execute(sql.put.text, sql.put.args(params)).fetchone()
             if row is None:
                 raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
-            entry_id = row[0]
-            cur.execute(sql.delete_outputs.text, sql.delete_outputs.args({"entry_id": entry_id}))
+            entry_id, writes = row
+            if writes:  # an overwrite: drop the previous outputs (a fresh entry has none)
+                cur.execute(
+                    sql.delete_outputs.text, sql.delete_outputs.args({"entry_id": entry_id})
+                )
             if literals:
                 cur.executemany(
                     sql.insert_output.text,

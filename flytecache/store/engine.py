@@ -420,6 +420,38 @@ class HotPool:
                     broken = broken or bool(getattr(dbapi, "closed", False))
                 self.release(dbapi, broken=broken)
 
+    def fetchall(self, sql: Sql, params: dict[str, Any]) -> list[Any]:
+        """Run one read statement and return its rows (the hot path for ``get``).
+
+        Written without context managers: on SQLite this is a third of the call's overhead.
+        """
+        try:
+            dbapi = self.acquire()
+            try:
+                if self._sqlite:
+                    # One statement is its own (deferred, snapshot-consistent) transaction.
+                    rows: list[Any] = dbapi.execute(sql.text, sql.args(params)).fetchall()
+                else:
+                    with dbapi.cursor() as cur:
+                        rows = cur.execute(sql.text, sql.args(params)).fetchall()
+                    dbapi.commit()
+            except BaseException:
+                if not self._sqlite:
+                    try:
+                        dbapi.rollback()
+                    except Exception:
+                        self.release(dbapi, broken=True)
+                        raise
+                self.release(dbapi)
+                raise
+            self.release(dbapi)
+            return rows
+        except FlyteCacheError:
+            raise
+        except Exception as error:
+            with translate_errors():
+                raise error
+
     @contextlib.contextmanager
     def cursor(self) -> Iterator[Any]:
         """A DBAPI cursor for one self-contained read statement (autocommit on SQLite)."""

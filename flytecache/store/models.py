@@ -60,6 +60,9 @@ class Entry(Base):
     """Where the outputs live; NULL when they are stored inline in ``outputs``."""
     size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     """Payload bytes: the serialized inline literals, or the URI's length."""
+    writes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How many times the entry was overwritten (0: written once). Lets a put skip clearing
+    outputs of an entry it just created."""
 
     __table_args__ = (
         Index(None, "project", "domain", "name"),
