@@ -26,7 +26,7 @@ from typing import Any
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import literals_pb2
 
-from flytecache import CacheStore, StoreSettings
+from flytecache import CacheStore
 from flytecache.store.cache import _entry_params
 
 CTX = multiprocessing.get_context("spawn")
