@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DB ?= ./flytecache.db
 
-.PHONY: serve test bench bench-quick lint clean
+.PHONY: serve test test-slow bench bench-quick lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.installed-base
 
 serve: $(VENV)/.installed-base
-	$(BIN)/flytecache db upgrade --db $(DB)
-	$(BIN)/flytecache db current --db $(DB)
+	$(BIN)/flytecache serve --db $(DB)
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest
+
+test-slow: $(VENV)/.installed-test
+	$(BIN)/pytest -m slow -s
+
+docs: $(VENV)/.installed-test
+	$(BIN)/python -m flytecache.cli._docs
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run

@@ -135,3 +135,17 @@ def sqlite_store(db_path: str, clock: FakeClock) -> Iterator[CacheStore]:
     """An opened store on a SQLite file (for SQLite-specific tests)."""
     with CacheStore.open(db_path, clock=clock) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real ``flytecache serve`` subprocess on a free port with its own database file.
+
+    ``.url`` is its address, ``.database`` the database URL it serves; see
+    tests/_server_helpers.py. The server uses the real clock.
+    """
+    from _server_helpers import ServerProcess
+
+    tmp = tmp_path_factory.mktemp("cache-server")
+    with ServerProcess(tmp / "cache.db", log_path=tmp / "server.log") as server:
+        yield server

@@ -1,49 +1,218 @@
-"""``flytecache db``: schema migrations."""
+"""``flytecache db``: schema migrations, health checks and backups."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from flytecache.cli._common import DEFAULT_DB, DbOption, cli_errors, err
+from flytecache.cli._common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    VerboseOption,
+    YesOption,
+    cli_errors,
+    confirm,
+    err,
+    open_engine,
+    print_json,
+    settings,
+    stdout_console,
+)
 
-app = typer.Typer(help="Create, migrate and check the database schema.", no_args_is_help=True)
+app = typer.Typer(help="Create, migrate, check and back up the database.", no_args_is_help=True)
 
 
 @app.command()
 def upgrade(
-    revision: str = typer.Argument("head", help="Target revision."),
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     db: DbOption = DEFAULT_DB,
+    verbose: VerboseOption = False,
 ) -> None:
     """Create the database if needed and migrate it to REVISION (default: the newest)."""
-    with cli_errors():
-        from flytecache.config import StoreSettings
-        from flytecache.store import migrate
-        from flytecache.store.engine import create_store_engine, normalize_url, read_connection
+    with cli_errors(verbose):
+        from flytecache.store import admin, migrate
+        from flytecache.store.engine import read_connection
 
-        engine = create_store_engine(normalize_url(db), StoreSettings.from_env())
+        engine = open_engine(db, must_exist=False)
         try:
             migrate.upgrade(engine, revision)
             with read_connection(engine) as conn:
                 current = migrate.current_revision(conn)
         finally:
             engine.dispose()
-        err(f"database {engine.url.render_as_string(hide_password=True)} is at revision {current}")
+        err(f"database {admin.describe_url(engine)} is at revision {current or '(empty)'}")
 
 
 @app.command()
-def current(db: DbOption = DEFAULT_DB) -> None:
-    """Print the database's schema revision (and whether it is the newest)."""
-    with cli_errors():
-        from flytecache.config import StoreSettings
-        from flytecache.store import migrate
-        from flytecache.store.engine import create_store_engine, normalize_url, read_connection
+def downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision; 'base' drops every table.")],
+    db: DbOption = DEFAULT_DB,
+    yes: YesOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Migrate the database back to REVISION (may drop tables and their data)."""
+    with cli_errors(verbose):
+        from flytecache.store import admin, migrate
+        from flytecache.store.engine import read_connection
 
-        engine = create_store_engine(normalize_url(db), StoreSettings.from_env())
+        engine = open_engine(db)
+        try:
+            with read_connection(engine) as conn:
+                current = migrate.current_revision(conn)
+            confirm(
+                f"downgrade {admin.describe_url(engine)} from {current or '(empty)'} to "
+                f"{revision} (tables and data may be dropped)",
+                yes=yes,
+            )
+            migrate.downgrade(engine, revision)
+            with read_connection(engine) as conn:
+                current = migrate.current_revision(conn)
+        finally:
+            engine.dispose()
+        err(f"database {admin.describe_url(engine)} is at revision {current or '(empty)'}")
+
+
+@app.command()
+def current(
+    db: DbOption = DEFAULT_DB, json: JsonOption = False, verbose: VerboseOption = False
+) -> None:
+    """Print the database's schema revision (and whether it is the newest)."""
+    with cli_errors(verbose):
+        from flytecache.store import migrate
+        from flytecache.store.engine import read_connection
+
+        engine = open_engine(db)
         try:
             with read_connection(engine) as conn:
                 revision = migrate.current_revision(conn)
         finally:
             engine.dispose()
         head = migrate.head_revision()
+        if json:
+            print_json({"current": revision, "head": head, "at_head": revision == head})
+            return
         state = "head" if revision == head else f"behind head {head}" if revision else "empty"
         typer.echo(f"{revision or '(none)'} ({state})")
+
+
+@app.command()
+def history(
+    db: DbOption = DEFAULT_DB, json: JsonOption = False, verbose: VerboseOption = False
+) -> None:
+    """List the schema revisions, newest first (marking the database's own if it exists)."""
+    with cli_errors(verbose):
+        from flytecache.errors import InvalidArgumentError
+        from flytecache.store import admin, migrate
+        from flytecache.store.engine import normalize_url, read_connection
+
+        revision: str | None = None
+        url = normalize_url(db)
+        try:
+            admin.require_database(url)
+            exists = True
+        except InvalidArgumentError:
+            exists = False  # the history is the code's; the database only marks "current"
+        if exists:
+            engine = open_engine(db)
+            try:
+                with read_connection(engine) as conn:
+                    revision = migrate.current_revision(conn)
+            finally:
+                engine.dispose()
+        head = migrate.head_revision()
+        rows = [
+            {
+                "revision": rev,
+                "down_revision": down,
+                "message": message,
+                "head": rev == head,
+                "current": rev == revision,
+            }
+            for rev, down, message in migrate.history()
+        ]
+        if json:
+            print_json(rows)
+            return
+        for row in rows:
+            marks = [m for m in ("head", "current") if row[m]]
+            suffix = f" ({', '.join(marks)})" if marks else ""
+            typer.echo(f"{row['down_revision'] or '<base>'} -> {row['revision']}{suffix}")
+            typer.echo(f"    {row['message']}")
+
+
+@app.command()
+def check(
+    db: DbOption = DEFAULT_DB,
+    max_wal: Annotated[
+        str, typer.Option(help="Fail when the WAL file is larger than this (e.g. 64MiB).")
+    ] = "128MiB",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="PRAGMA quick_check instead of integrity_check.")
+    ] = False,
+    json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Check the schema, the models, SQLite integrity, the WAL size and the filesystem.
+
+    Exits 1 naming the first failing item.
+    """
+    with cli_errors(verbose):
+        from flytecache.config import parse_size
+        from flytecache.store import admin
+
+        limit = parse_size(max_wal, name="--max-wal")
+        config = settings()
+        # Open even on a network filesystem, so that the check reports it as a failing item.
+        engine = admin.open_engine(db, config.replace(allow_network_filesystem=True))
+        try:
+            items = admin.check_database(engine, max_wal_bytes=limit, quick=quick, settings=config)
+        finally:
+            engine.dispose()
+        failed = [item for item in items if item.status == "fail"]
+        if json:
+            print_json({"ok": not failed, "checks": [item.as_json() for item in items]})
+        else:
+            from rich.table import Table
+            from rich.text import Text
+
+            table = Table("check", "status", "detail", box=None, pad_edge=False)
+            styles = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+            for item in items:
+                table.add_row(item.name, Text(item.status, style=styles[item.status]), item.detail)
+            stdout_console().print(table)
+        if failed:
+            first = failed[0]
+            names = ", ".join(item.name for item in failed)
+            detail = " ".join(first.detail.split())
+            err(f"error: db check failed: {names} ({first.name}: {detail})")
+            raise typer.Exit(1)
+
+
+@app.command()
+def backup(
+    path: Annotated[str, typer.Argument(help="Where to write the backup (a new SQLite file).")],
+    db: DbOption = DEFAULT_DB,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace PATH if it exists.")
+    ] = False,
+    json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Copy a SQLite database to PATH with the online backup API (safe while others write)."""
+    with cli_errors(verbose):
+        from flytecache.cli._common import human_bytes
+        from flytecache.store import admin
+
+        engine = open_engine(db)
+        try:
+            result = admin.backup(engine, path, overwrite=overwrite)
+        finally:
+            engine.dispose()
+        if json:
+            print_json({"path": result.path, "bytes": result.bytes, "seconds": result.seconds})
+        err(
+            f"backed up {admin.describe_url(engine)} to {result.path} "
+            f"({human_bytes(result.bytes)}) in {result.seconds:.2f}s"
+        )

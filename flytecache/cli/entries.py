@@ -1,7 +1,294 @@
-"""``flytecache entries``."""
+"""``flytecache entries``: list, show, remove and prune cached task results."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
+from flytecache.cli._common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    VerboseOption,
+    YesOption,
+    cli_errors,
+    confirm,
+    err,
+    human_age,
+    human_bytes,
+    human_time,
+    open_store,
+    parse_duration_option,
+    plural,
+    print_json,
+    print_json_list,
+    progress,
+    stdout_console,
+)
+
+if TYPE_CHECKING:
+    from flytecache.store.admin import EntryFilter
+
 app = typer.Typer(help="Inspect and manage entries.", no_args_is_help=True)
+
+_DURATIONS = "90s, 15m, 12h, 30d or 2w"
+
+ProjectOption = Annotated[str | None, typer.Option(help="Only entries of this project.")]
+DomainOption = Annotated[str | None, typer.Option(help="Only entries of this domain.")]
+NameOption = Annotated[str | None, typer.Option(help="Only entries of this task (name).")]
+VersionOption = Annotated[str | None, typer.Option(help="Only entries of this task version.")]
+OlderThanOption = Annotated[
+    timedelta | None,
+    typer.Option(
+        parser=parse_duration_option,
+        metavar="DURATION",
+        help=f"Only entries last updated more than DURATION ago ({_DURATIONS}).",
+    ),
+]
+NewerThanOption = Annotated[
+    timedelta | None,
+    typer.Option(
+        parser=parse_duration_option,
+        metavar="DURATION",
+        help=f"Only entries last updated less than DURATION ago ({_DURATIONS}).",
+    ),
+]
+
+
+def _filter(
+    project: str | None,
+    domain: str | None,
+    name: str | None,
+    version: str | None,
+    older_than: timedelta | None,
+    newer_than: timedelta | None,
+) -> EntryFilter:
+    from flytecache.store.admin import EntryFilter
+
+    return EntryFilter(
+        project=project,
+        domain=domain,
+        name=name,
+        version=version,
+        older_than=older_than,
+        newer_than=newer_than,
+    )
+
+
+@app.command("ls")
+def list_entries(
+    project: ProjectOption = None,
+    domain: DomainOption = None,
+    name: NameOption = None,
+    version: VersionOption = None,
+    older_than: OlderThanOption = None,
+    newer_than: NewerThanOption = None,
+    limit: Annotated[
+        int, typer.Option(min=0, help="Show at most N entries, newest first (0: no limit).")
+    ] = 100,
+    db: DbOption = DEFAULT_DB,
+    json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """List entries, most recently updated first."""
+    with cli_errors(verbose):
+        from flytecache.store import admin
+
+        where = _filter(project, domain, name, version, older_than, newer_than)
+        with open_store(db) as store:
+            now = store.now_us()
+            # One more than asked, to tell people that the listing was cut short.
+            rows = admin.iter_entries(store, where, limit=limit + 1 if limit else None, now_us=now)
+            truncated = False
+
+            def capped() -> Any:
+                nonlocal truncated
+                for index, entry in enumerate(rows):
+                    if limit and index >= limit:
+                        truncated = True
+                        return
+                    yield entry
+
+            if json:
+                print_json_list(entry.as_json() for entry in capped())
+            else:
+                from rich.table import Table
+
+                table = Table()
+                table.add_column("key", overflow="fold")
+                for column in ("project", "domain", "name", "version", "updated"):
+                    table.add_column(column)
+                table.add_column("output", overflow="fold")
+                table.add_column("size", justify="right")
+                for entry in capped():
+                    table.add_row(
+                        entry.key,
+                        entry.project,
+                        entry.domain,
+                        entry.name,
+                        entry.version,
+                        human_age(entry.last_updated_at, now),
+                        "inline" if entry.inline else entry.output_uri,
+                        human_bytes(entry.size),
+                    )
+                if table.row_count:
+                    stdout_console().print(table)
+                else:
+                    err("no entries")
+            if truncated:
+                total, _ = admin.count_entries(store, where, now_us=now)
+                err(f"showing the newest {limit} of {total} entries; use --limit 0 for all")
+
+
+@app.command()
+def show(
+    key: Annotated[str, typer.Argument(help="The entry's key (as stored).")],
+    db: DbOption = DEFAULT_DB,
+    json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Show one entry: metadata, key map and its output URI or inline outputs."""
+    with cli_errors(verbose):
+        from flytecache.store import admin
+
+        with open_store(db) as store:
+            detail = admin.get_entry(store, key)
+            now = store.now_us()
+        if json:
+            print_json(detail.as_json())
+            return
+        from rich.table import Table
+
+        console = stdout_console()
+        entry = detail.entry
+        info = Table.grid(padding=(0, 2))
+        info.add_column(style="bold")
+        info.add_column()
+        info.add_row("key", entry.key)
+        for label in ("project", "domain", "name", "version", "org"):
+            info.add_row(label, getattr(entry, label) or "-")
+        info.add_row("resource type", admin.resource_type_name(entry.resource_type) or "-")
+        info.add_row(
+            "created", f"{human_time(entry.created_at)} ({human_age(entry.created_at, now)})"
+        )
+        info.add_row(
+            "last updated",
+            f"{human_time(entry.last_updated_at)} ({human_age(entry.last_updated_at, now)})",
+        )
+        info.add_row("size", human_bytes(entry.size))
+        info.add_row("output URI", entry.output_uri or "- (inline outputs)")
+        console.print(info)
+        if detail.key_map:
+            key_map = Table("key map", "value", box=None, pad_edge=False)
+            for name, value in sorted(detail.key_map.items()):
+                key_map.add_row(name, str(value))
+            console.print()
+            console.print(key_map)
+        if detail.outputs is not None:
+            console.print()
+            if not detail.outputs:
+                console.print("no outputs")
+                return
+            outputs = Table("output", "type", "size", "value", box=None, pad_edge=False)
+            for output in detail.outputs:
+                value = "" if output.value is None else _show_value(output.value)
+                outputs.add_row(output.name, output.type, human_bytes(output.size), value)
+            console.print(outputs)
+
+
+def _show_value(value: Any) -> str:
+    import json as json_module
+
+    return value if isinstance(value, str) else json_module.dumps(value)
+
+
+@app.command("rm")
+def remove(
+    keys: Annotated[list[str], typer.Argument(help="Keys of the entries to remove.")],
+    db: DbOption = DEFAULT_DB,
+    yes: YesOption = False,
+    json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Remove entries (and their inline outputs) by key.
+
+    Exits 1 if any key had no entry (the others are still removed).
+    """
+    with cli_errors(verbose):
+        from flytecache.store import admin
+
+        with open_store(db) as store:
+            confirm(f"remove {plural(len(keys), 'entry', 'entries')}", yes=yes)
+            result = admin.delete_entries(store, keys)
+        if json:
+            print_json(
+                {"removed": result.removed, "missing": result.missing, "bytes": result.bytes}
+            )
+        err(f"removed {plural(len(result.removed), 'entry', 'entries')} ({result.bytes} bytes)")
+        if result.missing:
+            shown = ", ".join(f'"{k}"' for k in result.missing[:3])
+            more = f" and {len(result.missing) - 3} more" if len(result.missing) > 3 else ""
+            err(f"error: no entry for {shown}{more}")
+            raise typer.Exit(1)
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        timedelta,
+        typer.Option(
+            parser=parse_duration_option,
+            metavar="DURATION",
+            help=f"Remove entries last updated more than DURATION ago ({_DURATIONS}).",
+        ),
+    ],
+    project: ProjectOption = None,
+    domain: DomainOption = None,
+    name: NameOption = None,
+    version: VersionOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be removed.")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Entries removed per write transaction.")
+    ] = 500,
+    db: DbOption = DEFAULT_DB,
+    yes: YesOption = False,
+    json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Remove old entries in small batches (concurrent writers are never blocked for long)."""
+    with cli_errors(verbose):
+        from flytecache.store import admin
+
+        where = _filter(project, domain, name, version, older_than, None)
+        with open_store(db) as store:
+            now = store.now_us()
+            count, size = admin.count_entries(store, where, now_us=now)
+            if dry_run:
+                result = admin.PruneResult(entries=count, bytes=size, batches=0, dry_run=True)
+            else:
+                if count:
+                    confirm(
+                        f"remove {plural(count, 'entry', 'entries')} ({human_bytes(size)}) "
+                        "last updated before "
+                        f"{human_time(now - older_than // timedelta(microseconds=1))}",
+                        yes=yes,
+                    )
+                with progress("pruning", total=count) as update:
+                    done = 0
+
+                    def advance(entries: int, _bytes: int) -> None:
+                        nonlocal done
+                        done += entries
+                        update(done, max(count, done))
+
+                    result = admin.prune(
+                        store, where, now_us=now, batch_size=batch_size, on_batch=advance
+                    )
+        if json:
+            print_json(result.as_json())
+        verb = "would remove" if dry_run else "removed"
+        err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({result.bytes} bytes)")

@@ -2,8 +2,115 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from flytecache.cli._common import DEFAULT_DB, DbOption, cli_errors
+
+_PORT = re.compile(r"^(?:\w+://)?(?:[^:]*:)?(\d{1,5})$")
+
+
+def _port(value: str) -> int:
+    # Kubernetes injects FLYTECACHE_PORT=tcp://10.0.0.7:8094 for a Service named
+    # "flytecache"; take the port from that form rather than refusing to start.
+    match = _PORT.match(value.strip())
+    if not match or int(match.group(1)) > 65535:
+        raise typer.BadParameter(f"{value!r} is not a port number (0-65535)")
+    return int(match.group(1))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the top-level app."""
+
+    @app.command("serve")
+    def serve(
+        db: DbOption = DEFAULT_DB,
+        host: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_HOST",
+                help="Interface to listen on (loopback by default; there is no TLS).",
+            ),
+        ] = "127.0.0.1",
+        port: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_PORT",
+                help="TCP port (Flyte's default cacheServiceURL uses 8094; 0 picks a free one).",
+            ),
+        ] = "8094",
+        max_heartbeat: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_MAX_HEARTBEAT",
+                help="Longest reservation heartbeat granted (and the default), e.g. 10s.",
+            ),
+        ] = "10s",
+        grace_multiplier: Annotated[
+            float,
+            typer.Option(
+                envvar="FLYTECACHE_GRACE_MULTIPLIER",
+                help="A lease expires heartbeat x this after its last extension.",
+            ),
+        ] = 3.0,
+        auth_token_file: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="FLYTECACHE_AUTH_TOKEN_FILE",
+                help="Require 'Authorization: Bearer <token>' with the token in this file.",
+            ),
+        ] = None,
+        max_request_bytes: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_MAX_REQUEST_BYTES",
+                help="Largest request body accepted (after decompression), e.g. 16MiB.",
+            ),
+        ] = "16MiB",
+        log_level: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_LOG_LEVEL",
+                help="critical, error, warning, info or debug (debug logs every request).",
+            ),
+        ] = "info",
+    ) -> None:
+        """Serve Flyte 2's CacheService (Connect RPC) over the database, migrating it first.
+
+        Point a Flyte 2 executor's cacheServiceURL at the printed address. Stops cleanly on
+        SIGTERM or Ctrl-C: in-flight requests finish, the database is closed, exit code 0.
+        """
+        from flytecache.config import StoreSettings, parse_duration, parse_size
+        from flytecache.errors import InvalidArgumentError
+        from flytecache.server import ServerSettings
+        from flytecache.server import serve as run_server
+
+        level = log_level.strip().lower()
+        try:
+            store_settings = StoreSettings.from_env(
+                max_heartbeat=parse_duration(max_heartbeat, name="--max-heartbeat"),
+                grace_multiplier=grace_multiplier,
+            )
+            settings = ServerSettings(
+                host=host,
+                port=_port(port),
+                max_request_bytes=parse_size(max_request_bytes, name="--max-request-bytes"),
+                log_level=level,
+            )
+        except InvalidArgumentError as error:
+            raise typer.BadParameter(str(error)) from None
+        with cli_errors():
+            run_server(
+                db,
+                settings,
+                store_settings=store_settings,
+                auth_token_file=auth_token_file,
+                echo=_echo,
+            )
+
+
+def _echo(line: str) -> None:
+    typer.echo(line)

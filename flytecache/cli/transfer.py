@@ -1,9 +1,140 @@
-"""Top-level ``flytecache`` commands (transfer)."""
+"""Top-level ``flytecache`` commands: ``export`` and ``import`` (JSON Lines, streamed)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Annotated, cast
+
 import typer
+
+from flytecache.cli._common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    VerboseOption,
+    cli_errors,
+    err,
+    open_store,
+    plural,
+    print_json,
+    progress,
+)
+
+
+@contextlib.contextmanager
+def _writer(path: str) -> Iterator[IO[bytes]]:
+    """stdout for ``-``; else a sibling temporary file renamed over PATH on success.
+
+    A name ending in ``.gz`` is gzip-compressed.
+    """
+    if path == "-":
+        sys.stdout.flush()
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path).expanduser()
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "wb") as raw:
+            if target.suffix == ".gz":
+                import gzip
+
+                with gzip.GzipFile(filename=target.stem, mode="wb", fileobj=raw) as packed:
+                    yield cast(IO[bytes], packed)
+            else:
+                yield raw
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _reader(path: str) -> Iterator[IO[bytes]]:
+    """stdin for ``-``; else the file (gunzipped when it starts with the gzip magic)."""
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    with open(Path(path).expanduser(), "rb") as raw:
+        if raw.peek(2)[:2] == b"\x1f\x8b":
+            import gzip
+
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
+                yield cast(IO[bytes], unpacked)
+        else:
+            yield raw
+
+
+def export(
+    path: Annotated[str, typer.Argument(help="Output file (.gz to compress), or - for stdout.")],
+    db: DbOption = DEFAULT_DB,
+    verbose: VerboseOption = False,
+) -> None:
+    """Export every entry as JSON Lines: a header line, then one line per entry.
+
+    Reads one consistent snapshot without blocking writers, in constant memory. Inline
+    outputs are base64-encoded serialized Literals; timestamps are microseconds since the epoch.
+    """
+    with cli_errors(verbose):
+        from flytecache.store import admin
+
+        with (
+            open_store(db) as store,
+            admin.export_entries(store) as stream,
+            _writer(path) as out,
+            progress("exporting", total=stream.total) as update,
+        ):
+            for index, line in enumerate(stream.lines):
+                out.write(line.encode("utf-8") + b"\n")
+                if index % 500 == 0:
+                    update(index)
+            update(stream.total)
+        where = "stdout" if path == "-" else path
+        err(f"exported {plural(stream.total, 'entry', 'entries')} to {where}")
+
+
+def import_(
+    path: Annotated[str, typer.Argument(help="An export file (.gz accepted), or - for stdin.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace entries whose keys already exist.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and count; write nothing.")
+    ] = False,
+    db: DbOption = DEFAULT_DB,
+    json: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Import an export file: every line is validated first; a bad line imports nothing.
+
+    Existing keys are skipped (and counted) unless --overwrite, so importing the same file
+    twice changes nothing.
+    """
+    with cli_errors(verbose):
+        from flytecache.store import admin
+
+        with (
+            open_store(db) as store,
+            _reader(path) as source,
+            progress("validating") as update,
+        ):
+            result = admin.import_entries(
+                store, source, overwrite=overwrite, dry_run=dry_run, progress=update
+            )
+        if json:
+            print_json(result.as_json())
+        existing = (
+            f"{result.replaced} replaced" if overwrite else f"{result.skipped} skipped (present)"
+        )
+        verb = "would import" if dry_run else "imported"
+        entries = plural(result.entries, "entry", "entries")
+        err(f"{verb} {entries}: {result.inserted} new, {existing}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the top-level app."""
+    app.command("export")(export)
+    app.command("import")(import_)

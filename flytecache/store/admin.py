@@ -1256,6 +1256,11 @@ def import_entries(
                 return _import_result(entries, present, overwrite, dry_run=True)
             conn.execution_options(flytecache_begin="IMMEDIATE")
             with conn.begin():
+                if not is_sqlite(engine):
+                    # BEGIN IMMEDIATE's equivalent: no put may add a key between the "existing"
+                    # marking below and the insert (writers wait, up to lock_timeout, for the
+                    # short set-based merge).
+                    conn.exec_driver_sql("LOCK TABLE entries IN SHARE ROW EXCLUSIVE MODE")
                 present = conn.execute(
                     sa.update(_STAGE).where(existing).values(existing=True)
                 ).rowcount

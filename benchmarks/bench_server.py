@@ -1,0 +1,289 @@
+"""``flytecache serve`` against the same server stack with a no-op service, in one run.
+
+The ceiling is the very stack the real server runs (uvicorn, the gateway with auth/limits/
+metrics, flyteidl2's Connect app) over a CacheService that does nothing. The ratio
+server/ceiling is therefore what the store, the thread hop and key scoping cost on top of the
+transport, for 1, 4 and 8 concurrent client processes using flyteidl2's generated client.
+
+    python -m benchmarks.bench_server [--quick] [--seconds S] [--clients 1,4,8] [--json PATH]
+
+Both servers and all clients share this machine's cores, as they would in a sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+CTX = multiprocessing.get_context("spawn")
+ROOT = Path(__file__).resolve().parent.parent
+OPS = ("get", "put", "reserve")
+GET_KEYS = 256
+_LISTENING = re.compile(r"on (http://\S+)")
+
+
+# -- the servers ----------------------------------------------------------------------------
+
+
+def serve_noop(port: int) -> None:
+    """Run the no-op service on the real stack (the ``serve-noop`` subcommand)."""
+    from flytecache.server import ServerSettings, build_noop_app
+    from flytecache.server.run import bind, configure_logging, listen_url, run_app
+
+    settings = ServerSettings(port=port, log_level="warning")
+    log_config = configure_logging(settings.log_level)
+    sock = bind(settings.host, settings.port)
+    print(f"no-op CacheService on {listen_url(sock)}", flush=True)
+    run_app(build_noop_app(settings), sock, settings, log_config=log_config)
+
+
+class _Server:
+    def __init__(self, name: str, args: list[str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
+            )
+        self.url = ""
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.url:
+                match = _LISTENING.search(self.log.read_text(errors="replace"))
+                if match:
+                    self.url = match.group(1)
+            if self.url:
+                try:
+                    if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                        return self.url
+                except httpx.TransportError:
+                    pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise SystemExit(f"{self.name} did not start:\n{self.log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- the clients (run in spawned processes) -------------------------------------------------
+
+
+def _warm(_: int) -> int:
+    import flyteidl2.cacheservice.v2.cacheservice_connect  # noqa: F401
+
+    time.sleep(0.2)  # so that every worker process takes one and is started
+    return os.getpid()
+
+
+def _client_loop(
+    url: str, op: str, worker: int, run: str, start_at: float, seconds: float
+) -> tuple[int, float, int]:
+    """Issue ``op`` back to back for ``seconds``; (requests, elapsed, errors)."""
+    from connectrpc.errors import ConnectError
+    from flyteidl2.cacheservice import cacheservice_pb2 as cs
+    from flyteidl2.cacheservice.v2 import cacheservice_pb2 as v2
+    from flyteidl2.cacheservice.v2.cacheservice_connect import CacheServiceClientSync
+
+    client = CacheServiceClientSync(url, timeout_ms=30_000, send_compression=None)
+    ident = v2.Identifier(org="bench", project="proj", domain="dev")
+    output = cs.CachedOutput(output_uri="s3://bucket/bench/outputs.pb")
+    count = errors = 0
+    time.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        try:
+            if op == "get":
+                client.get(
+                    v2.GetCacheRequest(
+                        base_request=cs.GetCacheRequest(key=f"bench-get-{count % GET_KEYS}"),
+                        identifier=ident,
+                    )
+                )
+            elif op == "put":
+                client.put(
+                    v2.PutCacheRequest(
+                        base_request=cs.PutCacheRequest(
+                            key=f"bench-put-{run}-{worker}-{count}", output=output
+                        ),
+                        identifier=ident,
+                    )
+                )
+            else:
+                client.get_or_extend_reservation(
+                    v2.GetOrExtendReservationRequest(
+                        base_request=cs.GetOrExtendReservationRequest(
+                            key=f"bench-res-{worker}-{count % 64}", owner_id=f"owner-{worker}"
+                        ),
+                        identifier=ident,
+                    )
+                )
+        except ConnectError:
+            errors += 1
+        count += 1
+    return count - errors, time.perf_counter() - started, errors
+
+
+def _preload(url: str) -> None:
+    from flyteidl2.cacheservice import cacheservice_pb2 as cs
+    from flyteidl2.cacheservice.v2 import cacheservice_pb2 as v2
+    from flyteidl2.cacheservice.v2.cacheservice_connect import CacheServiceClientSync
+
+    client = CacheServiceClientSync(url, timeout_ms=30_000)
+    ident = v2.Identifier(org="bench", project="proj", domain="dev")
+    for i in range(GET_KEYS):
+        client.put(
+            v2.PutCacheRequest(
+                base_request=cs.PutCacheRequest(
+                    key=f"bench-get-{i}",
+                    output=cs.CachedOutput(output_uri=f"s3://bucket/bench/{i}/outputs.pb"),
+                    overwrite=cs.OverwriteOutput(overwrite=True),
+                ),
+                identifier=ident,
+            )
+        )
+
+
+def _entries(url: str) -> float:
+    import httpx
+
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("flytecache_entries "):
+            return float(line.split()[1])
+    raise SystemExit("the server reported no flytecache_entries")
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def run(seconds: float, clients: list[int], ops: list[str], workdir: Path) -> list[dict[str, Any]]:
+    """Measure every (op, clients) cell against both servers; returns one row per cell."""
+    python = sys.executable
+    real = _Server(
+        "flytecache serve",
+        [
+            python,
+            "-c",
+            "import sys; from flytecache.cli import main; sys.argv[0] = 'flytecache'; main()",
+            "serve",
+            "--db",
+            str(workdir / "bench.db"),
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        workdir / "server.log",
+    )
+    noop = _Server(
+        "no-op server",
+        [python, "-m", "benchmarks.bench_server", "serve-noop", "--port", "0"],
+        workdir / "noop.log",
+    )
+    rows: list[dict[str, Any]] = []
+    try:
+        urls = {"server": real.wait_ready(), "ceiling": noop.wait_ready()}
+        _preload(urls["server"])
+        with ProcessPoolExecutor(max(clients), mp_context=CTX) as pool:
+            list(pool.map(_warm, range(max(clients))))
+            puts = 0
+            for op in ops:
+                for n in clients:
+                    row: dict[str, Any] = {"op": op, "clients": n}
+                    # Alternate targets cell by cell so drift hits both alike.
+                    for target in ("server", "ceiling"):
+                        run_id = f"{target}-{op}-{n}-{time.time_ns()}"
+                        start_at = time.time() + 0.2
+                        futures = [
+                            pool.submit(
+                                _client_loop, urls[target], op, w, run_id, start_at, seconds
+                            )
+                            for w in range(n)
+                        ]
+                        results = [f.result() for f in futures]
+                        errors = sum(r[2] for r in results)
+                        if errors:
+                            raise SystemExit(f"{target} {op} x{n}: {errors} requests failed")
+                        row[target] = sum(r[0] / r[1] for r in results)
+                        if target == "server" and op == "put":
+                            puts += sum(r[0] for r in results)
+                    row["ratio"] = row["server"] / row["ceiling"]
+                    rows.append(row)
+                    _print_row(row)
+            # Check after timing: every put the clients counted is in the database.
+            expected = GET_KEYS + puts
+            stored = _entries(urls["server"])
+            if stored != expected:
+                raise SystemExit(f"expected {expected} entries after the run, found {stored}")
+    except BaseException:
+        for server in (real, noop):
+            tail = server.log.read_text(errors="replace").splitlines()[-30:]
+            print(f"--- {server.name} log (tail)", *tail, sep="\n", file=sys.stderr)
+        raise
+    finally:
+        real.stop()
+        noop.stop()
+    if real.proc.returncode != 0:
+        raise SystemExit(f"flytecache serve exited {real.proc.returncode} on SIGTERM")
+    return rows
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['op']:<8} {row['clients']:>7} {row['server']:>13,.0f} "
+        f"{row['ceiling']:>14,.0f} {row['ratio']:>6.2f}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=["bench", "serve-noop"], default="bench")
+    parser.add_argument("--quick", action="store_true", help="1 s per cell instead of 5 s")
+    parser.add_argument("--seconds", type=float, help="seconds per cell")
+    parser.add_argument("--clients", default="1,4,8", help="client process counts")
+    parser.add_argument("--ops", default=",".join(OPS), help="get,put,reserve")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--port", type=int, default=0, help="serve-noop: port")
+    args = parser.parse_args(argv)
+    if args.command == "serve-noop":
+        serve_noop(args.port)
+        return
+    seconds = args.seconds or (1.0 if args.quick else 5.0)
+    clients = [int(c) for c in args.clients.split(",")]
+    ops = [op for op in args.ops.split(",") if op]
+    if not clients or min(clients) < 1 or not set(ops) <= set(OPS):
+        parser.error("--clients must be positive integers, --ops a subset of get,put,reserve")
+    print(f"{seconds:g} s per cell, {os.cpu_count()} CPUs; requests/s (sum over clients)")
+    print(f"{'op':<8} {'clients':>7} {'server':>13} {'ceiling':>14} {'ratio':>6}")
+    with tempfile.TemporaryDirectory(prefix="flytecache-bench-") as tmp:
+        rows = run(seconds, clients, ops, Path(tmp))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

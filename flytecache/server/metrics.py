@@ -1,0 +1,105 @@
+"""Prometheus metrics of one server app, in its own registry (never the global one)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["RESERVATION_OUTCOMES", "Metrics"]
+
+log = logging.getLogger("flytecache.server")
+
+RESERVATION_OUTCOMES = ("acquired", "extended", "taken_over", "held_by_other", "released")
+RPC_NAMES = ("Get", "Put", "Delete", "GetOrExtendReservation", "ReleaseReservation")
+
+# From well under a millisecond (a cached read) to the SQLite busy timeout and beyond.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class _EntryCount(Collector):
+    """``flytecache_entries``: counted when scraped (one indexed COUNT, off the event loop)."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("flytecache_entries", "Cache entries in the database.")]
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            value = self._count()
+        except Exception:
+            log.warning("could not count the cache entries for /metrics", exc_info=True)
+            return
+        yield GaugeMetricFamily(
+            "flytecache_entries", "Cache entries in the database.", value=float(value)
+        )
+
+
+class Metrics:
+    """Request, latency and reservation metrics; ``entry_count`` feeds the entries gauge."""
+
+    def __init__(self, entry_count: Callable[[], int] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "flytecache_requests",
+            "CacheService requests by RPC and Connect code (ok on success).",
+            ["rpc", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "flytecache_request_duration_seconds",
+            "CacheService request latency by RPC and Connect code, body read to response sent.",
+            ["rpc", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "flytecache_requests_in_flight",
+            "CacheService requests being served.",
+            registry=self.registry,
+        )
+        self.reservations = Counter(
+            "flytecache_reservations",
+            "Reservation decisions: acquired, extended, taken_over, held_by_other, released.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in RESERVATION_OUTCOMES:
+            self.reservations.labels(outcome)
+        for rpc in RPC_NAMES:
+            self.requests.labels(rpc, "ok")
+        if entry_count is not None:
+            self.registry.register(_EntryCount(entry_count))
+
+    def observe(self, rpc: str, code: str, seconds: float) -> None:
+        """Count one finished request."""
+        self.requests.labels(rpc, code).inc()
+        self.latency.labels(rpc, code).observe(seconds)
+
+    def reservation(self, outcome: str) -> None:
+        """Count one reservation decision."""
+        self.reservations.labels(outcome).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (may query the database: call off the event loop)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,175 @@
+"""Running the service: open (and migrate) the store, bind, serve with uvicorn, stop cleanly."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import logging.config
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+
+from flytecache.config import StoreSettings
+from flytecache.server.app import CacheServiceApp, build_app
+from flytecache.server.settings import ServerSettings, load_token
+from flytecache.server.threads import StoreThreads
+from flytecache.store import CacheStore
+
+__all__ = ["bind", "configure_logging", "run_app", "serve"]
+
+log = logging.getLogger("flytecache.server")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def configure_logging(level: str) -> dict[str, Any]:
+    """uvicorn's log format for uvicorn and flytecache loggers; returns the dictConfig used."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    numeric = "DEBUG" if level == "trace" else level.upper()
+    config["loggers"]["flytecache"] = {
+        "handlers": ["default"],
+        "level": numeric,
+        "propagate": False,
+    }
+    logging.config.dictConfig(config)
+    return config
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
+    # then, and without it every response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        from flytecache.errors import UnavailableError
+
+        raise UnavailableError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
+def listen_url(sock: socket.socket) -> str:
+    """``http://host:port`` for a bound socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT before and after uvicorn's own handlers: stop, and exit 0 afterwards.
+
+    uvicorn restores the previous handlers after its graceful shutdown and re-raises the
+    signal to them; with these installed the process then closes the store and exits 0
+    instead of dying by the signal. A signal during startup (migrations) stops the server
+    as soon as it runs.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.server: uvicorn.Server | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested.set()
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def run_app(
+    app: CacheServiceApp,
+    sock: socket.socket,
+    settings: ServerSettings,
+    *,
+    log_config: dict[str, Any] | None = None,
+    stop: _StopRequest | None = None,
+) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT; in-flight requests are finished."""
+    config = uvicorn.Config(
+        app,
+        log_config=log_config,
+        log_level=settings.log_level,
+        # Per-request access lines cost about a tenth of a request; only when debugging.
+        access_log=settings.log_level in ("debug", "trace"),
+        lifespan="off",
+        server_header=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=max(1, round(settings.graceful_timeout.total_seconds())),
+    )
+    server = uvicorn.Server(config)
+    if stop is None:
+        with _StopRequest() as own:
+            _run(server, sock, own)
+    else:
+        _run(server, sock, stop)
+
+
+def _run(server: uvicorn.Server, sock: socket.socket, stop: _StopRequest) -> None:
+    stop.server = server
+    if not stop.requested.is_set():
+        server.run(sockets=[sock])
+
+
+def serve(
+    db: str | os.PathLike[str],
+    settings: ServerSettings,
+    *,
+    store_settings: StoreSettings | None = None,
+    auth_token_file: str | os.PathLike[str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run ``flytecache serve``: migrate ``db``, listen, serve until told to stop, close.
+
+    ``auth_token_file`` (read after logging is set up, so a permissions warning shows like
+    the rest) overrides ``settings.auth_token``. Prints one line saying where it listens and
+    which database it serves (through ``echo``). Returns normally after SIGTERM/SIGINT once
+    in-flight requests are done and the database is closed.
+    """
+    log_config = configure_logging(settings.log_level)
+    if auth_token_file is not None:
+        settings = settings.replace(auth_token=load_token(auth_token_file))
+    with _StopRequest() as stop:
+        store = CacheStore.open(db, settings=store_settings or StoreSettings(), migrate=True)
+        # SQLite: one writer thread (see threads.py); PostgreSQL takes concurrent writers.
+        threads = StoreThreads(
+            readers=settings.threads, writers=1 if store.is_sqlite else settings.threads
+        )
+        try:
+            sock = bind(settings.host, settings.port)
+            app = build_app(store, settings, threads=threads)
+            database = store.url.render_as_string(hide_password=True)
+            echo(
+                f"flytecache: serving CacheService (Connect) on {listen_url(sock)} "
+                f"for {database}" + (" (bearer token required)" if settings.auth_token else "")
+            )
+            if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
+                log.warning(
+                    "listening on %s without --auth-token-file: anyone who can reach it can "
+                    "read and overwrite the cache",
+                    settings.host,
+                )
+            run_app(app, sock, settings, log_config=log_config, stop=stop)
+        finally:
+            # uvicorn has waited for in-flight requests; nothing is left running on the store.
+            threads.close()
+            store.close()
+            log.info("database closed")

@@ -1,0 +1,122 @@
+"""ServerSettings: how ``flytecache serve`` listens, limits and authenticates requests."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from flytecache.errors import InvalidArgumentError
+
+__all__ = [
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_PORT",
+    "LOG_LEVELS",
+    "ServerSettings",
+    "load_token",
+]
+
+log = logging.getLogger("flytecache.server")
+
+DEFAULT_PORT = 8094
+"""Flyte 2's default ``cacheServiceURL`` is ``http://localhost:8094``."""
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Listening address, limits and credentials of the cache service; validated here."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; loopback unless told otherwise (there is no TLS)."""
+    port: int = DEFAULT_PORT
+    """TCP port; 0 picks a free one (the startup line says which)."""
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    """Largest request body accepted, after decompression; larger gets RESOURCE_EXHAUSTED."""
+    auth_token: str | None = field(default=None, repr=False)
+    """When set, every RPC (and /metrics) needs ``Authorization: Bearer <token>``."""
+    log_level: str = "info"
+    """uvicorn/flytecache log level; ``debug`` also logs each request (key and owner only)."""
+    threads: int = 8
+    """Threads running store calls, so a slow write never blocks the event loop."""
+    graceful_timeout: timedelta = timedelta(seconds=30)
+    """On SIGTERM/SIGINT, how long in-flight requests may take before they are cancelled."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise InvalidArgumentError("host must be a non-empty string", field="host")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise InvalidArgumentError(f"port must be an integer, got {self.port!r}", field="port")
+        if not 0 <= self.port <= 65535:
+            raise InvalidArgumentError(f"port must be in 0..65535, got {self.port}", field="port")
+        if (
+            isinstance(self.max_request_bytes, bool)
+            or not isinstance(self.max_request_bytes, int)
+            or self.max_request_bytes < 1024
+        ):
+            raise InvalidArgumentError(
+                f"max_request_bytes must be an integer of at least 1024, "
+                f"got {self.max_request_bytes!r}",
+                field="max_request_bytes",
+            )
+        if self.auth_token is not None and (
+            not isinstance(self.auth_token, str) or not self.auth_token
+        ):
+            raise InvalidArgumentError("auth_token must be a non-empty string", field="auth_token")
+        if self.log_level not in LOG_LEVELS:
+            raise InvalidArgumentError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
+                field="log_level",
+            )
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise InvalidArgumentError(
+                f"threads must be a positive integer, got {self.threads!r}", field="threads"
+            )
+        if not isinstance(self.graceful_timeout, timedelta) or self.graceful_timeout <= timedelta(
+            0
+        ):
+            raise InvalidArgumentError(
+                "graceful_timeout must be a positive timedelta", field="graceful_timeout"
+            )
+
+    def replace(self, **changes: object) -> ServerSettings:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load_token(path: str | os.PathLike[str]) -> str:
+    """Read a bearer token from ``path`` (surrounding whitespace stripped).
+
+    Logs a warning when the file is readable or writable by group or others: anyone who can
+    read it can use the cache service.
+    """
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidArgumentError(
+            f"cannot read the auth token file {file}: {error}", field="auth_token_file"
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise InvalidArgumentError(f"{file} is not a regular file", field="auth_token_file")
+    if mode & 0o077:
+        log.warning(
+            "auth token file %s is accessible by group or others (mode %s); run `chmod 600 %s`",
+            file,
+            oct(stat.S_IMODE(mode)),
+            file,
+        )
+    token = text.strip()
+    if not token:
+        raise InvalidArgumentError(f"the auth token file {file} is empty", field="auth_token_file")
+    if any(ch.isspace() for ch in token) or not token.isprintable():
+        raise InvalidArgumentError(
+            f"the auth token in {file} must be one line without spaces", field="auth_token_file"
+        )
+    return token

@@ -1,0 +1,130 @@
+"""``flytecache stats``, ``vacuum`` and ``checkpoint``."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from flyteidl2.core import literals_pb2
+from test_cli import (
+    Clock,
+    as_json,
+    fails,
+    int_literal,
+    new_db,
+    ok,
+    open_store,
+    put_inline,
+    put_uri,
+    run,
+)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return new_db(tmp_path)
+
+
+def test_stats_json(db: str) -> None:
+    clock = Clock()
+    with open_store(db, clock) as store:
+        clock.at(timedelta(days=10))
+        for i in range(3):
+            put_uri(store, f"a{i}", project="alpha", name="train")
+        put_uri(store, "b0", project="beta", domain="production", name="eval")
+        clock.at(timedelta(0))
+        put_inline(store, "i0", {"x": int_literal(1), "y": int_literal(2)})
+        store.get_or_extend_reservation("live", "o")
+        clock.at(timedelta(hours=1))
+        store.get_or_extend_reservation("old-1", "o")
+        store.get_or_extend_reservation("old-2", "o")
+    data = as_json(run(db, "stats", "--json"))
+    inline_bytes = 2 * len(int_literal(1).SerializeToString())
+    uri_bytes = sum(len(f"s3://bucket/{k}") for k in ("a0", "a1", "a2", "b0"))
+    assert data["entries"] == 5
+    assert data["entries_inline"] == 1 and data["entries_uri"] == 4
+    assert data["payload_bytes"] == uri_bytes + inline_bytes
+    assert data["reservations"] == {"active": 1, "expired": 2}
+    assert data["oldest_last_updated_at"] < data["newest_last_updated_at"]
+    assert data["dialect"] == "sqlite" and data["database"].endswith("cache.db")
+    files = data["files"]
+    assert files["database"] == os.path.getsize(db) and files["free_bytes"] >= 0
+    assert {"wal", "shm"} <= set(files)
+    assert data["top_projects"][0] == {
+        "project": "alpha",
+        "entries": 3,
+        "bytes": sum(len(f"s3://bucket/a{i}") for i in range(3)),
+    }
+    assert [row["domain"] for row in data["top_domains"]] == ["development", "", "production"]
+    assert data["top_tasks"][0]["name"] == "train" and data["top_tasks"][0]["entries"] == 3
+    assert len(as_json(run(db, "stats", "--json", "--top", "1"))["top_tasks"]) == 1
+
+
+def test_stats_of_an_empty_database(db: str) -> None:
+    data = as_json(run(db, "stats", "--json"))
+    assert data["entries"] == 0 and data["payload_bytes"] == 0
+    assert data["oldest_last_updated_at"] is None
+    assert data["reservations"] == {"active": 0, "expired": 0}
+    assert data["top_projects"] == []
+
+
+def test_stats_for_people(db: str) -> None:
+    with open_store(db) as store:
+        put_uri(store, "k", project="alpha")
+    out = ok(run(db, "stats", COLUMNS="200")).stdout
+    for fragment in ("entries", "1 (0 inline, 1 URI)", "reservations", "top projects", "alpha"):
+        assert fragment in out
+
+
+def test_vacuum_gives_space_back(db: str) -> None:
+    with open_store(db) as store:
+        for i in range(300):
+            put_inline(store, f"k{i}", {"blob": _big_literal()})
+    ok(run(db, "entries", "prune", "--older-than", "0s", "--yes"))
+    before = as_json(run(db, "stats", "--json"))["files"]
+    assert before["free_bytes"] > 1_000_000
+    result = ok(run(db, "vacuum"))
+    assert "vacuumed:" in result.stderr
+    after = as_json(run(db, "stats", "--json"))["files"]
+    assert after["free_bytes"] == 0
+    assert after["database"] + after["wal"] < (before["database"] + before["wal"]) / 4
+    ok(run(db, "db", "check"))
+
+
+def _big_literal() -> literals_pb2.Literal:
+    literal = int_literal(0)
+    literal.scalar.primitive.string_value = "x" * 4000
+    return literal
+
+
+def test_checkpoint_truncates_the_wal(db: str) -> None:
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("select count(*) from entries").fetchone()  # keeps the WAL file alive
+    try:
+        with open_store(db) as store:
+            for i in range(200):
+                put_uri(store, f"k{i}")
+        assert os.path.getsize(f"{db}-wal") > 0
+        result = ok(run(db, "checkpoint"))
+        assert "checkpointed" in result.stderr and "-> 0 B" in result.stderr
+        assert os.path.getsize(f"{db}-wal") == 0
+    finally:
+        holder.close()
+
+
+def test_checkpoint_blocked_by_a_reader_exits_1(db: str) -> None:
+    writer = sqlite3.connect(db, isolation_level=None)
+    reader = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("insert into reservations values ('a', 'o', 1, 1, 1, 1, null)")
+        reader.execute("BEGIN")
+        reader.execute("select count(*) from reservations").fetchone()  # pins a snapshot
+        writer.execute("insert into reservations values ('b', 'o', 1, 1, 1, 1, null)")
+        line = fails(run(db, "checkpoint", FLYTECACHE_BUSY_TIMEOUT="100ms"))
+        assert "could not complete" in line
+    finally:
+        reader.close()
+        writer.close()

@@ -1,0 +1,122 @@
+"""``flytecache reservations``: ls, release and gc."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from test_cli import Clock, as_json, fails, new_db, ok, open_store, run
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """Two live leases (owners a and b) and two expired ones (owners a and c)."""
+    path = new_db(tmp_path)
+    clock = Clock()
+    with open_store(path, clock) as store:
+        clock.at(timedelta(hours=1))
+        store.get_or_extend_reservation("old-1", "owner-a", timedelta(seconds=5))
+        clock.at(timedelta(minutes=2))
+        store.get_or_extend_reservation("old-2", "owner-c", timedelta(seconds=5))
+        clock.at(timedelta(seconds=0))
+        store.get_or_extend_reservation("live-1", "owner-a", timedelta(seconds=4))
+        store.get_or_extend_reservation("live-2", "owner-b")
+    return path
+
+
+def _keys(result) -> list[str]:
+    return [lease["key"] for lease in as_json(result)]
+
+
+def test_ls_json(db: str) -> None:
+    leases = as_json(run(db, "reservations", "ls", "--json"))
+    assert [lease["key"] for lease in leases] == ["live-1", "live-2", "old-1", "old-2"]
+    live = leases[0]
+    assert {"key", "owner_id", "expires_at", "heartbeat_interval", "active"} <= set(live)
+    assert live["owner_id"] == "owner-a" and live["active"] is True
+    assert live["heartbeat_interval"] == 4.0
+    expires = datetime.fromisoformat(live["expires_at"])
+    assert timedelta(seconds=0) < expires - datetime.now(UTC) <= timedelta(seconds=12)
+    assert 0 < live["expires_in"] <= 12
+    assert leases[1]["heartbeat_interval"] == 10.0  # absent heartbeat → max_heartbeat
+    old = leases[2]
+    assert old["active"] is False and old["expires_in"] < -3000
+    assert old["previous_owner"] is None and old["created_at"].endswith("Z")
+
+
+def test_ls_filters(db: str) -> None:
+    assert _keys(run(db, "reservations", "ls", "--json", "--active")) == ["live-1", "live-2"]
+    assert _keys(run(db, "reservations", "ls", "--json", "--expired")) == ["old-1", "old-2"]
+    assert _keys(run(db, "reservations", "ls", "--json", "--owner", "owner-a")) == [
+        "live-1",
+        "old-1",
+    ]
+    assert _keys(run(db, "reservations", "ls", "--json", "--expired", "--owner", "owner-c")) == [
+        "old-2"
+    ]
+    assert _keys(run(db, "reservations", "ls", "--json", "--owner", "nobody")) == []
+    assert _keys(run(db, "reservations", "ls", "--json", "--limit", "3")) == [
+        "live-1",
+        "live-2",
+        "old-1",
+    ]
+
+
+def test_ls_active_and_expired_are_exclusive(db: str) -> None:
+    result = run(db, "reservations", "ls", "--active", "--expired")
+    assert fails(result, code=2) == "error: --active and --expired are mutually exclusive"
+
+
+def test_ls_for_people(db: str) -> None:
+    out = ok(run(db, "reservations", "ls", COLUMNS="200")).stdout
+    assert "owner-a" in out and "live-1" in out
+    assert "expires in " in out
+    assert "expired 1h ago" in out or "expired 59m" in out
+    assert "expired 1m 4" in out  # old-2: taken 2 minutes ago for 15s
+    empty = ok(run(db, "reservations", "ls", "--owner", "nobody"))
+    assert empty.stdout == "" and "no reservations" in empty.stderr
+
+
+def test_release(db: str) -> None:
+    result = ok(run(db, "reservations", "release", "live-1", "--owner", "owner-a"))
+    assert 'released the reservation on "live-1" held by "owner-a"' in result.stderr
+    assert _keys(run(db, "reservations", "ls", "--json", "--active")) == ["live-2"]
+    with open_store(db) as store:
+        taken = store.get_or_extend_reservation("live-1", "owner-z")
+    assert taken.owner_id == "owner-z"
+
+
+def test_release_someone_elses_or_no_lease(db: str) -> None:
+    line = fails(run(db, "reservations", "release", "live-2", "--owner", "owner-a"))
+    assert 'held by "owner-b", not "owner-a"' in line and "expires in" in line
+    line = fails(run(db, "reservations", "release", "ghost", "--owner", "owner-a"))
+    assert 'no reservation on "ghost"' in line
+    assert len(as_json(run(db, "reservations", "ls", "--json"))) == 4
+    assert run(db, "reservations", "release", "live-2").exit_code == 2  # --owner is required
+
+
+def test_gc(db: str) -> None:
+    dry = ok(run(db, "reservations", "gc", "--dry-run", "--json"))
+    assert as_json(dry) == {"removed": 2, "dry_run": True}
+    assert "would remove 2 expired reservations" in dry.stderr
+    assert len(as_json(run(db, "reservations", "ls", "--json"))) == 4
+    result = ok(run(db, "reservations", "gc", "--yes", "--json"))
+    assert as_json(result) == {"removed": 2, "dry_run": False}
+    assert _keys(run(db, "reservations", "ls", "--json")) == ["live-1", "live-2"]
+    # Nothing left to collect: no confirmation needed.
+    assert "removed 0 expired reservations" in ok(run(db, "reservations", "gc")).stderr
+
+
+def test_gc_in_batches(tmp_path: Path) -> None:
+    from flytecache.store import admin
+
+    path = new_db(tmp_path)
+    clock = Clock().at(timedelta(hours=1))
+    with open_store(path, clock) as store:
+        for i in range(1234):
+            store.get_or_extend_reservation(f"k{i}", "o")
+        clock.at(timedelta(0))
+        store.get_or_extend_reservation("live", "o")
+        assert admin.gc_reservations(store, batch_size=100) == 1234
+        assert [r.key for r in admin.iter_reservations(store)] == ["live"]

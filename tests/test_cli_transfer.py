@@ -1,0 +1,505 @@
+"""``flytecache export`` / ``import``: lossless, idempotent, atomic, streamed."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import shutil
+import sqlite3
+import tempfile
+import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flyteidl2.cacheservice import cacheservice_pb2 as cs
+from flyteidl2.core import identifier_pb2, literals_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_cli import (
+    as_json,
+    bulk_insert,
+    fails,
+    int_literal,
+    new_db,
+    ok,
+    open_store,
+    put_inline,
+    put_uri,
+    run,
+)
+
+from flytecache.store import admin
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated empty database to copy (migrating per hypothesis example would be slow)."""
+    return new_db(tmp_path_factory.mktemp("template"))
+
+
+def fresh(template: str, directory: str | Path, name: str) -> str:
+    path = str(Path(directory) / name)
+    shutil.copy(template, path)
+    return path
+
+
+def dump(path: str) -> list[tuple[Any, ...]]:
+    """Every entry (all columns but the surrogate id) with its outputs, in key order."""
+    conn = sqlite3.connect(path)
+    try:
+        entries = conn.execute(
+            "select id, key, resource_type, project, domain, name, version, org, key_map, "
+            "created_at, last_updated_at, output_uri, size from entries order by key"
+        ).fetchall()
+        result = []
+        for row in entries:
+            outputs = conn.execute(
+                "select name, literal from outputs where entry_id = ? order by name", (row[0],)
+            ).fetchall()
+            result.append((*row[1:], tuple(outputs)))
+        return result
+    finally:
+        conn.close()
+
+
+def staging_leftovers(path: str) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [
+            r[0] for r in conn.execute("select name from sqlite_master where name like '%import%'")
+        ]
+    finally:
+        conn.close()
+
+
+class SetClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+# -- hypothesis: lossless round trip ---------------------------------------------------------------
+
+_text = st.text(max_size=12)
+
+
+def _scalar() -> st.SearchStrategy[literals_pb2.Literal]:
+    def make(kind: str, value: Any) -> literals_pb2.Literal:
+        literal = literals_pb2.Literal()
+        scalar = literal.scalar
+        if kind == "integer":
+            scalar.primitive.integer = value
+        elif kind == "float":
+            scalar.primitive.float_value = value
+        elif kind == "string":
+            scalar.primitive.string_value = value
+        elif kind == "boolean":
+            scalar.primitive.boolean = value
+        elif kind == "binary":
+            scalar.binary.value = value
+        elif kind == "blob":
+            scalar.blob.uri = value
+        else:
+            scalar.none_type.SetInParent()
+        return literal
+
+    return st.one_of(
+        st.integers(-(2**63), 2**63 - 1).map(lambda v: make("integer", v)),
+        st.floats().map(lambda v: make("float", v)),
+        st.text(max_size=40).map(lambda v: make("string", v)),
+        st.booleans().map(lambda v: make("boolean", v)),
+        st.binary(max_size=40).map(lambda v: make("binary", v)),
+        _text.map(lambda v: make("blob", v)),
+        st.just(make("none", None)),
+    )
+
+
+def _nested(children: st.SearchStrategy[literals_pb2.Literal]) -> st.SearchStrategy[Any]:
+    def collection(items: list[literals_pb2.Literal]) -> literals_pb2.Literal:
+        literal = literals_pb2.Literal()
+        literal.collection.SetInParent()
+        literal.collection.literals.extend(items)
+        return literal
+
+    def mapping(items: dict[str, literals_pb2.Literal]) -> literals_pb2.Literal:
+        literal = literals_pb2.Literal()
+        literal.map.SetInParent()
+        for name, item in items.items():
+            literal.map.literals[name].CopyFrom(item)
+        return literal
+
+    return st.one_of(
+        st.lists(children, max_size=3).map(collection),
+        st.dictionaries(_text, children, max_size=3).map(mapping),
+    )
+
+
+def _hashed(pair: tuple[literals_pb2.Literal, str]) -> literals_pb2.Literal:
+    literal, digest = pair
+    literal.hash = digest
+    return literal
+
+
+literal_strategy = st.tuples(st.recursive(_scalar(), _nested, max_leaves=5), _text).map(_hashed)
+
+
+@st.composite
+def cached_outputs(draw: st.DrawFn) -> cs.CachedOutput:
+    output = cs.CachedOutput()
+    if draw(st.booleans()):
+        output.output_uri = draw(st.text(min_size=1, max_size=30))
+    else:
+        output.output_literals.SetInParent()
+        for name, literal in draw(st.dictionaries(_text, literal_strategy, max_size=3)).items():
+            output.output_literals.literals[name].CopyFrom(literal)
+    if draw(st.booleans()):
+        output.metadata.source_identifier.CopyFrom(
+            identifier_pb2.Identifier(
+                resource_type=draw(st.integers(0, 4)),
+                project=draw(_text),
+                domain=draw(_text),
+                name=draw(_text),
+                version=draw(_text),
+                org=draw(_text),
+            )
+        )
+    output.metadata.key_map.values.update(draw(st.dictionaries(_text, _text, max_size=3)))
+    if draw(st.booleans()):
+        output.metadata.created_at.FromDatetime(
+            draw(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)))
+        )
+    return output
+
+
+entries_strategy = st.dictionaries(
+    st.text(min_size=1, max_size=30).filter(lambda k: "\x00" not in k),
+    st.tuples(cached_outputs(), st.integers(0, 10**9)),
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(entries=entries_strategy)
+def test_export_import_round_trip_is_lossless_and_idempotent(
+    template: str, entries: dict[str, tuple[cs.CachedOutput, int]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = fresh(template, tmp, "source.db"), fresh(template, tmp, "target.db")
+        clock = SetClock()
+        with open_store(source, clock) as store:
+            for key, (output, seconds) in entries.items():
+                clock.now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+                store.put(key, output, overwrite=True)
+        export = f"{tmp}/dump.jsonl"
+        ok(run(source, "export", export))
+        first = as_json(run(target, "import", export, "--json"))
+        assert first == {
+            "entries": len(entries),
+            "inserted": len(entries),
+            "replaced": 0,
+            "skipped": 0,
+            "dry_run": False,
+        }
+        assert dump(target) == dump(source)
+        with open_store(source) as a, open_store(target) as b:
+            for key in entries:
+                assert a.get(key).SerializeToString(deterministic=True) == b.get(
+                    key
+                ).SerializeToString(deterministic=True)
+        again = as_json(run(target, "import", export, "--json"))
+        assert again["inserted"] == 0 and again["skipped"] == len(entries)
+        assert dump(target) == dump(source)
+        replaced = as_json(run(target, "import", export, "--overwrite", "--json"))
+        assert replaced["replaced"] == len(entries) and replaced["inserted"] == 0
+        assert dump(target) == dump(source)
+        assert staging_leftovers(target) == []
+
+
+# -- format and streams --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = new_db(tmp_path)
+    with open_store(path) as store:
+        put_uri(store, "uri-key", project="alpha")
+        put_inline(store, "inline-key", {"a": int_literal(1), "b": int_literal(2)})
+    return path
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_export_format(db: str, tmp_path: Path) -> None:
+    target = tmp_path / "dump.jsonl"
+    result = ok(run(db, "export", str(target)))
+    assert result.stdout == "" and "exported 2 entries to" in result.stderr
+    header, *entries = _lines(target)
+    assert header["format"] == "flytecache-export" and header["version"] == 1
+    assert header["entries"] == 2 and header["schema"] == "0001_initial"
+    assert header["exported_at"].endswith("Z")
+    by_key = {e["key"]: e for e in entries}
+    uri = by_key["uri-key"]
+    assert set(uri) == {
+        "key",
+        "resource_type",
+        "project",
+        "domain",
+        "name",
+        "version",
+        "org",
+        "key_map",
+        "created_at",
+        "last_updated_at",
+        "output_uri",
+        "size",
+        "outputs",
+    }
+    assert uri["output_uri"] == "s3://bucket/uri-key" and uri["outputs"] is None
+    assert uri["project"] == "alpha" and uri["resource_type"] == 1
+    assert uri["key_map"] == {"exec-attempt": "0", "execution-name": "run-1"}
+    assert isinstance(uri["created_at"], int) and isinstance(uri["last_updated_at"], int)
+    inline = by_key["inline-key"]
+    assert inline["output_uri"] is None
+    decoded = {
+        name: literals_pb2.Literal.FromString(base64.b64decode(value))
+        for name, value in inline["outputs"].items()
+    }
+    assert decoded == {"a": int_literal(1), "b": int_literal(2)}
+    assert not list(tmp_path.glob(".dump*"))  # no partial file left behind
+
+
+def test_export_to_stdout_and_import_from_stdin(db: str, tmp_path: Path) -> None:
+    result = ok(run(db, "export", "-"))
+    assert "exported 2 entries to stdout" in result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["format"] == "flytecache-export"
+    (tmp_path / "t").mkdir()
+    target = new_db(tmp_path / "t")
+    imported = ok(run(target, "import", "-", input=result.stdout_bytes))
+    assert "imported 2 entries: 2 new, 0 skipped (present)" in imported.stderr
+    assert dump(target) == dump(db)
+
+
+def test_gzip_round_trip(db: str, tmp_path: Path) -> None:
+    target = tmp_path / "dump.jsonl.gz"
+    ok(run(db, "export", str(target)))
+    assert json.loads(gzip.decompress(target.read_bytes()).splitlines()[0])["version"] == 1
+    (tmp_path / "t").mkdir()
+    other = new_db(tmp_path / "t")
+    ok(run(other, "import", str(target)))
+    assert dump(other) == dump(db)
+
+
+def test_import_skips_existing_keys_unless_overwrite(db: str, tmp_path: Path) -> None:
+    export = tmp_path / "dump.jsonl"
+    ok(run(db, "export", str(export)))
+    (tmp_path / "t").mkdir()
+    target = new_db(tmp_path / "t")
+    with open_store(target) as store:
+        put_uri(store, "uri-key", uri="s3://elsewhere/mine")
+        put_uri(store, "unrelated")
+    result = ok(run(target, "import", str(export)))
+    assert "imported 2 entries: 1 new, 1 skipped (present)" in result.stderr
+    with open_store(target) as store:
+        assert store.get("uri-key").output_uri == "s3://elsewhere/mine"
+        assert store.get("inline-key").output_literals.literals["b"] == int_literal(2)
+    report = as_json(run(target, "import", str(export), "--overwrite", "--json"))
+    assert report == {"entries": 2, "inserted": 0, "replaced": 2, "skipped": 0, "dry_run": False}
+    with open_store(target) as store:
+        assert store.get("uri-key").output_uri == "s3://bucket/uri-key"
+        assert store.get("unrelated")  # keys not in the file are left alone
+
+
+def test_import_dry_run_writes_nothing(db: str, tmp_path: Path) -> None:
+    export = tmp_path / "dump.jsonl"
+    ok(run(db, "export", str(export)))
+    (tmp_path / "t").mkdir()
+    target = new_db(tmp_path / "t")
+    with open_store(target) as store:
+        put_uri(store, "uri-key", uri="s3://elsewhere/mine")
+    before = dump(target)
+    result = ok(run(target, "import", str(export), "--dry-run", "--json"))
+    assert as_json(result) == {
+        "entries": 2,
+        "inserted": 1,
+        "replaced": 0,
+        "skipped": 1,
+        "dry_run": True,
+    }
+    assert "would import 2 entries" in result.stderr
+    overwrite = as_json(run(target, "import", str(export), "--dry-run", "--overwrite", "--json"))
+    assert overwrite["replaced"] == 1 and overwrite["inserted"] == 1
+    assert dump(target) == before
+    assert staging_leftovers(target) == []
+
+
+# -- atomicity: a bad line imports nothing ------------------------------------------------------
+
+HEADER = json.dumps({"format": "flytecache-export", "version": 1})
+GOOD = {
+    "key": "good",
+    "created_at": 1,
+    "last_updated_at": 2,
+    "output_uri": "s3://b/good",
+}
+
+
+def _entry(**changes: Any) -> str:
+    record = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in record.items() if v is not ...})
+
+
+BAD_FILES = {
+    "not json": ([HEADER, _entry(key="a"), "{nope"], 3, "not valid JSON"),
+    "missing key": ([HEADER, _entry(key=...)], 2, "missing key"),
+    "empty key": ([HEADER, _entry(key="")], 2, "key must not be empty"),
+    "key type": ([HEADER, _entry(key=5)], 2, "key must be a string"),
+    "missing timestamp": ([HEADER, _entry(created_at=...)], 2, "missing created_at"),
+    "timestamp type": ([HEADER, _entry(last_updated_at="now")], 2, "must be an integer"),
+    "timestamp range": ([HEADER, _entry(created_at=10**20)], 2, "out of range"),
+    "no output": ([HEADER, _entry(output_uri=...)], 2, "needs output_uri or an outputs"),
+    "both outputs": ([HEADER, _entry(outputs={})], 2, "not both"),
+    "bad base64": ([HEADER, _entry(output_uri=None, outputs={"o": "!!"})], 2, "base64"),
+    "not a literal": (
+        [HEADER, _entry(output_uri=None, outputs={"o": base64.b64encode(b"\xff\xff").decode()})],
+        2,
+        "not a serialized Literal",
+    ),
+    "unknown field": ([HEADER, _entry(colour="red")], 2, "unknown field 'colour'"),
+    "key_map": ([HEADER, _entry(key_map={"a": 1})], 2, "key_map"),
+    "long project": ([HEADER, _entry(project="p" * 256)], 2, "longer than 255"),
+    "resource type": ([HEADER, _entry(resource_type=-1)], 2, "resource_type"),
+    "not an object": ([HEADER, "[1, 2]"], 2, "expected a JSON object"),
+    "duplicate": ([HEADER, _entry(key="a"), _entry(key="b"), _entry(key="a")], 4, "duplicate"),
+    "empty line": ([HEADER, _entry(key="a"), "", _entry(key="b")], 3, "empty line"),
+    "no header": ([_entry(key="a")], 1, "not a flytecache export"),
+    "version": ([json.dumps({"format": "flytecache-export", "version": 2})], 1, "version 2"),
+    "truncated": (
+        [json.dumps({"format": "flytecache-export", "version": 1, "entries": 3}), _entry()],
+        2,
+        "announces 3 entries but the file has 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
+def test_a_bad_line_imports_nothing(db: str, tmp_path: Path, case: str) -> None:
+    lines, line_no, message = BAD_FILES[case]
+    # Many good entries first, so that a partial import would be visible.
+    good = [_entry(key=f"ok-{i}") for i in range(1200)]
+    body = [lines[0], *good, *lines[1:]] if lines[0] == HEADER else lines
+    if lines[0] == HEADER:
+        line_no += len(good)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(body) + "\n", encoding="utf-8")
+    before = dump(db)
+    line = fails(run(db, "import", str(path)))
+    assert f"line {line_no}:" in line and message in line, line
+    assert dump(db) == before
+    assert staging_leftovers(db) == []
+    fails(run(db, "import", str(path), "--dry-run"))
+
+
+def test_non_utf8_and_empty_input(db: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(HEADER.encode() + b"\n\xff\xfe\n")
+    assert "line 2: not UTF-8" in fails(run(db, "import", str(path)))
+    path.write_bytes(b"")
+    assert "the input is empty" in fails(run(db, "import", str(path)))
+
+
+def test_staging_does_not_block_writers(db: str) -> None:
+    """While the file is read and validated, other processes can still write."""
+    with open_store(db) as importer, open_store(db, busy_timeout=timedelta(milliseconds=100)) as o:
+
+        def lines() -> Iterator[str]:
+            yield HEADER
+            for i in range(1500):
+                if i == 1000:  # mid-way: staging has run executemany into temp tables
+                    put_uri(o, "written-during-import")
+                yield _entry(key=f"k{i}")
+
+        result = admin.import_entries(importer, lines())
+    assert result.inserted == 1500
+    with open_store(db) as store:
+        assert store.get("written-during-import")
+
+
+def test_export_is_one_consistent_snapshot(tmp_path: Path) -> None:
+    path = new_db(tmp_path)
+    with open_store(path) as store:
+        for i in range(50):
+            put_uri(store, f"k{i:03d}")
+    with (
+        open_store(path) as reader,
+        open_store(path) as writer,
+        admin.export_entries(reader, page_size=7) as stream,
+    ):
+        lines = [next(stream.lines), next(stream.lines)]
+        for i in range(50):  # the writer is not blocked by the exporting reader
+            writer.delete(f"k{i:03d}")
+        put_uri(writer, "new")
+        lines.extend(stream.lines)
+    keys = [json.loads(line)["key"] for line in lines[1:]]
+    assert keys == [f"k{i:03d}" for i in range(50)]
+
+
+# -- constant memory -----------------------------------------------------------------------------
+
+
+def _peak(function: Any) -> int:
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_export_and_import_memory_does_not_grow_with_the_cache(tmp_path: Path) -> None:
+    peaks = {}
+    for count in (1_000, 10_000):
+        directory = tmp_path / str(count)
+        directory.mkdir()
+        source = new_db(directory)
+        bulk_insert(source, count, updated_us=1_700_000_000_000_000)
+        target = str(directory / "target.db")
+        shutil.copy(source, target)
+        conn = sqlite3.connect(target)
+        with conn:
+            conn.execute("delete from outputs")
+            conn.execute("delete from entries")
+        conn.close()
+        export = directory / "dump.jsonl"
+
+        def do_export(source: str = source, export: Path = export) -> None:
+            with (
+                open_store(source) as store,
+                admin.export_entries(store) as stream,
+                open(export, "w", encoding="utf-8") as out,
+            ):
+                for line in stream.lines:
+                    out.write(line + "\n")
+
+        def do_import(target: str = target, export: Path = export, count: int = count) -> None:
+            with open_store(target) as store, open(export, "rb") as source_file:
+                assert admin.import_entries(store, source_file).inserted == count
+
+        peaks[count] = (_peak(do_export), _peak(do_import))
+    small, large = peaks[1_000], peaks[10_000]
+    # Ten times the entries must not mean (anywhere near) ten times the memory.
+    assert large[0] < 1.5 * small[0], peaks
+    assert large[1] < 1.5 * small[1], peaks
