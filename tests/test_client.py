@@ -24,9 +24,29 @@ POPULATED = catalog_pb2.CatalogCacheStatus.CACHE_POPULATED
 Res = catalog_pb2.CatalogReservation.Status
 
 
-@pytest.fixture
-def client(store: CacheStore):
-    with CatalogClient(store, clock=store._clock) as opened:
+@pytest.fixture(params=["sqlite", "postgresql", "remote"])
+def client(request: pytest.FixtureRequest, tmp_path: Path, clock):
+    """The same client tests locally on both backends and remotely through ``flytecache serve``.
+
+    ``client.test_store`` is a local store on the same database, to look under the hood.
+    """
+    if request.param == "remote":
+        server = request.getfixturevalue("cache_server")
+        with CacheStore.open(server.database) as store:
+            with store.engine.begin() as conn:  # the server is shared by the session
+                conn.exec_driver_sql("DELETE FROM entries")
+                conn.exec_driver_sql("DELETE FROM reservations")
+            with CatalogClient(server.url) as opened:
+                opened.test_store = store  # type: ignore[attr-defined]
+                yield opened
+        return
+    url = (
+        str(tmp_path / "cache.db")
+        if request.param == "sqlite"
+        else request.getfixturevalue("migrated_pg_url")
+    )
+    with CacheStore.open(url, clock=clock) as store, CatalogClient(store, clock=clock) as opened:
+        opened.test_store = store  # type: ignore[attr-defined]
         yield opened
 
 
@@ -93,7 +113,8 @@ def test_ignored_inputs(client: CatalogClient) -> None:
     assert hit.outputs == literal_map(o=1)
 
 
-def test_entries_are_scoped_by_project_and_domain(client: CatalogClient, store) -> None:
+def test_entries_are_scoped_by_project_and_domain(client: CatalogClient) -> None:
+    store = client.test_store  # type: ignore[attr-defined]
     client.put(make_key(), literal_map(o=1))
     with pytest.raises(NotFoundError):
         client.get(make_key(project="other"))
@@ -129,7 +150,7 @@ def test_metadata_round_trip_from_task_execution(client: CatalogClient, clock) -
         project="p1", domain="d1", name="exec-1", org="org"
     )
     assert entry.status.metadata.dataset_id == make_key().identifier
-    stored = client.backend.store.get(  # type: ignore[attr-defined]
+    stored = client.test_store.get(  # type: ignore[attr-defined]
         f"flytesnacks-development-{client.cache_key(make_key())}"
     )
     assert stored.metadata.created_at.ToDatetime(tzinfo=UTC) == created
@@ -236,7 +257,7 @@ def test_invalid_arguments(client: CatalogClient) -> None:
     with pytest.raises(InvalidArgumentError, match="identifier"):
         CatalogKey(identifier="x", cache_version="1", typed_interface=None)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="max_cache_age"):
-        CatalogClient(client.backend.store, max_cache_age=5)  # type: ignore[arg-type, attr-defined]
+        CatalogClient(client.test_store, max_cache_age=5)  # type: ignore[arg-type, attr-defined]
     with pytest.raises(InvalidArgumentError, match="target"):
         CatalogClient(42)  # type: ignore[arg-type]
 

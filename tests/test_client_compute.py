@@ -93,3 +93,24 @@ def test_killed_owner_is_taken_over_after_its_lease_expires(db_path: str, tmp_pa
     value = _catalog.compute_worker(db_path, str(log), 0.0)
     assert value == 42
     assert len(log.read_text().splitlines()) == 1
+
+
+def test_processes_compute_exactly_once_through_the_server(cache_server, tmp_path: Path) -> None:
+    with CacheStore.open(cache_server.database) as store, store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM entries")
+        conn.exec_driver_sql("DELETE FROM reservations")
+    log = tmp_path / "computed.log"
+    with CTX.Manager() as manager:
+        barrier = manager.Barrier(4)
+        with ProcessPoolExecutor(4, mp_context=CTX) as pool:
+            results = list(
+                pool.map(
+                    _catalog.compute_worker,
+                    [cache_server.url] * 4,
+                    [str(log)] * 4,
+                    [0.5] * 4,
+                    [barrier] * 4,
+                )
+            )
+    assert results == [42] * 4
+    assert len(log.read_text().splitlines()) == 1

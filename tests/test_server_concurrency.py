@@ -74,3 +74,16 @@ def test_leases_never_overlap_through_two_servers_on_one_file(
     wins = _assert_no_overlap(results)
     assert wins > 100, wins
     assert sum(1 for r in results if r["held"]) >= CLIENTS // 2
+
+
+def test_leases_never_overlap_through_two_servers_on_one_postgres(
+    pool: ProcessPoolExecutor, tmp_path: Path, migrated_pg_url: str
+) -> None:
+    with (
+        ServerProcess(migrated_pg_url, log_path=tmp_path / "log-a") as first,
+        ServerProcess(migrated_pg_url, log_path=tmp_path / "log-b") as second,
+    ):
+        results = _race(pool, [first.url, second.url], seconds=2)
+    wins = _assert_no_overlap(results)
+    assert wins > 100, wins
+    assert sum(1 for r in results if r["held"]) >= CLIENTS // 2
