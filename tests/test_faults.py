@@ -114,3 +114,25 @@ def test_read_only_file_fails_on_write_and_still_reads(tmp_path: Path) -> None:
             assert store.get("k").output_uri == "s3://b/k"
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_read_only_directory_still_reads_and_fails_writes_clearly(tmp_path: Path) -> None:
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr not available")
+    directory = tmp_path / "read only dir"
+    directory.mkdir()
+    path = directory / "cache.db"
+    with CacheStore.open(str(path)) as store:
+        store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+    # The immutable attribute stops root too (permission bits do not).
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("filesystem does not support the immutable attribute")
+    try:
+        with CacheStore.open(str(path)) as store:
+            assert store.get("k").output_uri == "s3://b/k"
+            with pytest.raises(StorageError, match="read-only"):
+                store.put("k2", cs.CachedOutput(output_uri="s3://b/k2"))
+            with pytest.raises(StorageError, match="read-only"):
+                store.get_or_extend_reservation("k", "owner")
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=False)

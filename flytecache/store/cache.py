@@ -15,7 +15,13 @@ from flyteidl2.core import identifier_pb2, literals_pb2
 from sqlalchemy.engine import URL, Engine
 
 from flytecache.config import StoreSettings
-from flytecache.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, StorageError
+from flytecache.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    StorageError,
+    UnavailableError,
+)
 from flytecache.store.engine import (
     HotPool,
     Sql,
@@ -23,6 +29,7 @@ from flytecache.store.engine import (
     dialect_insert,
     is_sqlite,
     normalize_url,
+    sqlite_unopenable_directory,
 )
 from flytecache.store.migrate import ensure_schema
 from flytecache.store.models import Entry, Output, Reservation
@@ -254,6 +261,17 @@ class CacheStore:
         engine = create_store_engine(url, settings)
         try:
             ensure_schema(engine, migrate=migrate)
+        except UnavailableError:
+            engine.dispose()
+            if not sqlite_unopenable_directory(url):
+                raise
+            # A read-only directory: serve reads, fail writes with a clear message.
+            engine = create_store_engine(url, settings, read_only=True)
+            try:
+                ensure_schema(engine, migrate=False)
+            except BaseException:
+                engine.dispose()
+                raise
         except BaseException:
             engine.dispose()
             raise

@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -82,6 +83,26 @@ _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 _HOT_POOLS: weakref.WeakSet[HotPool] = weakref.WeakSet()
 
 
+def sqlite_unopenable_directory(url: URL) -> bool:
+    """Whether a SQLite file exists but its directory refuses the WAL companion files.
+
+    That is the one case a read-only engine (``read_only=True``) is used for.
+    """
+    if not is_sqlite(url) or not url.database:
+        return False
+    path = Path(url.database)
+    wal = path.with_name(path.name + "-wal")
+    if not path.is_file() or wal.exists():
+        return False
+    probe = path.with_name(f".{path.name}.flytecache-probe-{os.getpid()}")
+    try:
+        probe.touch(exist_ok=False)
+    except OSError:
+        return True
+    probe.unlink(missing_ok=True)
+    return False
+
+
 def is_sqlite(url: URL | Engine) -> bool:
     """Whether ``url`` (or an engine) points at SQLite."""
     name = url.dialect.name if isinstance(url, Engine) else url.get_backend_name()
@@ -149,7 +170,7 @@ def network_filesystem_type(path: Path, mounts_file: str = "/proc/self/mounts") 
 
 def _sqlite_path_checks(url: URL, settings: StoreSettings, mounts_file: str) -> None:
     assert url.database is not None
-    path = Path(url.database)
+    path = Path(url.database.removeprefix("file:").split("?")[0])
     if not path.parent.is_dir():
         raise InvalidArgumentError(
             f"cannot open database {path}: directory {path.parent} does not exist", field="url"
@@ -168,7 +189,7 @@ def _sqlite_path_checks(url: URL, settings: StoreSettings, mounts_file: str) -> 
         )
 
 
-def _install_sqlite_events(engine: Engine, settings: StoreSettings) -> None:
+def _install_sqlite_events(engine: Engine, settings: StoreSettings, read_only: bool) -> None:
     busy_ms = int(settings.busy_timeout.total_seconds() * 1000)
 
     @event.listens_for(engine, "connect")
@@ -178,7 +199,7 @@ def _install_sqlite_events(engine: Engine, settings: StoreSettings) -> None:
         # busy_timeout first: the journal_mode switch below may itself wait for other openers.
         dbapi_conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
         mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
+        if not read_only and (mode is None or str(mode[0]).lower() != "wal"):
             # WAL lets readers run while one writer commits; it is persistent in the file.
             dbapi_conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode loses no committed transaction on a process crash; FULL adds
@@ -221,22 +242,40 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def create_store_engine(
-    url: URL, settings: StoreSettings, *, mounts_file: str = "/proc/self/mounts"
+    url: URL,
+    settings: StoreSettings,
+    *,
+    mounts_file: str = "/proc/self/mounts",
+    read_only: bool = False,
 ) -> Engine:
-    """Create the engine for ``url`` with flytecache's connection settings."""
+    """Create the engine for ``url`` with flytecache's connection settings.
+
+    ``read_only`` opens a SQLite file that cannot be written at all (its directory is
+    read-only, so SQLite cannot create the WAL companions): reads work, writes fail clearly.
+    """
     if is_sqlite(url):
         _sqlite_path_checks(url, settings, mounts_file)
+        connect_args: dict[str, Any] = {
+            "timeout": settings.busy_timeout.total_seconds(),
+            "check_same_thread": False,
+            "isolation_level": None,
+        }
+        if read_only:
+            # immutable: no -shm/-wal needed. Only used when nobody can have a WAL open
+            # (none exists and none can be created in the directory).
+            assert url.database is not None
+            target = url.set(
+                database="file:" + urllib.parse.quote(url.database) + "?mode=ro&immutable=1"
+            ).update_query_dict({"uri": "true"})
+            connect_args["uri"] = True
+            url = target
         engine = sa.create_engine(
             url,
-            connect_args={
-                "timeout": settings.busy_timeout.total_seconds(),
-                "check_same_thread": False,
-                "isolation_level": None,
-            },
+            connect_args=connect_args,
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
         )
-        _install_sqlite_events(engine, settings)
+        _install_sqlite_events(engine, settings, read_only)
     else:
         engine = sa.create_engine(
             url,
