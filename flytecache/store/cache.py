@@ -272,6 +272,11 @@ class CacheStore:
             except BaseException:
                 engine.dispose()
                 raise
+        except StorageError as error:
+            engine.dispose()
+            # Name the file: "damaged" means little without knowing which database.
+            where = url.database if is_sqlite(url) else url.render_as_string(hide_password=True)
+            raise type(error)(f"{where}: {error}", **error.fields) from error
         except BaseException:
             engine.dispose()
             raise
