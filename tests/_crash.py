@@ -64,7 +64,8 @@ def run_round(path: str, workdir: Path, round_no: int, writers: int = 3) -> int:
         pid = os.fork()
         if pid == 0:  # child: never return into the test runner
             try:
-                writer(path, str(workdir / f"ack-{w}.log"), f"w{w}", round_no * 100 + w)
+                ack = workdir / f"ack-{round_no}-{w}.log"
+                writer(path, str(ack), f"w{w}", round_no * 100 + w)
             finally:
                 os._exit(0)
         pids.append(pid)
@@ -73,11 +74,14 @@ def run_round(path: str, workdir: Path, round_no: int, writers: int = 3) -> int:
         os.kill(pid, signal.SIGKILL)
     for pid in pids:
         os.waitpid(pid, 0)
-    return sum(len(p.read_text().splitlines()) for p in workdir.glob("ack-*.log") if p.exists())
+    return sum(len(p.read_text().splitlines()) for p in workdir.glob(f"ack-{round_no}-*.log"))
 
 
-def audit(path: str, workdir: Path) -> dict[str, int]:
-    """Check integrity, acknowledged puts, whole entries and sane leases; raise on a problem."""
+def audit(path: str, workdir: Path, pattern: str = "ack-*.log") -> dict[str, int]:
+    """Check integrity, acknowledged puts, whole entries and sane leases; raise on a problem.
+
+    ``pattern`` picks the acknowledgement logs to verify (one round's, or all of them).
+    """
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -96,7 +100,7 @@ def audit(path: str, workdir: Path) -> dict[str, int]:
     conn.close()
     acknowledged = 0
     with CacheStore.open(path) as store:
-        for log in workdir.glob("ack-*.log"):
+        for log in workdir.glob(pattern):
             for line in log.read_text().splitlines():
                 parts = line.split()
                 if len(parts) != 2:
