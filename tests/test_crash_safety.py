@@ -13,7 +13,6 @@ from flytecache import CacheStore
 def _rounds(tmp_path: Path, rounds: int) -> dict[str, int]:
     path = str(tmp_path / "crash.db")
     CacheStore.open(path).close()
-    totals = {"entries": 0, "acknowledged": 0}
     for round_no in range(rounds):
         _crash.run_round(path, tmp_path, round_no)
         _crash.audit(path, tmp_path, f"ack-{round_no}-*.log")  # this round's acknowledgements
