@@ -5,6 +5,7 @@ Also home of the helpers the other ``test_cli_*`` modules share (``run``, ``put_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,16 +16,20 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import sqlalchemy as sa
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import identifier_pb2, literals_pb2
 from typer.testing import CliRunner, Result
 
 from flytecache import CacheStore, StoreSettings
 from flytecache.cli import app
+from flytecache.store.models import Entry, Output
 
+ENTRIES = cast(sa.Table, Entry.__table__)
+OUTPUTS = cast(sa.Table, Output.__table__)
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -116,42 +121,72 @@ def open_store(path: str, clock: Clock | None = None, **settings: Any) -> CacheS
     return CacheStore.open(path, clock=clock, settings=StoreSettings(**settings))
 
 
+@contextlib.contextmanager
+def connect(db: str) -> Iterator[sa.Connection]:
+    """A SQLAlchemy connection to ``db`` (either backend) in a transaction committed on exit.
+
+    For looking at or changing rows behind the store's back. No schema check, so it also works
+    on a database that was downgraded; the engine is disposed afterwards.
+    """
+    from flytecache.store import admin
+
+    engine = admin.open_engine(db)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def is_postgres(db: str) -> bool:
+    """Whether ``db`` (a path or URL from the fixtures) is a PostgreSQL database."""
+    return db.startswith("postgresql")
+
+
+def table_names(db: str) -> set[str]:
+    """The tables in ``db``'s default schema."""
+    with connect(db) as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
 def bulk_insert(
-    path: str, count: int, *, updated_us: int, prefix: str = "bulk", inline_every: int = 10
+    db: str, count: int, *, updated_us: int, prefix: str = "bulk", inline_every: int = 10
 ) -> None:
-    """Insert ``count`` entries fast with raw sqlite3 (one transaction, executemany).
+    """Insert ``count`` entries fast (one transaction, executemany) on either backend.
 
     Every ``inline_every``-th entry has one inline output; the others have a URI. The rows are
     exactly what CacheStore.put would write (size included).
     """
     literal = int_literal(7).SerializeToString()
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "insert into entries (key, resource_type, project, domain, name, version, org, "
-            "key_map, created_at, last_updated_at, output_uri, size) "
-            "values (?, 1, 'bulk', 'development', ?, 'v1', '', '{}', ?, ?, ?, ?)",
-            (
-                (
-                    f"{prefix}-{i:07d}",
-                    f"task-{i % 7}",
-                    updated_us,
-                    updated_us,
-                    None if i % inline_every == 0 else f"s3://bucket/{prefix}/{i}",
-                    len(literal) if i % inline_every == 0 else len(f"s3://bucket/{prefix}/{i}"),
-                )
-                for i in range(count)
-            ),
+    rows = []
+    for i in range(count):
+        uri = None if i % inline_every == 0 else f"s3://bucket/{prefix}/{i}"
+        rows.append(
+            {
+                "key": f"{prefix}-{i:07d}",
+                "resource_type": 1,
+                "project": "bulk",
+                "domain": "development",
+                "name": f"task-{i % 7}",
+                "version": "v1",
+                "org": "",
+                "key_map": "{}",
+                "created_at": updated_us,
+                "last_updated_at": updated_us,
+                "output_uri": uri,
+                "size": len(literal) if uri is None else len(uri),
+            }
         )
+    with connect(db) as conn:
+        conn.execute(sa.insert(ENTRIES), rows)
         conn.execute(
-            "insert into outputs (entry_id, name, literal) select id, 'o', ? from entries "
-            "where output_uri is null and key like ?",
-            (literal, f"{prefix}-%"),
+            sa.insert(OUTPUTS).from_select(
+                ["entry_id", "name", "literal"],
+                sa.select(ENTRIES.c.id, sa.literal("o"), sa.literal(literal, sa.LargeBinary)).where(
+                    ENTRIES.c.output_uri.is_(None), ENTRIES.c.key.like(f"{prefix}-%")
+                ),
+            )
         )
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -168,6 +203,16 @@ def new_db(tmp_path: Path) -> str:
 def db(tmp_path: Path) -> str:
     """A migrated, empty SQLite database file."""
     return new_db(tmp_path)
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def new_db_on(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on ``backend`` (a SQLite file or a PostgreSQL URL)."""
+    if backend == "sqlite":
+        return new_db(tmp_path)
+    return str(request.getfixturevalue("migrated_pg_url"))
 
 
 @pytest.fixture
@@ -312,6 +357,34 @@ def test_bad_db_paths_give_one_line(tmp_path: Path) -> None:
     assert "not a SQLite database" in fails(run(str(garbage), "entries", "ls"))
 
 
+def test_unreachable_or_refused_postgresql_gives_one_line(migrated_pg_url: str) -> None:
+    url = sa.make_url(migrated_pg_url)
+    unreachable = url.set(port=1).render_as_string(hide_password=False)
+    assert "database unavailable" in fails(run(unreachable, "entries", "ls"))
+    stranger = url.set(username="nobody").render_as_string(hide_password=False)
+    assert 'role "nobody" does not exist' in fails(run(stranger, "stats"))
+    missing = url.set(database="no_such_db").render_as_string(hide_password=False)
+    assert 'database "no_such_db" does not exist' in fails(run(missing, "db", "upgrade"))
+
+
+def test_postgresql_password_is_never_printed(migrated_pg_url: str) -> None:
+    # The test server trusts local connections, so any password is accepted (and ignored).
+    url = sa.make_url(migrated_pg_url).set(password="s3cret").render_as_string(hide_password=False)
+    assert "s3cret" in url
+    results = [
+        run(url, "db", "upgrade"),
+        run(url, "db", "check", "--json"),
+        run(url, "db", "check"),
+        run(url, "stats", "--json"),
+        run(url, "stats"),
+        run(url, "entries", "show", "nope"),
+        run(url, "vacuum"),
+    ]
+    assert '"postgresql+psycopg://flytecache:***@' in results[3].stdout
+    for result in results:
+        assert "s3cret" not in result.stdout + result.stderr
+
+
 def test_db_option_overrides_env(db: str, tmp_path: Path) -> None:
     with open_store(db) as store:
         put_uri(store, "k")
@@ -348,6 +421,21 @@ def test_busy_database_exits_1(db: str) -> None:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_busy_postgresql_exits_1(migrated_pg_url: str) -> None:
+    db = migrated_pg_url
+    with open_store(db) as store:
+        put_uri(store, "k")
+    with connect(db) as holder:  # holds the lock until the block ends
+        # EXCLUSIVE blocks writers but not plain reads.
+        holder.exec_driver_sql("LOCK TABLE entries IN EXCLUSIVE MODE")
+        for command in (["entries", "rm", "k"], ["entries", "prune", "--older-than", "0s"]):
+            line = fails(run(db, *command, "--yes", FLYTECACHE_BUSY_TIMEOUT="50ms"))
+            assert line.startswith("error: database busy (") and "retry" in line, line
+        assert [e["key"] for e in as_json(run(db, "entries", "ls", "--json"))] == ["k"]
+    with open_store(db) as store:
+        assert store.get("k")
 
 
 def test_usage_errors_exit_2(db: str) -> None:

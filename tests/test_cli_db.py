@@ -1,4 +1,9 @@
-"""``flytecache db``: upgrade, downgrade, current, history, check and backup."""
+"""``flytecache db``: upgrade, downgrade, current, history, check and backup.
+
+The schema commands run on both backends, each PostgreSQL test on its own fresh database (they
+change the schema). The SQLite-only check items are skipped on PostgreSQL; ``db backup`` is
+SQLite-only (tested in test_cli_maintenance.py).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,57 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_cli import as_json, fails, int_literal, new_db, ok, open_store, put_inline, put_uri, run
+from test_cli import (
+    BACKENDS,
+    as_json,
+    connect,
+    fails,
+    int_literal,
+    is_postgres,
+    new_db,
+    ok,
+    open_store,
+    put_inline,
+    put_uri,
+    run,
+    table_names,
+)
 from typer.testing import Result
 
 HEAD = "0001_initial"
+SQLITE_ONLY = ("filesystem", "integrity", "wal")
+
+
+@pytest.fixture(params=BACKENDS)
+def empty(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no schema yet: a SQLite path with no file, or an empty PostgreSQL one."""
+    if request.param == "sqlite":
+        return str(tmp_path / "new.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=BACKENDS)
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database of its own on each backend (the tests may downgrade it)."""
+    if request.param == "sqlite":
+        return new_db(tmp_path)
+    url = str(request.getfixturevalue("pg_url"))
+    open_store(url).close()
+    return url
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
+    """A migrated SQLite file (for the SQLite-only checks and backups)."""
     return new_db(tmp_path)
 
 
-def test_upgrade_creates_and_is_idempotent(tmp_path: Path) -> None:
-    path = str(tmp_path / "new.db")
+def test_upgrade_creates_and_is_idempotent(empty: str) -> None:
+    path = empty
+    if is_postgres(path):  # the database exists, without tables
+        assert as_json(run(path, "db", "current", "--json"))["current"] is None
+    else:
+        assert "does not exist" in fails(run(path, "db", "current"))
     result = ok(run(path, "db", "upgrade"))
     assert result.stdout == ""
     assert f"is at revision {HEAD}" in result.stderr
@@ -31,23 +74,31 @@ def test_upgrade_creates_and_is_idempotent(tmp_path: Path) -> None:
     }
 
 
-def test_upgrade_to_a_named_revision_and_an_unknown_one(tmp_path: Path) -> None:
-    path = str(tmp_path / "new.db")
+def test_upgrade_to_a_named_revision_and_an_unknown_one(empty: str) -> None:
+    path = empty
+    assert "nope" in fails(run(path, "db", "upgrade", "nope"))
+    if not is_postgres(path):
+        assert not Path(path).exists()  # a typo creates no empty database file
     ok(run(path, "db", "upgrade", HEAD))
+    assert "nope" in fails(run(path, "db", "upgrade", "nope"))  # alembic's own message
     assert ok(run(path, "db", "current")).stdout == f"{HEAD} (head)\n"
     assert "nope" in fails(run(path, "db", "upgrade", "nope"))
 
 
-def test_downgrade_to_base_and_back(db: str) -> None:
+def test_downgrade_to_base_and_back(any_db: str) -> None:
+    db = any_db
     with open_store(db) as store:
         put_uri(store, "k")
-    ok(run(db, "db", "downgrade", "base", "--yes"))
+    assert {"entries", "outputs", "reservations", "alembic_version"} <= table_names(db)
+    result = ok(run(db, "db", "downgrade", "base", "--yes"))
+    assert result.stderr.endswith("is at revision (empty)\n")
     assert ok(run(db, "db", "current")).stdout == "(none) (empty)\n"
     assert as_json(run(db, "db", "current", "--json"))["at_head"] is False
-    tables = {r[0] for r in sqlite3.connect(db).execute("select name from sqlite_master")}
-    assert "entries" not in tables
+    assert table_names(db) <= {"alembic_version"}
+    assert "db upgrade" in fails(run(db, "entries", "ls"))
     ok(run(db, "db", "upgrade"))
     assert ok(run(db, "db", "current")).stdout.startswith(HEAD)
+    assert as_json(run(db, "entries", "ls", "--json")) == []
 
 
 def test_downgrade_needs_a_revision_and_an_existing_database(tmp_path: Path) -> None:
@@ -55,7 +106,8 @@ def test_downgrade_needs_a_revision_and_an_existing_database(tmp_path: Path) -> 
     assert "does not exist" in fails(run(str(tmp_path / "x.db"), "db", "downgrade", "base", "-y"))
 
 
-def test_history(db: str, tmp_path: Path) -> None:
+def test_history(any_db: str) -> None:
+    db = any_db
     rows = as_json(run(db, "db", "history", "--json"))
     assert rows[0] == {
         "revision": HEAD,
@@ -67,42 +119,73 @@ def test_history(db: str, tmp_path: Path) -> None:
     assert "initial schema" in rows[0]["message"]
     text = ok(run(db, "db", "history")).stdout
     assert f"<base> -> {HEAD} (head, current)" in text
+    ok(run(db, "db", "downgrade", "base", "--yes"))
+    assert as_json(run(db, "db", "history", "--json"))[0]["current"] is False
+
+
+def test_history_without_a_database(tmp_path: Path) -> None:
     # Without a database the history is still the code's, with no "current" mark.
     missing = str(tmp_path / "none.db")
     assert as_json(run(missing, "db", "history", "--json"))[0]["current"] is False
     assert not Path(missing).exists()
-    ok(run(db, "db", "downgrade", "base", "--yes"))
-    assert as_json(run(db, "db", "history", "--json"))[0]["current"] is False
 
 
 def _checks(result: Result) -> dict[str, str]:
     return {c["name"]: c["status"] for c in json.loads(result.stdout)["checks"]}
 
 
-def test_check_passes_on_a_healthy_database(db: str) -> None:
+def test_check_passes_on_a_healthy_database(any_db: str) -> None:
+    db = any_db
     with open_store(db) as store:
         put_uri(store, "k")
         put_inline(store, "i", {"o": int_literal(1)})
     report = as_json(run(db, "db", "check", "--json"))
     assert report["ok"] is True
-    assert {c["name"]: c["status"] for c in report["checks"]} == {
-        "filesystem": "ok",
-        "connect": "ok",
-        "schema": "ok",
-        "models": "ok",
-        "integrity": "ok",
-        "wal": "ok",
-    }
-    text = ok(run(db, "db", "check", "--quick")).stdout
-    assert "quick_check: ok" in text
+    # The same items, in the same order, on both backends.
+    assert [c["name"] for c in report["checks"]] == [
+        "filesystem",
+        "connect",
+        "schema",
+        "models",
+        "integrity",
+        "wal",
+    ]
+    details = {c["name"]: c["detail"] for c in report["checks"]}
+    assert details["schema"] == f"at head {HEAD}"
+    assert details["models"] == "models match the migrations"
+    if is_postgres(db):
+        assert _checks_of(report) == {
+            "filesystem": "skip",
+            "connect": "ok",
+            "schema": "ok",
+            "models": "ok",
+            "integrity": "skip",
+            "wal": "skip",
+        }
+        for name in SQLITE_ONLY:
+            assert details[name] == "not applicable: SQLite-only (this database is postgresql)"
+        # The SQLite-only options are accepted and change nothing.
+        text = ok(run(db, "db", "check", "--quick", "--max-wal", "1", COLUMNS="200")).stdout
+        assert "not applicable: SQLite-only" in text and "quick_check" not in text
+    else:
+        assert set(_checks_of(report).values()) == {"ok"}
+        text = ok(run(db, "db", "check", "--quick")).stdout
+        assert "quick_check: ok" in text
 
 
-def test_check_fails_on_an_old_schema(db: str) -> None:
+def _checks_of(report: dict[str, list[dict[str, str]]]) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in report["checks"]}
+
+
+def test_check_fails_on_an_old_schema(any_db: str) -> None:
+    db = any_db
     ok(run(db, "db", "downgrade", "base", "--yes"))
     result = run(db, "db", "check", "--json")
     line = fails(result)
     assert line.startswith("error: db check failed: schema (schema: at (empty), head is")
-    assert _checks(result)["models"] == "skip"
+    checks = _checks(result)
+    assert checks["models"] == "skip"
+    assert [name for name, status in checks.items() if status == "fail"] == ["schema"]
 
 
 def test_check_fails_on_corruption(db: str) -> None:
@@ -149,11 +232,39 @@ def test_check_names_a_network_filesystem(db: str, monkeypatch: pytest.MonkeyPat
     assert _checks(ok(allowed))["filesystem"] == "warn"
 
 
-def test_check_fails_when_models_drift(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_fails_when_models_drift(any_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         "flytecache.store.migrate.check_models_match", lambda _e: [("add_column", "entries", "x")]
     )
-    assert "models" in fails(run(db, "db", "check"))
+    line = fails(run(any_db, "db", "check"))
+    assert line == (
+        "error: db check failed: models (models: 1 difference(s): ('add_column', 'entries', 'x'))"
+    )
+
+
+def test_check_fails_when_a_table_is_missing_on_postgresql(pg_url: str) -> None:
+    # A real drift, not a patched one: the schema is stamped at head but a table was dropped.
+    open_store(pg_url).close()
+    with connect(pg_url) as conn:
+        conn.exec_driver_sql("DROP TABLE reservations")
+    result = run(pg_url, "db", "check", "--json")
+    assert "models" in fails(result)
+    assert _checks(result)["models"] == "fail" and _checks(result)["schema"] == "ok"
+
+
+def test_check_when_postgresql_is_unreachable() -> None:
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
+    result = run(url, "db", "check", "--json")
+    line = fails(result)
+    assert line.startswith("error: db check failed: connect (connect: database unavailable: ")
+    assert _checks(result) == {
+        "filesystem": "skip",
+        "connect": "fail",
+        "schema": "skip",
+        "models": "skip",
+        "integrity": "skip",
+        "wal": "skip",
+    }
 
 
 def test_check_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:

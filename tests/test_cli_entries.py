@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flyteidl2.core import literals_pb2
 from test_cli import (
+    BACKENDS,
+    OUTPUTS,
     Clock,
     as_json,
     bulk_insert,
+    connect,
     fails,
     int_literal,
-    new_db,
+    new_db_on,
     ok,
     open_store,
     put_inline,
@@ -26,9 +29,9 @@ from test_cli import (
 DAY = timedelta(days=1)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return new_db(tmp_path)
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_db_on(request.param, request, tmp_path)
 
 
 @pytest.fixture
@@ -233,10 +236,8 @@ def test_show_entry_with_no_outputs_and_undecodable_literal(db: str) -> None:
     with open_store(db) as store:
         put_inline(store, "none", {})
         put_inline(store, "bad", {"o": int_literal(1)})
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("update outputs set literal = x'ffffffff'")
-    conn.close()
+    with connect(db) as conn:
+        conn.execute(sa.update(OUTPUTS).values(literal=b"\xff\xff\xff\xff"))
     assert as_json(run(db, "entries", "show", "none", "--json"))["outputs"] == []
     assert "no outputs" in ok(run(db, "entries", "show", "none")).stdout
     bad = as_json(run(db, "entries", "show", "bad", "--json"))["outputs"]
@@ -254,7 +255,8 @@ def test_rm(populated: str) -> None:
     assert removed["bytes"] == len("s3://bucket/old-a") + len(int_literal(5).SerializeToString())
     assert f"removed 2 entries ({removed['bytes']} bytes)" in result.stderr
     assert keys(run(populated, "entries", "ls", "--json")) == ["new-a", "mid-a", "old-b"]
-    orphans = sqlite3.connect(populated).execute("select count(*) from outputs").fetchone()[0]
+    with connect(populated) as conn:
+        orphans = conn.execute(sa.select(sa.func.count()).select_from(OUTPUTS)).scalar_one()
     assert orphans == 0  # the inline outputs went with their entry
 
 

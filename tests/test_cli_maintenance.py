@@ -1,4 +1,8 @@
-"""``flytecache stats``, ``vacuum`` and ``checkpoint``."""
+"""``flytecache stats``, ``vacuum`` and ``checkpoint``.
+
+``stats`` runs on both backends; ``vacuum`` and ``checkpoint`` are SQLite-only and say so on
+PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flyteidl2.core import literals_pb2
 from test_cli import (
+    BACKENDS,
     Clock,
     as_json,
     fails,
     int_literal,
+    is_postgres,
     new_db,
+    new_db_on,
     ok,
     open_store,
     put_inline,
@@ -23,12 +31,20 @@ from test_cli import (
 )
 
 
+@pytest.fixture(params=BACKENDS)
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    return new_db_on(request.param, request, tmp_path)
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> str:
+    """A migrated, empty SQLite file (for the SQLite-only commands)."""
     return new_db(tmp_path)
 
 
-def test_stats_json(db: str) -> None:
+def test_stats_json(any_db: str) -> None:
+    db = any_db
     clock = Clock()
     with open_store(db, clock) as store:
         clock.at(timedelta(days=10))
@@ -49,10 +65,15 @@ def test_stats_json(db: str) -> None:
     assert data["payload_bytes"] == uri_bytes + inline_bytes
     assert data["reservations"] == {"active": 1, "expired": 2}
     assert data["oldest_last_updated_at"] < data["newest_last_updated_at"]
-    assert data["dialect"] == "sqlite" and data["database"].endswith("cache.db")
     files = data["files"]
-    assert files["database"] == os.path.getsize(db) and files["free_bytes"] >= 0
-    assert {"wal", "shm"} <= set(files)
+    if is_postgres(db):
+        assert data["dialect"] == "postgresql"
+        assert data["database"] == db  # no password in the test URL to hide
+        assert set(files) == {"database"} and files["database"] > 0  # pg_database_size
+    else:
+        assert data["dialect"] == "sqlite" and data["database"] == f"sqlite:///{db}"
+        assert files["database"] == os.path.getsize(db) and files["free_bytes"] >= 0
+        assert {"wal", "shm"} <= set(files)
     assert data["top_projects"][0] == {
         "project": "alpha",
         "entries": 3,
@@ -63,20 +84,21 @@ def test_stats_json(db: str) -> None:
     assert len(as_json(run(db, "stats", "--json", "--top", "1"))["top_tasks"]) == 1
 
 
-def test_stats_of_an_empty_database(db: str) -> None:
-    data = as_json(run(db, "stats", "--json"))
+def test_stats_of_an_empty_database(any_db: str) -> None:
+    data = as_json(run(any_db, "stats", "--json"))
     assert data["entries"] == 0 and data["payload_bytes"] == 0
     assert data["oldest_last_updated_at"] is None
     assert data["reservations"] == {"active": 0, "expired": 0}
     assert data["top_projects"] == []
 
 
-def test_stats_for_people(db: str) -> None:
-    with open_store(db) as store:
+def test_stats_for_people(any_db: str) -> None:
+    with open_store(any_db) as store:
         put_uri(store, "k", project="alpha")
-    out = ok(run(db, "stats", COLUMNS="200")).stdout
+    out = ok(run(any_db, "stats", COLUMNS="200")).stdout
     for fragment in ("entries", "1 (0 inline, 1 URI)", "reservations", "top projects", "alpha"):
         assert fragment in out
+    assert ("size" in out) if is_postgres(any_db) else ("WAL" in out)
 
 
 def test_vacuum_gives_space_back(db: str) -> None:
@@ -128,3 +150,34 @@ def test_checkpoint_blocked_by_a_reader_exits_1(db: str) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "instead"),
+    [
+        (["vacuum"], "autovacuum reclaims space"),
+        (["checkpoint"], "the server checkpoints on its own"),
+        (["db", "backup", "backup.db"], "pg_dump"),
+    ],
+    ids=["vacuum", "checkpoint", "db backup"],
+)
+def test_sqlite_only_commands_say_so_on_postgresql(
+    migrated_pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    instead: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with open_store(migrated_pg_url) as store:
+        put_uri(store, "k")
+    line = fails(run(migrated_pg_url, *command))
+    name = command[-2] if command[0] == "db" else command[0]
+    assert line.startswith(f"error: {name} is SQLite-only; this database is postgresql: ")
+    assert instead in line
+    assert list(tmp_path.iterdir()) == []  # no backup file (or partial) was written
+    with open_store(migrated_pg_url) as store:
+        assert store.get("k").output_uri == "s3://bucket/k"
+    # Refused before connecting: the answer does not depend on the server being up.
+    down = sa.make_url(migrated_pg_url).set(port=1).render_as_string(hide_password=False)
+    assert fails(run(down, *command)) == line

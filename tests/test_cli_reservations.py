@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_cli import Clock, as_json, fails, new_db, ok, open_store, run
+from test_cli import BACKENDS, Clock, as_json, fails, new_db_on, ok, open_store, run
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Two live leases (owners a and b) and two expired ones (owners a and c)."""
-    path = new_db(tmp_path)
+    path = new_db_on(request.param, request, tmp_path)
     clock = Clock()
     with open_store(path, clock) as store:
         clock.at(timedelta(hours=1))
@@ -108,10 +108,11 @@ def test_gc(db: str) -> None:
     assert "removed 0 expired reservations" in ok(run(db, "reservations", "gc")).stderr
 
 
-def test_gc_in_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gc_in_batches(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
     from flytecache.store import admin
 
-    path = new_db(tmp_path)
+    path = new_db_on(backend, request, tmp_path)
     clock = Clock().at(timedelta(hours=1))
     with open_store(path, clock) as store:
         for i in range(1234):

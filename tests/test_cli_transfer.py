@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
+import math
 import shutil
 import sqlite3
 import tempfile
@@ -15,16 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import identifier_pb2, literals_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import (
+    BACKENDS,
+    ENTRIES,
+    OUTPUTS,
     as_json,
     bulk_insert,
+    connect,
     fails,
     int_literal,
+    is_postgres,
     new_db,
+    new_db_on,
     ok,
     open_store,
     put_inline,
@@ -49,33 +58,31 @@ def fresh(template: str, directory: str | Path, name: str) -> str:
     return path
 
 
-def dump(path: str) -> list[tuple[Any, ...]]:
-    """Every entry (all columns but the surrogate id) with its outputs, in key order."""
-    conn = sqlite3.connect(path)
-    try:
+def dump(db: str) -> list[tuple[Any, ...]]:
+    """Every entry (all columns but the surrogate id) with its outputs, by key (either backend).
+
+    Sorted in Python: PostgreSQL may collate keys differently from SQLite's byte order.
+    """
+    with connect(db) as conn:
         entries = conn.execute(
-            "select id, key, resource_type, project, domain, name, version, org, key_map, "
-            "created_at, last_updated_at, output_uri, size from entries order by key"
-        ).fetchall()
-        result = []
-        for row in entries:
-            outputs = conn.execute(
-                "select name, literal from outputs where entry_id = ? order by name", (row[0],)
-            ).fetchall()
-            result.append((*row[1:], tuple(outputs)))
-        return result
-    finally:
-        conn.close()
+            sa.select(*(c for c in ENTRIES.c if c.name not in ("id", "writes")), ENTRIES.c.id)
+        ).all()
+        outputs: dict[int, list[tuple[str, bytes]]] = {}
+        for entry_id, name, literal in conn.execute(
+            sa.select(OUTPUTS.c.entry_id, OUTPUTS.c.name, OUTPUTS.c.literal)
+        ):
+            outputs.setdefault(entry_id, []).append((name, bytes(literal)))
+    return sorted((*row[:-1], tuple(sorted(outputs.get(row[-1], [])))) for row in entries)
 
 
-def staging_leftovers(path: str) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return [
-            r[0] for r in conn.execute("select name from sqlite_master where name like '%import%'")
-        ]
-    finally:
-        conn.close()
+def staging_leftovers(db: str) -> list[str]:
+    """Import staging tables still in the database (on PostgreSQL: in any session)."""
+    with connect(db) as conn:
+        if is_postgres(db):
+            query = sa.text("select relname from pg_class where relname like :name")
+        else:
+            query = sa.text("select name from sqlite_master where name like :name")
+        return [r[0] for r in conn.execute(query, {"name": "%import%"})]
 
 
 class SetClock:
@@ -88,7 +95,8 @@ class SetClock:
 
 # -- hypothesis: lossless round trip ---------------------------------------------------------------
 
-_text = st.text(max_size=12)
+# Stored text (metadata, URIs, names) cannot hold NUL on any backend; literal values can.
+_text = st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=12)
 
 
 def _scalar() -> st.SearchStrategy[literals_pb2.Literal]:
@@ -155,7 +163,11 @@ literal_strategy = st.tuples(st.recursive(_scalar(), _nested, max_leaves=5), _te
 def cached_outputs(draw: st.DrawFn) -> cs.CachedOutput:
     output = cs.CachedOutput()
     if draw(st.booleans()):
-        output.output_uri = draw(st.text(min_size=1, max_size=30))
+        output.output_uri = draw(
+            st.text(
+                st.characters(codec="utf-8", blacklist_characters="\x00"), min_size=1, max_size=30
+            )
+        )
     else:
         output.output_literals.SetInParent()
         for name, literal in draw(st.dictionaries(_text, literal_strategy, max_size=3)).items():
@@ -227,12 +239,198 @@ def test_export_import_round_trip_is_lossless_and_idempotent(
         assert staging_leftovers(target) == []
 
 
+# -- across dialects: a sandbox SQLite cache moved to a shared PostgreSQL (and back) --------------
+
+MOVES = [("sqlite", "postgresql"), ("postgresql", "sqlite")]
+
+
+def _outputs(**literals: literals_pb2.Literal) -> cs.CachedOutput:
+    output = cs.CachedOutput()
+    output.output_literals.SetInParent()
+    for name, literal in literals.items():
+        output.output_literals.literals[name].CopyFrom(literal)
+    return output
+
+
+def _awkward_entries() -> dict[str, cs.CachedOutput]:
+    """Entries that stress what differs between the dialects: text, bytes, numbers, times."""
+    float_nan, float_neg_zero = literals_pb2.Literal(), literals_pb2.Literal()
+    float_nan.scalar.primitive.float_value = math.nan
+    float_neg_zero.scalar.primitive.float_value = -0.0
+    binary = literals_pb2.Literal()
+    binary.scalar.binary.value = bytes(range(256))  # NUL and every other byte
+    binary.scalar.binary.tag = "msgpack"
+    text = literals_pb2.Literal()
+    text.scalar.primitive.string_value = "naïve ☃ \x00 ' \" \\ %_"
+    nested = literals_pb2.Literal()
+    nested.map.literals["k"].collection.literals.add().scalar.primitive.integer = -(2**63)
+    nested.hash = "sha256:abc"
+    entries = {
+        "uri": cs.CachedOutput(output_uri="s3://bucket/uri"),
+        "inline": _outputs(
+            big=int_literal(2**63 - 1),
+            nan=float_nan,
+            neg_zero=float_neg_zero,
+            binary=binary,
+            text=text,
+            nested=nested,
+            **{"": int_literal(0), "ünï ☃": int_literal(1)},
+        ),
+        "no-outputs": _outputs(),
+        "ключ/キー/🔑": cs.CachedOutput(output_uri="gs://bücket/🔑"),
+        "quotes ' \" \\ %_ \t\n": cs.CachedOutput(output_uri="file:///tmp/a b"),
+        "k" * 2048: cs.CachedOutput(output_uri="s3://bucket/" + "u" * 5000),
+    }
+    identified = cs.CachedOutput(output_uri="s3://bucket/identified")
+    identified.metadata.source_identifier.CopyFrom(
+        identifier_pb2.Identifier(
+            resource_type=identifier_pb2.WORKFLOW,
+            project="p" * 255,  # VARCHAR(255) on PostgreSQL
+            domain="dömain",
+            name="n" * 3000,
+            version="v☃",
+            org="org",
+        )
+    )
+    identified.metadata.key_map.values.update({"a": "1", "naïve": "\t☃", "": ""})
+    identified.metadata.created_at.FromDatetime(datetime(1, 1, 1, 0, 0, 0, 1))
+    entries["identified"] = identified
+    late = cs.CachedOutput(output_uri="s3://bucket/late")
+    late.metadata.created_at.FromDatetime(datetime(9999, 12, 31, 23, 59, 59, 999999))
+    entries["late"] = late
+    return entries
+
+
+def _same_entries(a: str, b: str, keys: list[str]) -> None:
+    """Every entry reads back identically through CacheStore.get on both databases."""
+    with open_store(a) as left, open_store(b) as right:
+        for key in keys:
+            assert left.get(key).SerializeToString(deterministic=True) == right.get(
+                key
+            ).SerializeToString(deterministic=True), key
+
+
+def _export(db: str) -> bytes:
+    return ok(run(db, "export", "-")).stdout_bytes
+
+
+def _entry_lines(export: bytes) -> list[bytes]:
+    """The entry lines of an export, in key order (row ids, and so line order, may differ)."""
+    return sorted(export.splitlines()[1:])
+
+
+@pytest.mark.parametrize(("source_backend", "target_backend"), MOVES, ids=["to-pg", "from-pg"])
+def test_export_pipe_import_across_dialects_is_lossless(
+    request: pytest.FixtureRequest, tmp_path: Path, source_backend: str, target_backend: str
+) -> None:
+    (tmp_path / "source").mkdir()
+    (tmp_path / "target").mkdir()
+    source = new_db_on(source_backend, request, tmp_path / "source")
+    target = new_db_on(target_backend, request, tmp_path / "target")
+    entries = _awkward_entries()
+    clock = SetClock()
+    with open_store(source, clock) as store:
+        for index, (key, output) in enumerate(entries.items()):
+            clock.now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=7 * index + 1)
+            store.put(key, output)
+        store.put("uri", cs.CachedOutput(output_uri="s3://bucket/uri-2"), overwrite=True)
+        for index in range(1200):  # more than one export page and one staging batch
+            clock.now = datetime(2025, 6, 1, 12, tzinfo=UTC) + timedelta(microseconds=index)
+            put_inline(store, f"bulk-{index:04d}", {"o": int_literal(index)})
+    exported = _export(source)
+    report = as_json(run(target, "import", "-", "--json", input=exported))
+    total = len(entries) + 1200
+    assert report == {
+        "entries": total,
+        "inserted": total,
+        "replaced": 0,
+        "skipped": 0,
+        "dry_run": False,
+    }
+    keys = [*entries, *(f"bulk-{i:04d}" for i in range(0, 1200, 97))]
+    _same_entries(source, target, keys)
+    assert dump(target) == dump(source)
+    # Exporting the copy gives the same entry lines, byte for byte.
+    assert _entry_lines(_export(target)) == _entry_lines(exported)
+    again = as_json(run(target, "import", "-", "--json", input=exported))
+    assert again["inserted"] == 0 and again["skipped"] == total
+    assert staging_leftovers(target) == []
+
+
+def _without_nul(entries: dict[str, tuple[cs.CachedOutput, int]]) -> dict[str, Any]:
+    """PostgreSQL text cannot hold NUL: drop it from the text columns (literals are bytes)."""
+    for output, _seconds in entries.values():
+        if output.WhichOneof("output") == "output_uri":
+            output.output_uri = output.output_uri.replace("\x00", "") or "s3://x"
+        else:
+            literals = dict(output.output_literals.literals)
+            output.output_literals.Clear()
+            output.output_literals.SetInParent()
+            for name, literal in literals.items():
+                output.output_literals.literals[name.replace("\x00", "")].CopyFrom(literal)
+        if output.metadata.HasField("source_identifier"):
+            ident = output.metadata.source_identifier
+            for field in ("project", "domain", "name", "version", "org"):
+                setattr(ident, field, getattr(ident, field).replace("\x00", ""))
+    return entries
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(entries=entries_strategy.map(_without_nul))
+def test_round_trip_through_postgresql_is_lossless(
+    template: str, migrated_pg_url: str, entries: dict[str, tuple[cs.CachedOutput, int]]
+) -> None:
+    """SQLite → PostgreSQL → SQLite gives back the very same rows."""
+    with connect(migrated_pg_url) as conn:  # the fixture empties it once, not per example
+        conn.execute(sa.delete(ENTRIES))
+    with tempfile.TemporaryDirectory() as tmp:
+        source, back = fresh(template, tmp, "source.db"), fresh(template, tmp, "back.db")
+        clock = SetClock()
+        with open_store(source, clock) as store:
+            for key, (output, seconds) in entries.items():
+                clock.now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+                store.put(key, output, overwrite=True)
+        ok(run(migrated_pg_url, "import", "-", input=_export(source)))
+        ok(run(back, "import", "-", input=_export(migrated_pg_url)))
+        assert dump(back) == dump(migrated_pg_url) == dump(source)
+        _same_entries(source, migrated_pg_url, list(entries))
+
+
+def test_nul_text_from_sqlite_is_refused_by_postgresql_with_its_line(
+    tmp_path: Path, migrated_pg_url: str
+) -> None:
+    source = new_db(tmp_path)
+    with open_store(source) as store:
+        put_uri(store, "fine")
+        put_uri(store, "nul", project="ab")
+    # The store refuses NUL now; an older SQLite file may still hold one.
+    with contextlib.closing(sqlite3.connect(source)) as conn, conn:
+        conn.execute("UPDATE entries SET project = 'a' || char(0) || 'b' WHERE key = 'nul'")
+    exported = _export(source)
+    line = fails(run(migrated_pg_url, "import", "-", input=exported))
+    assert line == "error: line 3: project contains a NUL character, which PostgreSQL cannot store"
+    assert dump(migrated_pg_url) == []
+    assert staging_leftovers(migrated_pg_url) == []
+    (tmp_path / "copy").mkdir()
+    copy = new_db(tmp_path / "copy")
+    ok(run(copy, "import", "-", input=exported))  # SQLite itself keeps it
+    assert dump(copy) == dump(source)
+
+
 # -- format and streams --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    path = new_db(tmp_path)
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    path = new_db_on(request.param, request, tmp_path)
     with open_store(path) as store:
         put_uri(store, "uri-key", project="alpha")
         put_inline(store, "inline-key", {"a": int_literal(1), "b": int_literal(2)})
@@ -438,8 +636,13 @@ def test_staging_does_not_block_writers(db: str) -> None:
         assert store.get("written-during-import")
 
 
-def test_export_is_one_consistent_snapshot(tmp_path: Path) -> None:
-    path = new_db(tmp_path)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_export_is_one_consistent_snapshot(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    # On PostgreSQL this needs REPEATABLE READ: READ COMMITTED sees each page as of its own
+    # statement, so the deleted keys would go missing (and the header's count would be wrong).
+    path = new_db_on(backend, request, tmp_path)
     with open_store(path) as store:
         for i in range(50):
             put_uri(store, f"k{i:03d}")
@@ -476,13 +679,8 @@ def test_export_and_import_memory_does_not_grow_with_the_cache(tmp_path: Path) -
         directory.mkdir()
         source = new_db(directory)
         bulk_insert(source, count, updated_us=1_700_000_000_000_000)
-        target = str(directory / "target.db")
-        shutil.copy(source, target)
-        conn = sqlite3.connect(target)
-        with conn:
-            conn.execute("delete from outputs")
-            conn.execute("delete from entries")
-        conn.close()
+        (directory / "target").mkdir()
+        target = new_db(directory / "target")
         export = directory / "dump.jsonl"
 
         def do_export(source: str = source, export: Path = export) -> None:

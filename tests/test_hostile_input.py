@@ -131,3 +131,22 @@ def test_client_rejects_hostile_inputs(fuzz_store: CacheStore) -> None:
         client.get_or_compute(make_key(), "not callable")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
         client.get_or_compute(make_key(), lambda: 42)  # type: ignore[arg-type, return-value]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda o: setattr(o.metadata.source_identifier, "project", "p\x00"),
+        lambda o: o.metadata.key_map.values.__setitem__("k", "v\x00"),
+        lambda o: o.output_literals.literals["a\x00"].scalar.primitive.integer.__class__,
+    ],
+    ids=["project", "key_map", "output name"],
+)
+def test_nul_in_stored_text_is_invalid_argument_on_every_backend(store: CacheStore, mutate) -> None:
+    output = cs.CachedOutput()
+    output.output_literals.SetInParent()
+    mutate(output)
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        store.put("nul", output)
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        store.put("nul", cs.CachedOutput(output_uri="s3://a\x00b"))

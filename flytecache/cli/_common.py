@@ -69,6 +69,15 @@ def cli_errors(verbose: bool = False) -> Iterator[None]:
             raise
         err("interrupted")
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # The reader went away (`flytecache export - | head`): stop quietly, like other tools.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain again.
+        import os
+        import sys
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except FlyteCacheError as error:
         if verbose:
             raise

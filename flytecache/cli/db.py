@@ -30,11 +30,25 @@ def upgrade(
     db: DbOption = DEFAULT_DB,
     verbose: VerboseOption = False,
 ) -> None:
-    """Create the database if needed and migrate it to REVISION (default: the newest)."""
-    with cli_errors(verbose):
-        from flytecache.store import admin, migrate
-        from flytecache.store.engine import read_connection
+    """Create the database if needed and migrate it to REVISION (default: the newest).
 
+    On PostgreSQL the database itself must exist (CREATE DATABASE); this creates the tables.
+    """
+    with cli_errors(verbose):
+        from flytecache.errors import InvalidArgumentError, SchemaError
+        from flytecache.store import admin, migrate
+        from flytecache.store.engine import normalize_url, read_connection
+
+        url = normalize_url(db)
+        if not (migrate.known_revision(revision) or revision == "base"):
+            try:
+                admin.require_database(url)
+            except InvalidArgumentError:
+                # Opening would create the file: refuse an unknown revision before that, so a
+                # typo leaves no empty database behind (an existing one lets alembic decide).
+                raise SchemaError(
+                    f"unknown revision {revision!r}; see `flytecache db history`"
+                ) from None
         engine = open_engine(db, must_exist=False)
         try:
             migrate.upgrade(engine, revision)
@@ -156,6 +170,7 @@ def check(
 ) -> None:
     """Check the schema, the models, SQLite integrity, the WAL size and the filesystem.
 
+    On PostgreSQL the SQLite-only items (filesystem, integrity, wal) are reported as skipped.
     Exits 1 naming the first failing item.
     """
     with cli_errors(verbose):
@@ -200,11 +215,16 @@ def backup(
     json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Copy a SQLite database to PATH with the online backup API (safe while others write)."""
+    """Copy a SQLite database to PATH with the online backup API (safe while others write).
+
+    SQLite only: back up PostgreSQL with pg_dump (or `flytecache export`).
+    """
     with cli_errors(verbose):
         from flytecache.cli._common import human_bytes
         from flytecache.store import admin
+        from flytecache.store.engine import normalize_url
 
+        admin.require_sqlite(normalize_url(db), "backup")
         engine = open_engine(db)
         try:
             result = admin.backup(engine, path, overwrite=overwrite)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -111,32 +112,35 @@ def list_entries(
                         return
                     yield entry
 
-            if json:
-                print_json_list(entry.as_json() for entry in capped())
-            else:
-                from rich.table import Table
-
-                table = Table()
-                table.add_column("key", overflow="fold")
-                for column in ("project", "domain", "name", "version", "updated"):
-                    table.add_column(column)
-                table.add_column("output", overflow="fold")
-                table.add_column("size", justify="right")
-                for entry in capped():
-                    table.add_row(
-                        entry.key,
-                        entry.project,
-                        entry.domain,
-                        entry.name,
-                        entry.version,
-                        human_age(entry.last_updated_at, now),
-                        "inline" if entry.inline else entry.output_uri,
-                        human_bytes(entry.size),
-                    )
-                if table.row_count:
-                    stdout_console().print(table)
+            # Stopping after `limit` rows leaves the listing's read transaction open: close it
+            # here, so its connection goes back to the pool before the store is closed.
+            with contextlib.closing(rows):
+                if json:
+                    print_json_list(entry.as_json() for entry in capped())
                 else:
-                    err("no entries")
+                    from rich.table import Table
+
+                    table = Table()
+                    table.add_column("key", overflow="fold")
+                    for column in ("project", "domain", "name", "version", "updated"):
+                        table.add_column(column)
+                    table.add_column("output", overflow="fold")
+                    table.add_column("size", justify="right")
+                    for entry in capped():
+                        table.add_row(
+                            entry.key,
+                            entry.project,
+                            entry.domain,
+                            entry.name,
+                            entry.version,
+                            human_age(entry.last_updated_at, now),
+                            "inline" if entry.inline else entry.output_uri,
+                            human_bytes(entry.size),
+                        )
+                    if table.row_count:
+                        stdout_console().print(table)
+                    else:
+                        err("no entries")
             if truncated:
                 total, _ = admin.count_entries(store, where, now_us=now)
                 err(f"showing the newest {limit} of {total} entries; use --limit 0 for all")

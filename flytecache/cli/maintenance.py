@@ -91,7 +91,9 @@ def vacuum(db: DbOption = DEFAULT_DB, verbose: VerboseOption = False) -> None:
     """
     with cli_errors(verbose):
         from flytecache.store import admin
+        from flytecache.store.engine import normalize_url
 
+        admin.require_sqlite(normalize_url(db), "vacuum")
         with open_store(db) as store:
             result = admin.vacuum(store)
         err(f"vacuumed: {human_bytes(result.bytes_before)} -> {human_bytes(result.bytes_after)}")
@@ -102,7 +104,9 @@ def checkpoint(db: DbOption = DEFAULT_DB, verbose: VerboseOption = False) -> Non
     with cli_errors(verbose):
         from flytecache.errors import StorageBusyError
         from flytecache.store import admin
+        from flytecache.store.engine import normalize_url
 
+        admin.require_sqlite(normalize_url(db), "checkpoint")
         with open_store(db) as store:
             result = admin.checkpoint(store, "TRUNCATE")
         if result.busy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -53,8 +54,13 @@ def list_reservations(
         from flytecache.store import admin
 
         state: admin.ReservationState = "active" if active else "expired" if expired else "all"
-        with open_store(db) as store:
-            leases = admin.iter_reservations(store, state=state, owner=owner, limit=limit or None)
+        with (
+            open_store(db) as store,
+            # Closed even when printing fails midway: it holds a pooled connection.
+            contextlib.closing(
+                admin.iter_reservations(store, state=state, owner=owner, limit=limit or None)
+            ) as leases,
+        ):
             if json:
                 print_json_list(lease.as_json() for lease in leases)
                 return

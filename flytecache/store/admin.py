@@ -19,7 +19,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -93,6 +93,7 @@ __all__ = [
     "open_store",
     "prune",
     "require_database",
+    "require_sqlite",
     "resource_type_name",
     "sqlite_files",
     "stats",
@@ -212,14 +213,41 @@ def describe_url(target: Target | URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def _require_sqlite(engine: Engine, operation: str) -> Path:
-    if not is_sqlite(engine):
+_POSTGRES_INSTEAD = {
+    "backup": "back it up with pg_dump (or `flytecache export`)",
+    "checkpoint": "the server checkpoints on its own (or run CHECKPOINT as a superuser)",
+    "vacuum": "autovacuum reclaims space (or run VACUUM on the server)",
+}
+
+
+def require_sqlite(target: Engine | URL, operation: str) -> Path:
+    """The SQLite file behind ``target``; InvalidArgumentError naming ``operation`` otherwise.
+
+    Takes a URL too, so that commands can refuse before connecting to another database.
+    """
+    url = target.url if isinstance(target, Engine) else target
+    if not is_sqlite(url):
+        instead = _POSTGRES_INSTEAD.get(operation, "use the database server's own tools")
         raise InvalidArgumentError(
-            f"{operation} is SQLite-only; this database is {engine.dialect.name} "
-            "(use the server's own tools, e.g. VACUUM, CHECKPOINT or pg_dump on PostgreSQL)",
+            f"{operation} is SQLite-only; this database is {url.get_backend_name()}: {instead}",
             field="db",
         )
-    return Path(str(engine.url.database))
+    return Path(str(url.database))
+
+
+@contextlib.contextmanager
+def _snapshot(engine: Engine) -> Iterator[sa.Connection]:
+    """A read transaction whose statements all see one snapshot.
+
+    SQLite's read transactions already do; PostgreSQL's default READ COMMITTED takes a new
+    snapshot per statement, so a paged listing or export could skip or repeat rows that a
+    concurrent writer changes between pages. REPEATABLE READ holds one snapshot, and a
+    read-only transaction there never fails with a serialization error.
+    """
+    with read_connection(engine) as conn:
+        if not is_sqlite(engine):
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield conn
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -399,18 +427,20 @@ def iter_entries(
     limit: int | None = None,
     now_us: int | None = None,
     page_size: int = BATCH,
-) -> Iterator[EntrySummary]:
+) -> Generator[EntrySummary, None, None]:
     """Entries matching ``where``, most recently updated first, streamed page by page.
 
     One read transaction (a consistent snapshot); keyset pagination on
-    ``(last_updated_at, id)`` keeps memory constant however many entries there are.
+    ``(last_updated_at, id)`` keeps memory constant however many entries there are. The
+    generator holds a pooled connection until it is exhausted or closed: close it
+    (``contextlib.closing``) when you stop early, before closing the store.
     """
     if limit is not None and limit <= 0:
         return
     engine = _engine(target)
     clauses = (where or EntryFilter()).clauses(_now(target, now_us))
     remaining = limit
-    with read_connection(engine) as conn:
+    with _snapshot(engine) as conn:
         after: tuple[int, int] | None = None
         while True:
             size = page_size if remaining is None else min(page_size, remaining)
@@ -451,7 +481,7 @@ def count_entries(
 def get_entry(target: Target, key: str) -> EntryDetail:
     """One entry with its key map and described outputs; NotFoundError if there is none."""
     check_text(key, "key")
-    with read_connection(_engine(target)) as conn:
+    with _snapshot(_engine(target)) as conn:
         row = conn.execute(
             sa.select(_E.c.id, _E.c.key_map, *_SUMMARY_COLUMNS).where(_E.c.key == key)
         ).one_or_none()
@@ -732,14 +762,17 @@ def iter_reservations(
     now_us: int | None = None,
     limit: int | None = None,
     page_size: int = BATCH,
-) -> Iterator[ReservationInfo]:
-    """Leases ordered by key, streamed page by page in one read transaction."""
+) -> Generator[ReservationInfo, None, None]:
+    """Leases ordered by key, streamed page by page in one read transaction.
+
+    Like :func:`iter_entries`, close the generator when you stop early.
+    """
     if limit is not None and limit <= 0:
         return
     now = _now(target, now_us)
     clauses = _reservation_clauses(state, owner, now)
     remaining = limit
-    with read_connection(_engine(target)) as conn:
+    with _snapshot(_engine(target)) as conn:
         after: str | None = None
         while True:
             size = page_size if remaining is None else min(page_size, remaining)
@@ -808,7 +841,7 @@ def gc_reservations(
 
 def sqlite_files(target: Target) -> dict[str, int]:
     """Sizes in bytes of the SQLite database, its WAL and its shared-memory index."""
-    path = _require_sqlite(_engine(target), "file sizes")
+    path = require_sqlite(_engine(target), "file sizes")
 
     def size(p: Path) -> int:
         try:
@@ -829,7 +862,7 @@ def stats(target: Target, *, now_us: int | None = None, top: int = 5) -> dict[st
     now = _now(target, now_us)
     inline = sa.func.coalesce(sa.func.sum(sa.case((_E.c.output_uri.is_(None), 1), else_=0)), 0)
     active = sa.func.coalesce(sa.func.sum(sa.case((_R.c.expires_at > now, 1), else_=0)), 0)
-    with read_connection(engine) as conn:
+    with _snapshot(engine) as conn:
         totals = conn.execute(
             sa.select(
                 sa.func.count(),
@@ -925,7 +958,7 @@ def export_entries(target: Target, *, page_size: int = BATCH) -> Iterator[Export
     """
     from flytecache import __version__
 
-    with read_connection(_engine(target)) as conn:
+    with _snapshot(_engine(target)) as conn:
         total = int(conn.execute(sa.select(sa.func.count()).select_from(_E)).scalar_one())
         header = {
             "format": EXPORT_FORMAT,
@@ -1029,13 +1062,29 @@ class _BadLine(Exception):
     pass
 
 
-def _text(record: dict[str, Any], name: str, *, limit: int | None = None) -> str:
+def _storable(value: str, name: str, *, nul_ok: bool) -> str:
+    """``value`` if the database can store it, else a :class:`_BadLine` naming ``name``.
+
+    JSON can spell lone surrogates (``"\\ud800"``), which are not text in any database; and
+    PostgreSQL's text types cannot hold NUL, which SQLite (and so an export from it) can.
+    """
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadLine(f"{name} is not valid UTF-8 text") from None
+    if not nul_ok and "\x00" in value:
+        raise _BadLine(f"{name} contains a NUL character, which PostgreSQL cannot store")
+    return value
+
+
+def _text(record: dict[str, Any], name: str, *, nul_ok: bool, limit: int | None = None) -> str:
     value = record.get(name, "")
     if not isinstance(value, str):
         raise _BadLine(f"{name} must be a string")
     if limit is not None and len(value) > limit:
         raise _BadLine(f"{name} is longer than {limit} characters")
-    return value
+    return _storable(value, name, nul_ok=nul_ok)
 
 
 def _timestamp(record: dict[str, Any], name: str) -> int:
@@ -1049,8 +1098,13 @@ def _timestamp(record: dict[str, Any], name: str) -> int:
     return value
 
 
-def _parse_entry(record: Any) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-    """Validate one decoded entry line; return its column values and inline outputs."""
+def _parse_entry(
+    record: Any, *, nul_ok: bool = True
+) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """Validate one decoded entry line; return its column values and inline outputs.
+
+    ``nul_ok=False`` (PostgreSQL) rejects NUL characters in the text columns.
+    """
     from flyteidl2.core import literals_pb2
     from google.protobuf.message import DecodeError
 
@@ -1073,12 +1127,17 @@ def _parse_entry(record: Any) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         raise _BadLine("resource_type must be a non-negative integer or null")
     row["resource_type"] = resource_type
     for name in _OPTIONAL_TEXT:
-        row[name] = _text(record, name, limit=_SHORT_TEXT if name in _SHORT_NAMES else None)
+        limit = _SHORT_TEXT if name in _SHORT_NAMES else None
+        row[name] = _text(record, name, nul_ok=nul_ok, limit=limit)
     key_map = record.get("key_map", {})
     if not isinstance(key_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in key_map.items()
     ):
         raise _BadLine("key_map must be an object of strings")
+    for item in key_map.items():
+        for text in item:
+            # Stored as JSON with \u escapes, so NUL is fine on every backend.
+            _storable(text, "key_map", nul_ok=True)
     row["key_map"] = json.dumps(key_map, sort_keys=True) if key_map else "{}"
     row["created_at"] = _timestamp(record, "created_at")
     row["last_updated_at"] = _timestamp(record, "last_updated_at")
@@ -1093,12 +1152,13 @@ def _parse_entry(record: Any) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
             raise _BadLine("an entry has either output_uri or outputs, not both")
         if not isinstance(uri, str) or not uri:
             raise _BadLine("output_uri must be a non-empty string")
-        row["output_uri"] = uri
+        row["output_uri"] = _storable(uri, "output_uri", nul_ok=nul_ok)
         row["size"] = len(uri.encode("utf-8"))
     else:
         if not isinstance(outputs, dict):
             raise _BadLine("an entry needs output_uri or an outputs object")
         for name, encoded in outputs.items():
+            _storable(name, f"output name {name!r}", nul_ok=nul_ok)
             if not isinstance(encoded, str):
                 raise _BadLine(f"outputs[{name!r}] must be a base64 string")
             try:
@@ -1147,6 +1207,7 @@ def _stage(
     expected: int | None = None
     header_seen = False
     entries = 0
+    nul_ok = conn.dialect.name == "sqlite"
     rows: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []
 
@@ -1178,7 +1239,7 @@ def _stage(
                 progress(0, expected)
             continue
         try:
-            row, literals = _parse_entry(record)
+            row, literals = _parse_entry(record, nul_ok=nul_ok)
         except _BadLine as error:
             raise InvalidArgumentError(f"line {line_no}: {error}", line=line_no) from None
         row["line"] = line_no
@@ -1337,14 +1398,17 @@ def check_database(
 ) -> list[CheckItem]:
     """Run every health check; a failing check never stops the others.
 
-    Items: ``connect``, ``schema`` (at head), ``models`` (the models match the migrations),
-    and on SQLite ``integrity`` (``PRAGMA integrity_check`` or ``quick_check``, plus
-    ``foreign_key_check``), ``wal`` (WAL file at most ``max_wal_bytes``) and ``filesystem``
-    (not a network filesystem).
+    Items, in this order: ``filesystem`` (not a network filesystem), ``connect``, ``schema``
+    (at head), ``models`` (the models match the migrations), ``integrity`` (``PRAGMA
+    integrity_check`` or ``quick_check``, plus ``foreign_key_check``) and ``wal`` (WAL file at
+    most ``max_wal_bytes``). The same items on every backend, so scripts can rely on them:
+    ``filesystem``, ``integrity`` and ``wal`` are SQLite-only and reported as ``skip`` (not
+    applicable) on PostgreSQL, whose server looks after its own storage.
     """
     settings = settings or StoreSettings()
     items: list[CheckItem] = []
     sqlite = is_sqlite(engine)
+    not_applicable = f"not applicable: SQLite-only (this database is {engine.dialect.name})"
 
     def run(name: str, check: Callable[[], CheckItem]) -> CheckItem:
         try:
@@ -1374,11 +1438,17 @@ def check_database(
             f"{path} is on a network filesystem ({fstype}) where SQLite locking is unsafe",
         )
 
-    if sqlite:
-        run("filesystem", filesystem)
+    def sqlite_only(name: str, check: Callable[[], CheckItem]) -> None:
+        if sqlite:
+            run(name, check)
+        else:
+            items.append(CheckItem(name, "skip", not_applicable))
+
+    sqlite_only("filesystem", filesystem)
     if run("connect", connect).status != "ok":
-        for name in ("schema", "models", *(("integrity", "wal") if sqlite else ())):
-            items.append(CheckItem(name, "skip", "cannot connect"))
+        for name in ("schema", "models", "integrity", "wal"):
+            reason = not_applicable if name in ("integrity", "wal") and not sqlite else None
+            items.append(CheckItem(name, "skip", reason or "cannot connect"))
         return items
 
     head = migrate.head_revision()
@@ -1439,9 +1509,8 @@ def check_database(
         run("models", models)
     else:
         items.append(CheckItem("models", "skip", "schema is not at head"))
-    if sqlite:
-        run("integrity", integrity)
-        run("wal", wal)
+    sqlite_only("integrity", integrity)
+    sqlite_only("wal", wal)
     return items
 
 
@@ -1467,7 +1536,7 @@ def backup(
     renamed into place, and left in rollback-journal mode so the backup is a single file.
     """
     engine = _engine(target)
-    source = _require_sqlite(engine, "backup")
+    source = require_sqlite(engine, "backup")
     path = Path(dest).expanduser().absolute()
     if path.exists() and path.resolve() == source.resolve():
         raise InvalidArgumentError("the backup must not overwrite the database itself")
@@ -1517,7 +1586,7 @@ class CheckpointResult:
 def checkpoint(target: Target, mode: str = "TRUNCATE") -> CheckpointResult:
     """Checkpoint the WAL into the database (``TRUNCATE`` also empties the WAL file)."""
     engine = _engine(target)
-    _require_sqlite(engine, "checkpoint")
+    require_sqlite(engine, "checkpoint")
     mode = mode.upper()
     if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
         raise InvalidArgumentError(f"unknown checkpoint mode {mode!r}", field="mode")
@@ -1556,7 +1625,7 @@ def vacuum(target: Target) -> VacuumResult:
     timeout), so run it when the cache is quiet.
     """
     engine = _engine(target)
-    _require_sqlite(engine, "vacuum")
+    require_sqlite(engine, "vacuum")
     before = sqlite_files(engine)
     with translate_errors():
         raw = engine.raw_connection()

@@ -506,11 +506,13 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         uri = output.output_uri
         if not uri:
             raise InvalidArgumentError("output.output_uri must not be empty", field="output")
+        _check_storable(uri, "output.output_uri")
         output_uri: str | None = uri
         size = len(uri.encode("utf-8", "surrogatepass"))
     elif which == "output_literals":
         output_uri = None
         for name, literal in output.output_literals.literals.items():
+            _check_storable(name, "output name")
             literals.append((name, literal.SerializeToString()))
         size = sum(len(v) for _, v in literals)
     else:
@@ -530,6 +532,8 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
     }
     if metadata.HasField("source_identifier"):
         ident = metadata.source_identifier
+        for field in ("project", "domain", "name", "version", "org"):
+            _check_storable(getattr(ident, field), f"metadata.source_identifier.{field}")
         params.update(
             resource_type=ident.resource_type,
             project=ident.project,
@@ -541,8 +545,17 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
     else:
         params.update(resource_type=None, project="", domain="", name="", version="", org="")
     values = metadata.key_map.values
+    for name, value in values.items():
+        _check_storable(name, "metadata.key_map")
+        _check_storable(value, "metadata.key_map")
     params["key_map"] = json.dumps(dict(values), sort_keys=True) if values else "{}"
     return params, literals
+
+
+def _check_storable(value: str, field: str) -> None:
+    # PostgreSQL text cannot hold NUL; refuse it on every backend so behaviour is the same.
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
 
 
 def _cached_output(rows: Iterable[Any]) -> cs.CachedOutput:
