@@ -48,7 +48,7 @@ from flytecache.store.engine import (
     translate_errors,
     write_connection,
 )
-from flytecache.store.models import Entry, Output, Reservation
+from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.timeutil import (
     MAX_TS_SECONDS,
     MIN_TS_SECONDS,
@@ -113,20 +113,7 @@ _E = cast(sa.Table, Entry.__table__)
 _O = cast(sa.Table, Output.__table__)
 _R = cast(sa.Table, Reservation.__table__)
 
-_ENTRY_COLUMNS = (
-    "key",
-    "resource_type",
-    "project",
-    "domain",
-    "name",
-    "version",
-    "org",
-    "key_map",
-    "created_at",
-    "last_updated_at",
-    "output_uri",
-    "size",
-)
+_ENTRY_COLUMNS = ENTRY_DATA_COLUMNS
 _MIN_US = MIN_TS_SECONDS * US
 _MAX_US = MAX_TS_SECONDS * US + US - 1
 _SHORT_TEXT = 255  # project, domain and org are VARCHAR(255) on PostgreSQL

@@ -32,7 +32,7 @@ from flytecache.store.engine import (
     sqlite_unopenable_directory,
 )
 from flytecache.store.migrate import ensure_schema
-from flytecache.store.models import Entry, Output, Reservation
+from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.timeutil import (
     Clock,
     make_now_us,
@@ -116,24 +116,7 @@ class _Statements:
             engine,
         )
 
-        values: dict[str, Any] = {
-            name: b(name)
-            for name in (
-                "writes",
-                "key",
-                "resource_type",
-                "project",
-                "domain",
-                "name",
-                "version",
-                "org",
-                "key_map",
-                "created_at",
-                "last_updated_at",
-                "output_uri",
-                "size",
-            )
-        }
+        values: dict[str, Any] = {name: b(name) for name in ("writes", *ENTRY_DATA_COLUMNS)}
         upsert = insert(e).values(values)
         excluded = upsert.excluded
         self.put = Sql.compile(

@@ -29,6 +29,23 @@ NAMING_CONVENTION = {
 }
 
 
+ENTRY_DATA_COLUMNS = (
+    "key",
+    "resource_type",
+    "project",
+    "domain",
+    "name",
+    "version",
+    "org",
+    "key_map",
+    "created_at",
+    "last_updated_at",
+    "output_uri",
+    "size",
+)
+"""The columns of ``entries`` that carry an entry's data (everything but ids and counters)."""
+
+
 class Base(DeclarativeBase):
     """Declarative base carrying the naming convention."""
 
