@@ -180,3 +180,29 @@ def test_sustained_mixed_load_short(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sustained_mixed_load_60s(tmp_path: Path) -> None:
     print(f"60 s sustained load: {_sustained(tmp_path, 60.0)}")
+
+
+def test_invalid_utf8_in_a_protobuf_string_is_invalid_argument(server: ServerProcess) -> None:
+    # GetCacheRequest(base_request=GetCacheRequest(key=b"\xff\xfe")) on the wire.
+    base = b"\x0a\x02\xff\xfe"
+    request = b"\x0a" + _varint(len(base)) + base
+    response = httpx.post(
+        f"{server.url}{SERVICE}/Get", content=request, headers={"content-type": "application/proto"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_argument"
+
+
+@pytest.mark.parametrize("seconds", [-(2**62), 2**62, -1])
+def test_out_of_range_durations_through_the_server(server: ServerProcess, seconds: int) -> None:
+    from _server_helpers import reserve_req
+
+    request = reserve_req("dur", "owner")
+    request.base_request.heartbeat_interval.seconds = seconds
+    client = server.client()
+    try:
+        lease = client.get_or_extend_reservation(request).reservation
+    except ConnectError as error:
+        assert error.code.name == "INVALID_ARGUMENT"
+    else:
+        assert lease.owner_id == "owner"  # clamped to max_heartbeat, like Flyte
