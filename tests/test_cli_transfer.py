@@ -59,13 +59,19 @@ def fresh(template: str, directory: str | Path, name: str) -> str:
 
 
 def dump(db: str) -> list[tuple[Any, ...]]:
-    """Every entry (all columns but the surrogate id) with its outputs, by key (either backend).
+    """Every entry (its data columns) with its outputs, by key (either backend).
 
+    Left out: the surrogate id, the overwrite counter and ``metadata_pb`` (the put path's
+    pre-serialized metadata; imports leave it NULL and reads rebuild it from the columns —
+    the entries compare equal through ``CacheStore.get``, checked separately).
     Sorted in Python: PostgreSQL may collate keys differently from SQLite's byte order.
     """
     with connect(db) as conn:
         entries = conn.execute(
-            sa.select(*(c for c in ENTRIES.c if c.name not in ("id", "writes")), ENTRIES.c.id)
+            sa.select(
+                *(c for c in ENTRIES.c if c.name not in ("id", "writes", "metadata_pb")),
+                ENTRIES.c.id,
+            )
         ).all()
         outputs: dict[int, list[tuple[str, bytes]]] = {}
         for entry_id, name, literal in conn.execute(

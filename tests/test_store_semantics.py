@@ -1093,3 +1093,21 @@ def test_data_survives_reopen(db_path: str, clock):
     with CacheStore.open(db_path, clock=clock) as second:
         assert dict(second.get("k").output_literals.literals) == {"a": int_literal(1)}
         assert second.reserve("r", "owner-b")[1] is ReservationOutcome.HELD_BY_OTHER
+
+
+def test_rows_without_a_metadata_blob_read_the_same(store: CacheStore) -> None:
+    """Rows written without ``metadata_pb`` (imports) are rebuilt from the columns, identically."""
+    output = cs.CachedOutput(
+        output_literals=literals_pb2.LiteralMap(literals={"a": int_literal(1), "b": int_literal(2)})
+    )
+    output.metadata.source_identifier.CopyFrom(
+        identifier_pb2.Identifier(resource_type=1, project="p", domain="d", name="n", version="v")
+    )
+    output.metadata.key_map.values.update({"task-version": "v", "exec-node": "n0"})
+    store.put("blob", output)
+    store.put("uri", cs.CachedOutput(output_uri="s3://b/u", metadata=output.metadata))
+    fast = {key: store.get(key) for key in ("blob", "uri")}
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE entries SET metadata_pb = NULL")
+    for key, expected in fast.items():
+        assert store.get(key) == expected

@@ -33,6 +33,7 @@ def upgrade() -> None:
     sa.Column('last_updated_at', sa.BigInteger(), nullable=False),
     sa.Column('output_uri', sa.Text(), nullable=True),
     sa.Column('size', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('metadata_pb', sa.LargeBinary(), nullable=True),
     sa.Column('writes', sa.Integer(), server_default='0', nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_entries')),
     sa.UniqueConstraint('key', name=op.f('uq_entries_key'))

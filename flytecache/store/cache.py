@@ -110,13 +110,16 @@ class _Statements:
                 e.c.output_uri,
                 o.c.name,
                 o.c.literal,
+                e.c.metadata_pb,
             )
             .select_from(e.outerjoin(o, o.c.entry_id == e.c.id))
             .where(e.c.key == b("key")),
             engine,
         )
 
-        values: dict[str, Any] = {name: b(name) for name in ("writes", *ENTRY_DATA_COLUMNS)}
+        values: dict[str, Any] = {
+            name: b(name) for name in ("writes", "metadata_pb", *ENTRY_DATA_COLUMNS)
+        }
         upsert = insert(e).values(values)
         excluded = upsert.excluded
         self.put = Sql.compile(
@@ -318,7 +321,9 @@ class CacheStore:
         rows = self._pool.fetchall(self._sql.get, {"key": key})
         if not rows:
             raise NotFoundError(f'cache entry "{key}" not found', key=key)
-        return _cached_output(rows)
+        if rows[0][13] is None:
+            return _cached_output(rows)
+        return _assemble_cached_output(rows)
 
     def put(
         self,
@@ -532,6 +537,14 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         _check_storable(name, "metadata.key_map")
         _check_storable(value, "metadata.key_map")
     params["key_map"] = json.dumps(dict(values), sort_keys=True) if values else "{}"
+    if metadata.HasField("created_at") or metadata.HasField("last_updated_at"):
+        # Timestamps live in their columns (merged and set by the store): keep them out of the
+        # blob, or the second copy appended on read would be merged into this one.
+        metadata = cs.Metadata()
+        metadata.CopyFrom(output.metadata)
+        metadata.ClearField("created_at")
+        metadata.ClearField("last_updated_at")
+    params["metadata_pb"] = metadata.SerializeToString()
     return params, literals
 
 
@@ -539,6 +552,80 @@ def _check_storable(value: str, field: str) -> None:
     # PostgreSQL text cannot hold NUL; refuse it on every backend so behaviour is the same.
     if "\x00" in value:
         raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
+
+
+# -- get: assemble the CachedOutput's wire bytes and parse once -----------------------------
+#
+# Building the message field by field in Python costs more than the SQL; concatenating the
+# stored bytes (literals as received, metadata as written) and parsing once in C does not.
+# Field numbers come from the generated descriptors, so a renumbering cannot go unnoticed.
+
+
+def _tag(message: Any, field: str) -> bytes:
+    number = message.DESCRIPTOR.fields_by_name[field].number
+    return bytes([(number << 3) | 2])  # length-delimited; every number here is < 16
+
+
+_OUTPUT_LITERALS = _tag(cs.CachedOutput, "output_literals")
+_OUTPUT_URI = _tag(cs.CachedOutput, "output_uri")
+_METADATA = _tag(cs.CachedOutput, "metadata")
+_CREATED_AT = _tag(cs.Metadata, "created_at")
+_LAST_UPDATED_AT = _tag(cs.Metadata, "last_updated_at")
+_LITERALS = _tag(literals_pb2.LiteralMap, "literals")
+_MAP_KEY, _MAP_VALUE = b"\x0a", b"\x12"  # protobuf map entries: key = 1, value = 2
+_SECONDS, _NANOS = b"\x08", b"\x10"  # google.protobuf.Timestamp: varints 1 and 2
+
+
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    value &= 0xFFFFFFFFFFFFFFFF  # negative int64 seconds: ten-byte two's complement
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    size = len(payload)
+    return tag + (_ONE_BYTE[size] if size < 0x80 else _varint(size)) + payload
+
+
+def _timestamp_bytes(us: int) -> bytes:
+    seconds, micros = divmod(us, 1_000_000)
+    out = _SECONDS + _varint(seconds) if seconds else b""
+    return out + _NANOS + _varint(micros * 1000) if micros else out
+
+
+def _assemble_cached_output(rows: list[Any]) -> cs.CachedOutput:
+    first = rows[0]
+    metadata = (
+        first[13]
+        + _field(_CREATED_AT, _timestamp_bytes(first[8]))
+        + _field(_LAST_UPDATED_AT, _timestamp_bytes(first[9]))
+    )
+    if first[10] is not None:
+        body = _field(_OUTPUT_URI, first[10].encode("utf-8"))
+    else:
+        body = _field(
+            _OUTPUT_LITERALS,
+            b"".join(
+                [
+                    _field(
+                        _LITERALS,
+                        _field(_MAP_KEY, row[11].encode("utf-8")) + _field(_MAP_VALUE, row[12]),
+                    )
+                    for row in rows
+                    if row[11] is not None
+                ]
+            ),
+        )
+    return cs.CachedOutput.FromString(body + _field(_METADATA, bytes(metadata)))
 
 
 def _cached_output(rows: Iterable[Any]) -> cs.CachedOutput:
@@ -555,6 +642,7 @@ def _cached_output(rows: Iterable[Any]) -> cs.CachedOutput:
         created_at,
         last_updated_at,
         output_uri,
+        _,
         _,
         _,
     ) = rows[0]

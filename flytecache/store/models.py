@@ -77,6 +77,10 @@ class Entry(Base):
     """Where the outputs live; NULL when they are stored inline in ``outputs``."""
     size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     """Payload bytes: the serialized inline literals, or the URI's length."""
+    metadata_pb: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The writer's Flyte ``Metadata`` without its timestamps, serialized: lets ``get`` return
+    it exactly as written with one protobuf parse. NULL when the row was written without it
+    (an import): ``get`` then rebuilds the metadata from the columns above."""
     writes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times the entry was overwritten (0: written once). Lets a put skip clearing
     outputs of an entry it just created."""
