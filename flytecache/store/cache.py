@@ -499,9 +499,14 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         size = len(uri.encode("utf-8", "surrogatepass"))
     elif which == "output_literals":
         output_uri = None
-        for name, literal in output.output_literals.literals.items():
-            _check_storable(name, "output name")
-            literals.append((name, literal.SerializeToString()))
+        literals = [
+            (name, literal.SerializeToString())
+            for name, literal in output.output_literals.literals.items()
+        ]
+        # One scan for the common case; the field is named only when there is a NUL.
+        if "\x00" in "".join([name for name, _ in literals]):
+            for name, _ in literals:
+                _check_storable(name, "output name")
         size = sum(len(v) for _, v in literals)
     else:
         raise InvalidArgumentError(
@@ -520,8 +525,9 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
     }
     if metadata.HasField("source_identifier"):
         ident = metadata.source_identifier
-        for field in ("project", "domain", "name", "version", "org"):
-            _check_storable(getattr(ident, field), f"metadata.source_identifier.{field}")
+        if "\x00" in "".join((ident.project, ident.domain, ident.name, ident.version, ident.org)):
+            for field in ("project", "domain", "name", "version", "org"):
+                _check_storable(getattr(ident, field), f"metadata.source_identifier.{field}")
         params.update(
             resource_type=ident.resource_type,
             project=ident.project,
@@ -532,11 +538,12 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         )
     else:
         params.update(resource_type=None, project="", domain="", name="", version="", org="")
-    values = metadata.key_map.values
-    for name, value in values.items():
-        _check_storable(name, "metadata.key_map")
-        _check_storable(value, "metadata.key_map")
-    params["key_map"] = json.dumps(dict(values), sort_keys=True) if values else "{}"
+    values = dict(metadata.key_map.values)
+    if "\x00" in "".join(values) or "\x00" in "".join(values.values()):
+        for name, value in values.items():
+            _check_storable(name, "metadata.key_map")
+            _check_storable(value, "metadata.key_map")
+    params["key_map"] = json.dumps(values, sort_keys=True) if values else "{}"
     if metadata.HasField("created_at") or metadata.HasField("last_updated_at"):
         # Timestamps live in their columns (merged and set by the store): keep them out of the
         # blob, or the second copy appended on read would be merged into this one.
