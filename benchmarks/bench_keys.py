@@ -99,10 +99,12 @@ def _reference_key(key: CatalogKey) -> str:
 
 
 def test_cache_key_20_inputs(benchmark: Any) -> None:
+    benchmark.extra_info.update(op="cache_key", impl="flytecache", size=0)
     result = benchmark(cache_key, KEY)
     assert result == _reference_key(KEY)
 
 
 def test_cache_key_20_inputs_baseline_definition(benchmark: Any) -> None:
+    benchmark.extra_info.update(op="cache_key", impl="definition", size=0)
     result = benchmark(_reference_key, KEY)
     assert result == cache_key(KEY)

@@ -1,194 +1,220 @@
-"""flytecache's store against raw sqlite3 running the same transactions, in one run.
+"""Single-process get and put throughput: flytecache vs raw sqlite3 vs diskcache, interleaved.
 
-The raw baseline executes exactly the SQL the store executes (the store's compiled
-statements, the same PRAGMAs, BEGIN IMMEDIATE for writes) with nothing around it: no
-validation, no protobuf, no pooling. The ratio store/raw is therefore the cost of everything
-flytecache adds, and raw is the physical limit of this machine's SQLite.
+* ``flytecache`` — ``CacheStore.get``/``put`` with the typical inline output and metadata.
+* ``raw`` — raw sqlite3 executing exactly the SQL the store executes (the store's compiled
+  statements, the same PRAGMAs, ``BEGIN IMMEDIATE`` for writes), with the parameters
+  flattened ahead of timing: no validation, no protobuf, no pooling. The physical limit.
+* ``diskcache`` — ``Cache.get`` (returns the stored bytes, no parsing) and ``Cache.set`` of
+  the serialized output; ``diskcache+parse`` adds ``CachedOutput.FromString`` so it returns
+  what ``CacheStore.get`` returns (context only; the targets compare against plain get).
 
-    python -m benchmarks.store_harness [--quick]
+Each repeat times a block of every implementation back to back, in rotating order, on fresh
+copies of the 1k-entry database, so drift on a shared machine hits all alike. Ratios are the
+median over repeats of the per-repeat ratio.
+
+    python -m benchmarks.store_harness [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
-import os
-import sqlite3
-import statistics
+import functools
+import random
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import diskcache
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
-from flyteidl2.core import literals_pb2
 
+from benchmarks import populate
+from benchmarks._common import (
+    entry_key,
+    key_position,
+    median,
+    put_args,
+    rate,
+    raw_connection,
+    raw_put,
+    stored_output,
+    typical_output,
+    write_json,
+)
 from flytecache import CacheStore
-from flytecache.store.cache import _entry_params
 
-CTX = multiprocessing.get_context("spawn")
-
-
-def sample_output(i: int) -> cs.CachedOutput:
-    """A small inline result: two outputs, like a typical task."""
-    literals = literals_pb2.LiteralMap()
-    literals.literals["n"].scalar.primitive.integer = i
-    literals.literals["s"].scalar.primitive.string_value = f"result-{i}"
-    return cs.CachedOutput(output_literals=literals)
+SIZE = 1_000
+GET_IMPLS = ("flytecache", "raw", "diskcache", "diskcache+parse")
+PUT_IMPLS = ("flytecache", "raw", "diskcache")
 
 
-def _raw_connection(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
+def _get_fns(store: CacheStore, raw: Any, cache: Any) -> dict[str, Callable[[int], Any]]:
+    keys = [entry_key(i) for i in random.Random(7).choices(range(SIZE), k=4096)]
+    get, execute, text = store.get, raw.execute, store._sql.get.text
+    dc_get, parse = cache.get, cs.CachedOutput.FromString
+    return {
+        "flytecache": lambda i: get(keys[i & 4095]),
+        "raw": lambda i: execute(text, (keys[i & 4095],)).fetchall(),
+        "diskcache": lambda i: dc_get(keys[i & 4095]),
+        "diskcache+parse": lambda i: parse(dc_get(keys[i & 4095])),
+    }
 
 
-def _fresh_db(directory: str, name: str) -> str:
-    path = os.path.join(directory, name)
-    CacheStore.open(path).close()
-    return path
+def bench_get(directory: Path, n: int, order: list[str]) -> dict[str, float]:
+    path = populate.copy_store(SIZE, directory)
+    cache_dir = populate.copy_diskcache(SIZE, directory)
+    with CacheStore.open(path) as store, diskcache.Cache(str(cache_dir)) as cache:
+        raw = raw_connection(path)
+        fns = _get_fns(store, raw, cache)
+        for fn in fns.values():  # warm every page and statement cache alike
+            rate(min(n, 4096), fn)
+        rates = {impl: rate(n, fns[impl]) for impl in order}
+        # Checked after timing: each returned the stored entry.
+        assert store.get(entry_key(3)).output_literals == stored_output(3).output_literals
+        assert cs.CachedOutput.FromString(cache.get(entry_key(3))) == stored_output(3)
+        assert len(raw.execute(store._sql.get.text, (entry_key(3),)).fetchall()) == 2
+        raw.close()
+    return rates
 
 
-def _rate(n: int, fn: Callable[[int], Any]) -> float:
-    start = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return n / (time.perf_counter() - start)
+def _put_flytecache(directory: Path, keys: list[str], output: Any) -> float:
+    with CacheStore.open(populate.copy_store(SIZE, directory)) as store:
+        put = store.put
+        result = rate(len(keys), lambda i: put(keys[i], output))
+        assert store.get(keys[-1]).output_literals == output.output_literals
+    return result
 
 
-# -- single-process: put (new key) and get (hit) ---------------------------------------------
-
-
-def bench_put(directory: str, n: int) -> dict[str, float]:
-    outputs = [sample_output(i) for i in range(n)]
-    store_path = _fresh_db(directory, "put-store.db")
-    with CacheStore.open(store_path) as store:
-        store_rate = _rate(n, lambda i: store.put(f"key-{i}", outputs[i]))
-        sql = store._sql
-    raw_path = _fresh_db(directory, "put-raw.db")
-    conn = _raw_connection(raw_path)
-    # Pre-flatten the rows: the raw side does only the database work.
-    rows = []
-    for i in range(n):
-        params, literals = _entry_params(f"key-{i}", outputs[i])
-        params.update(
-            request_created_at=None,
-            created_at=1,
-            last_updated_at=1,
-            overwrite=False,
-            writes=0,
-            expired_before=-(2**63),
-        )
-        rows.append((sql.put.args(params), literals))
-
-    def raw_put(i: int) -> None:
-        args, literals = rows[i]
-        conn.execute("BEGIN IMMEDIATE")
-        entry_id, writes = conn.execute(sql.put.text, args).fetchone()
-        if writes:
-            conn.execute(sql.delete_outputs.text, (entry_id,))
-        conn.executemany(sql.insert_output.text, [(entry_id, k, v) for k, v in literals])
-        conn.execute("COMMIT")
-
-    raw_rate = _rate(n, raw_put)
-    conn.close()
-    return {"store": store_rate, "raw": raw_rate, "ratio": store_rate / raw_rate}
-
-
-def bench_get(directory: str, n: int) -> dict[str, float]:
-    path = _fresh_db(directory, "get.db")
-    keys = 1000
-    with CacheStore.open(path) as store:
-        for i in range(keys):
-            store.put(f"key-{i}", sample_output(i))
-        store_rate = _rate(n, lambda i: store.get(f"key-{i % keys}"))
-        sql = store._sql.get
-    conn = _raw_connection(path)
-    raw_rate = _rate(n, lambda i: conn.execute(sql.text, (f"key-{i % keys}",)).fetchall())
-    conn.close()
-    return {"store": store_rate, "raw": raw_rate, "ratio": store_rate / raw_rate}
-
-
-# -- multi-process: reservations on hot keys --------------------------------------------------
-
-
-def _reserve_worker(path: str, mode: str, n: int, keys: int, owner: str, start_at: float) -> float:
-    while time.time() < start_at:
-        time.sleep(0.001)
-    if mode == "store":
-        with CacheStore.open(path) as store:
-            hb = timedelta(seconds=1)
-            begin = time.perf_counter()
-            for i in range(n):
-                store.get_or_extend_reservation(f"hot-{i % keys}", owner, hb)
-            return time.perf_counter() - begin
+def _put_raw(directory: Path, keys: list[str], output: Any) -> float:
+    path = populate.copy_store(SIZE, directory)
     with CacheStore.open(path) as store:
         sql = store._sql
-    conn = _raw_connection(path)
-    begin = time.perf_counter()
-    for i in range(n):
-        now = time.time_ns() // 1000
-        key = f"hot-{i % keys}"
-        conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute(sql.reserve.text, (key, owner, 1_000_000, now + 3_000_000, now, now))
-        if row.fetchone() is None:
-            conn.execute(sql.holder.text, (key,)).fetchone()
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - begin
+    conn = raw_connection(path)
+    args, literals = put_args(sql, "placeholder", output, overwrite=False)
+    at = key_position(sql)
+    head, tail = args[:at], args[at + 1 :]
+    result = rate(len(keys), lambda i: raw_put(conn, sql, (*head, keys[i], *tail), literals))
     conn.close()
-    return elapsed
+    with CacheStore.open(path) as store:
+        assert store.get(keys[-1]).output_literals == output.output_literals
+    return result
 
 
-def bench_reserve(directory: str, n: int, processes: int = 4, keys: int = 10) -> dict[str, float]:
-    result = {}
-    for mode in ("store", "raw"):
-        path = _fresh_db(directory, f"reserve-{mode}.db")
-        start_at = time.time() + 1.5  # let every process import and open first
-        with CTX.Pool(processes) as pool:
-            times = pool.starmap(
-                _reserve_worker,
-                [(path, mode, n, keys, f"owner-{p}", start_at) for p in range(processes)],
-            )
-        result[mode] = processes * n / max(times)
-    result["ratio"] = result["store"] / result["raw"]
+def _put_diskcache(directory: Path, keys: list[str], output: Any) -> float:
+    with diskcache.Cache(str(populate.copy_diskcache(SIZE, directory))) as cache:
+        set_ = cache.set
+        result = rate(len(keys), lambda i: set_(keys[i], output.SerializeToString()))
+        assert len(cache) == SIZE + len(keys)
+    return result
+
+
+_PUTS = {"flytecache": _put_flytecache, "raw": _put_raw, "diskcache": _put_diskcache}
+
+
+def bench_put(directory: Path, n: int, order: list[str]) -> dict[str, float]:
+    output = typical_output(SIZE + 1)
+    keys = [entry_key(SIZE + 1 + i) for i in range(n)]
+    rates: dict[str, float] = {}
+    for impl in order:
+        sub = directory / impl
+        sub.mkdir()
+        rates[impl] = _PUTS[impl](sub, keys, output)
+    return rates
+
+
+def scaling(
+    sizes: tuple[int, ...] = (1_000, 1_000_000), block: int = 500, rounds: int = 10
+) -> dict[str, Any]:
+    """Per-call get (hit) and put (new key) latency on databases of each size, interleaved.
+
+    Both databases are open at once and timed in alternating blocks of ``block`` calls, so
+    machine drift hits every size alike; each call is timed on its own. Gets read uniformly
+    random existing keys. Returns per op and size the median and mean µs per call.
+    """
+    output = typical_output(0)
+    with tempfile.TemporaryDirectory(prefix="flytecache-scaling-") as tmp:
+        stores = {size: CacheStore.open(populate.copy_store(size, Path(tmp))) for size in sizes}
+        try:
+            rng = random.Random(11)
+            fresh = iter(range(10**7, 10**9))
+            ops = ("get_hit", "put_new")
+            times: dict[tuple[str, int], list[int]] = {
+                (op, size): [] for op in ops for size in sizes
+            }
+            clock = time.perf_counter_ns
+            for r in range(rounds):
+                for op in ops:
+                    for size in sizes if r % 2 == 0 else sizes[::-1]:
+                        store, record = stores[size], times[(op, size)].append
+                        if op == "get_hit":
+                            keys = [entry_key(rng.randrange(size)) for _ in range(block)]
+                            call = store.get
+                        else:
+                            keys = [entry_key(next(fresh)) for _ in range(max(1, block // 5))]
+                            call = functools.partial(store.put, output=output)
+                        for key in keys:
+                            start = clock()
+                            call(key)
+                            record(clock() - start)
+        finally:
+            for store in stores.values():
+                store.close()
+    result: dict[str, Any] = {"sizes": list(sizes), "ops": {}}
+    for (op, size), values in times.items():
+        result["ops"].setdefault(op, {})[str(size)] = {
+            "median_us": median(values) / 1000,
+            "mean_us": sum(values) / len(values) / 1000,
+            "calls": len(values),
+        }
     return result
 
 
 def run(quick: bool = False, repeats: int | None = None, n: int | None = None) -> dict[str, Any]:
-    """Run every comparison ``repeats`` times and keep the medians."""
-    n = n or (2000 if quick else 20000)
-    repeats = repeats or (3 if quick else 5)
-    samples: dict[str, list[dict[str, float]]] = {"put": [], "get": [], "reserve_4p_10keys": []}
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as directory:
-            samples["put"].append(bench_put(directory, n))
-            samples["get"].append(bench_get(directory, n * 2))
-            samples["reserve_4p_10keys"].append(bench_reserve(directory, n // 2))
-    return {
-        name: {field: statistics.median(s[field] for s in runs) for field in runs[0]}
-        for name, runs in samples.items()
-    }
+    """Time get and put ``repeats`` times; per implementation the median rate (ops/s).
+
+    Returns ``{"get": {...}, "put": {...}}``; each has the median ``rates``, the per-repeat
+    ``samples`` and ``ratios`` (median of per-repeat flytecache/peer ratios).
+    """
+    n = n or (2_000 if quick else 10_000)
+    repeats = repeats or (5 if quick else 7)
+    samples: dict[str, list[dict[str, float]]] = {"get": [], "put": []}
+    for rep in range(repeats):
+        get_order = list(GET_IMPLS[rep % 4 :] + GET_IMPLS[: rep % 4])
+        put_order = list(PUT_IMPLS[rep % 3 :] + PUT_IMPLS[: rep % 3])
+        with tempfile.TemporaryDirectory(prefix="flytecache-harness-") as tmp:
+            samples["get"].append(bench_get(Path(tmp), n * 5, get_order))
+        with tempfile.TemporaryDirectory(prefix="flytecache-harness-") as tmp:
+            samples["put"].append(bench_put(Path(tmp), n, put_order))
+    results: dict[str, Any] = {}
+    for op, runs in samples.items():
+        impls = list(runs[0])
+        results[op] = {
+            "rates": {impl: median([r[impl] for r in runs]) for impl in impls},
+            "ratios": {
+                impl: median([r["flytecache"] / r[impl] for r in runs])
+                for impl in impls
+                if impl != "flytecache"
+            },
+            "samples": runs,
+            "n": n * 5 if op == "get" else n,
+            "repeats": repeats,
+        }
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="small blocks, 5 repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = run(quick=args.quick)
-    for name, r in results.items():
-        print(
-            f"{name:20} flytecache {r['store']:>9.0f}/s   raw sqlite3 {r['raw']:>9.0f}/s   "
-            f"ratio {r['ratio']:.2f}"
-        )
+    for op, r in results.items():
+        rates = "  ".join(f"{impl} {v:>8,.0f}/s" for impl, v in r["rates"].items())
+        ratios = "  ".join(f"÷{impl} {v:.2f}" for impl, v in r["ratios"].items())
+        print(f"{op:4} {rates}\n     flytecache {ratios}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

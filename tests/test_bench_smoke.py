@@ -2,11 +2,73 @@
 
 from __future__ import annotations
 
-from benchmarks import store_harness
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import concurrency, store_harness
+from benchmarks import run as bench_run
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    # Populated databases go to a temporary folder, not the repository's benchmarks/.cache.
+    cache = tmp_path_factory.getbasetemp() / "bench-cache"
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("FLYTECACHE_BENCH_CACHE", str(cache))
 
 
 def test_store_harness_smoke() -> None:
     results = store_harness.run(repeats=1, n=50)
-    assert set(results) == {"put", "get", "reserve_4p_10keys"}
+    assert set(results) == {"put", "get"}
+    assert set(results["get"]["rates"]) == {"flytecache", "raw", "diskcache", "diskcache+parse"}
+    assert set(results["put"]["rates"]) == {"flytecache", "raw", "diskcache"}
     for numbers in results.values():
-        assert numbers["store"] > 0 and numbers["raw"] > 0
+        assert all(rate > 0 for rate in numbers["rates"].values())
+        assert all(ratio > 0 for ratio in numbers["ratios"].values())
+
+
+def test_runner_smoke_writes_results_and_page(tmp_path: Path) -> None:
+    """Per-operation suites (pytest-benchmark), single-process harness, profiles, report."""
+    path = bench_run.main(
+        [
+            "--smoke",
+            "--skip",
+            "concurrency",
+            "--results-dir",
+            str(tmp_path),
+            "--docs-dir",
+            str(tmp_path / "docs"),
+        ]
+    )
+    results = json.loads(path.read_text())
+    ops = {(r["op"], r["impl"]) for r in results["per_op"]["benchmarks"]}
+    for op in ("get_hit", "get_miss", "put_new", "put_overwrite", "lease_cycle"):
+        assert {(op, "flytecache"), (op, "raw"), (op, "diskcache")} <= ops
+    for op in ("reserve_new", "reserve_extend", "reserve_held", "release", "client_get"):
+        assert (op, "flytecache") in ops
+    assert ("cache_key", "flytecache") in ops
+    assert {t["key"] for t in results["targets"]} >= {"put_vs_raw", "get_vs_diskcache"}
+    assert results["profile"]["wal_pages_per_put"]["flytecache"] > 0
+    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "## Summary: the performance targets" in page
+    assert "![latency by database size](img/bench-size.png)" in page
+    assert (tmp_path / "docs" / "img" / "bench-size.png").stat().st_size > 0
+
+
+def test_concurrency_smoke_library(tmp_path: Path) -> None:
+    results = concurrency.run(
+        seconds=0.05,
+        repeats=1,
+        procs=[1, 2],
+        targets=["flytecache-sqlite", "raw-sqlite3", "diskcache"],
+        log=lambda _: None,
+    )
+    assert results["problems"] == []
+    cells = {(c["target"], c["op"], c["contention"], c["procs"]) for c in results["cells"]}
+    assert len(cells) == 3 * 2 * 2 * 2
+    for cell in results["cells"]:
+        assert cell["ops_per_s"] > 0
+        assert cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"]
+        assert cell["errors"] == 0, cell["first_error"]

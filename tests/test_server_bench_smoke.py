@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,3 +40,42 @@ def test_bench_server_runs(tmp_path: Path) -> None:
         assert row["server"] > 0 and row["ceiling"] > 0
         assert row["ratio"] == row["server"] / row["ceiling"]
     assert "ratio" in result.stdout
+
+
+def test_concurrency_smoke_server_and_ceiling() -> None:
+    from benchmarks import concurrency
+
+    results = concurrency.run(
+        seconds=0.1, repeats=1, procs=[2], targets=["serve", "serve-noop"], log=lambda _: None
+    )
+    assert results["problems"] == []
+    assert {(c["target"], c["op"], c["contention"]) for c in results["cells"]} == {
+        (t, op, level)
+        for t in ("serve", "serve-noop")
+        for op in ("put", "reserve")
+        for level in ("hot", "distinct")
+    }
+    for cell in results["cells"]:
+        assert cell["requests_per_s"] >= cell["ops_per_s"] > 0
+        assert cell["errors"] == cell["busy"] == 0, cell["first_error"]
+
+
+def test_concurrency_smoke_postgresql() -> None:
+    from benchmarks import concurrency
+    from benchmarks._postgres import find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("no PostgreSQL binaries on this machine")
+    results = concurrency.run(
+        seconds=0.05,
+        repeats=1,
+        procs=[2],
+        targets=["flytecache-postgresql"],
+        log=lambda _: None,
+    )
+    assert results["targets"] == ["flytecache-postgresql"], results["notes"]
+    assert results["problems"] == []
+    assert len(results["cells"]) == 4
+    for cell in results["cells"]:
+        assert cell["ops_per_s"] > 0
+        assert cell["errors"] == 0, cell["first_error"]

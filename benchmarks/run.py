@@ -1,0 +1,225 @@
+"""Run every benchmark, write ``benchmarks/results/<timestamp>.json`` and ``docs/benchmarks.md``.
+
+    python -m benchmarks.run            # make bench: long cells, more repeats
+    python -m benchmarks.run --quick    # make bench-quick: the same matrix in < 5 minutes
+
+Phases, in order: build or reuse the 1k/100k/1M databases; per-operation latency
+(pytest-benchmark over ``bench_store.py`` and ``bench_keys.py``); single-process get/put vs
+raw sqlite3 and diskcache, and get/put latency at 1k vs 1M interleaved (``store_harness``);
+processes × contention × targets (``concurrency``); where the time goes (``profile_store``);
+then the targets are evaluated and the page and plots regenerated (``report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import populate
+from benchmarks._common import RESULTS_DIR, ROOT, machine, revision, write_json
+
+MODES: dict[str, dict[str, Any]] = {
+    "full": {
+        "sizes": populate.SIZES,
+        "pytest": ["--benchmark-max-time=1.0", "--benchmark-min-rounds=50"],
+        "rounds": 2000,
+        "single": {"quick": False},
+        "scaling_rounds": 30,
+        "concurrency": {"seconds": 1.5, "repeats": 5, "procs": [1, 2, 4, 8]},
+        "profile": {"quick": False},
+    },
+    "quick": {
+        "sizes": populate.SIZES,
+        "pytest": ["--benchmark-max-time=0.1", "--benchmark-min-rounds=20"],
+        "rounds": 300,
+        "single": {"quick": True},
+        "scaling_rounds": 10,
+        "concurrency": {"seconds": 0.4, "repeats": 3, "procs": [1, 2, 4, 8]},
+        "profile": {"quick": True},
+    },
+    # For the test suite: every phase end to end on tiny inputs, no meaningful numbers.
+    "smoke": {
+        "sizes": (1_000,),
+        "pytest": [
+            "--benchmark-max-time=0.0005",
+            "--benchmark-min-rounds=1",
+            "--benchmark-calibration-precision=1",
+        ],
+        "rounds": 2,
+        "single": {"repeats": 1, "n": 30},
+        "scaling_rounds": 1,
+        "concurrency": {"seconds": 0.05, "repeats": 1, "procs": [1, 2]},
+        "profile": {"n": 20, "repeats": 1},
+    },
+}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _build(job: tuple[str, int]) -> str:
+    kind, size = job
+    builder = populate.store_db if kind == "store" else populate.diskcache_dir
+    return str(builder(size))
+
+
+def ensure_databases(sizes: tuple[int, ...]) -> None:
+    """Build the missing cached databases, two at a time (one per core)."""
+    jobs = [(kind, size) for size in sizes for kind in ("store", "diskcache")]
+    missing = [job for job in jobs if not populate.cached_path(*job).exists()]
+    if not missing:
+        return
+    _log(f"building {len(missing)} cached database(s) in {populate.cache_dir()} ...")
+    import multiprocessing
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_build, missing))
+
+
+def per_operation(sizes: tuple[int, ...], options: list[str], rounds: int) -> dict[str, Any]:
+    """pytest-benchmark over bench_store.py and bench_keys.py; one row per benchmark."""
+    with tempfile.TemporaryDirectory(prefix="flytecache-pytest-bench-") as tmp:
+        out = Path(tmp) / "benchmarks.json"
+        env = {
+            **os.environ,
+            "FLYTECACHE_BENCH_SIZES": ",".join(str(s) for s in sizes),
+            "FLYTECACHE_BENCH_ROUNDS": str(rounds),
+            "FLYTECACHE_BENCH_CACHE": str(populate.cache_dir()),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks/bench_store.py",
+            "benchmarks/bench_keys.py",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+            "--benchmark-columns=median,ops,rounds",
+            "--benchmark-sort=name",
+            *options,
+        ]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(
+                f"pytest-benchmark failed ({result.returncode}):\n{result.stdout[-6000:]}\n"
+                f"{result.stderr[-3000:]}"
+            )
+        data = json.loads(out.read_text())
+    rows = []
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info") or {}
+        stats = bench["stats"]
+        rows.append(
+            {
+                "name": bench["name"],
+                "op": info.get("op", bench["name"]),
+                "impl": info.get("impl", ""),
+                "size": info.get("size", 0),
+                "median_us": stats["median"] * 1e6,
+                "mean_us": stats["mean"] * 1e6,
+                "stddev_us": stats["stddev"] * 1e6,
+                "iqr_us": stats["iqr"] * 1e6,
+                "rounds": stats["rounds"],
+            }
+        )
+    return {"options": options, "rounds_for_setup_benchmarks": rounds, "benchmarks": rows}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="the whole matrix in < 5 minutes")
+    group.add_argument("--smoke", action="store_true", help="tiny inputs (for the test suite)")
+    parser.add_argument("--targets", help="concurrency targets (default: all)")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated phases to skip: per_op,single,concurrency,profile",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    config = MODES[mode]
+    skip = {s for s in args.skip.split(",") if s}
+    started = time.perf_counter()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    results: dict[str, Any] = {
+        "meta": {
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": mode,
+            "machine": machine(),
+            "revision": revision(),
+            "results_file": f"{stamp}.json",
+            "phases_s": {},
+        }
+    }
+    phases = results["meta"]["phases_s"]
+
+    def phase(name: str) -> float:
+        _log(f"[{time.perf_counter() - started:6.1f} s] {name} ...")
+        return time.perf_counter()
+
+    from benchmarks import concurrency, profile_store, report, store_harness
+
+    t = phase("databases")
+    ensure_databases(tuple(config["sizes"]))
+    phases["databases"] = time.perf_counter() - t
+    if "per_op" not in skip:
+        t = phase("per-operation latency (pytest-benchmark)")
+        sizes = tuple(config["sizes"])
+        results["per_op"] = per_operation(sizes, config["pytest"], config["rounds"])
+        phases["per_op"] = time.perf_counter() - t
+    if "single" not in skip:
+        t = phase("single-process get/put vs raw sqlite3 and diskcache")
+        results["single"] = store_harness.run(**config["single"])
+        sizes = tuple(config["sizes"])
+        if len(sizes) > 1:
+            results["scaling"] = store_harness.scaling(
+                (min(sizes), max(sizes)), rounds=config["scaling_rounds"]
+            )
+        phases["single"] = time.perf_counter() - t
+    if "concurrency" not in skip:
+        t = phase("processes × contention × targets")
+        targets = args.targets.split(",") if args.targets else list(concurrency.TARGETS)
+        results["concurrency"] = concurrency.run(targets=targets, log=_log, **config["concurrency"])
+        problems = results["concurrency"]["problems"]
+        if problems:
+            raise SystemExit("checks after timing failed: " + "; ".join(problems))
+        phases["concurrency"] = time.perf_counter() - t
+    if "profile" not in skip:
+        t = phase("profiles")
+        results["profile"] = profile_store.run(**config["profile"])
+        phases["profile"] = time.perf_counter() - t
+    results["targets"] = report.evaluate(results)
+    results["meta"]["loadavg_end"] = list(os.getloadavg())
+    # The page reports the run's duration, so it is taken before rendering (~5 s of plots).
+    results["meta"]["duration_s"] = time.perf_counter() - started
+    path = args.results_dir / f"{stamp}.json"
+    write_json(path, results)
+    phase("report")
+    page = report.render(results, args.docs_dir)
+    _log(f"[{time.perf_counter() - started:6.1f} s] done: {path} and {page}")
+    for target in results["targets"]:
+        print(
+            f"{target['verdict']:4}  {target['target']:<64} {target['value']:6.2f}  "
+            f"({target['measured']})"
+        )
+    return path
+
+
+if __name__ == "__main__":
+    main()
