@@ -12,6 +12,7 @@ from typing import Any, Self, cast
 import sqlalchemy as sa
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import identifier_pb2, literals_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import URL, Engine
 
 from flytecache.config import StoreSettings
@@ -580,7 +581,6 @@ _CREATED_AT = _tag(cs.Metadata, "created_at")
 _LAST_UPDATED_AT = _tag(cs.Metadata, "last_updated_at")
 _LITERALS = _tag(literals_pb2.LiteralMap, "literals")
 _MAP_KEY, _MAP_VALUE = b"\x0a", b"\x12"  # protobuf map entries: key = 1, value = 2
-_SECONDS, _NANOS = b"\x08", b"\x10"  # google.protobuf.Timestamp: varints 1 and 2
 
 
 _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
@@ -589,7 +589,6 @@ _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
         return _ONE_BYTE[value]
-    value &= 0xFFFFFFFFFFFFFFFF  # negative int64 seconds: ten-byte two's complement
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -605,8 +604,7 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 def _timestamp_bytes(us: int) -> bytes:
     seconds, micros = divmod(us, 1_000_000)
-    out = _SECONDS + _varint(seconds) if seconds else b""
-    return out + _NANOS + _varint(micros * 1000) if micros else out
+    return Timestamp(seconds=seconds, nanos=micros * 1000).SerializeToString()
 
 
 def _assemble_cached_output(rows: list[Any]) -> cs.CachedOutput:
