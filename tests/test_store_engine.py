@@ -115,3 +115,30 @@ def test_forked_child_never_reuses_parent_connections(db_path: str) -> None:
         # The parent's connection still works after the child exited.
         assert store.get("child").output_uri == "s3://b/c"
         assert store._pool._idle[-1] is parent_conn
+
+
+def test_wal_switch_waits_for_another_opener(tmp_path) -> None:
+    """A concurrent switch to WAL fails at once in SQLite ("database is locked", no busy
+    handler); the engine waits for it instead. Produced for real: another connection holds
+    the write lock of a brand-new rollback-journal file."""
+    import threading
+    import time
+
+    from flytecache.store.engine import _switch_to_wal
+
+    path = str(tmp_path / "fresh.db")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    opener = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    release = threading.Timer(0.2, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    try:
+        _switch_to_wal(opener, timeout=5.0)
+    finally:
+        release.join()
+    assert time.monotonic() - started >= 0.1  # it really waited
+    assert opener.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    opener.close()
+    holder.close()

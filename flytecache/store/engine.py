@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import urllib.parse
 import weakref
 from collections import deque
@@ -189,6 +190,26 @@ def _sqlite_path_checks(url: URL, settings: StoreSettings, mounts_file: str) -> 
         )
 
 
+def _switch_to_wal(dbapi_conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting up to ``timeout`` for other openers.
+
+    On a brand-new file the first opener writes the header while switching; SQLite then fails
+    a concurrent switch with "database is locked" at once, without consulting the busy
+    handler, so the wait is done here.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            dbapi_conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if not _BUSY.search(str(error)) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _install_sqlite_events(engine: Engine, settings: StoreSettings, read_only: bool) -> None:
     busy_ms = int(settings.busy_timeout.total_seconds() * 1000)
 
@@ -201,7 +222,7 @@ def _install_sqlite_events(engine: Engine, settings: StoreSettings, read_only: b
         mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()
         if not read_only and (mode is None or str(mode[0]).lower() != "wal"):
             # WAL lets readers run while one writer commits; it is persistent in the file.
-            dbapi_conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(dbapi_conn, settings.busy_timeout.total_seconds())
         # NORMAL in WAL mode loses no committed transaction on a process crash; FULL adds
         # an fsync per commit for power loss.
         dbapi_conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
