@@ -1,12 +1,13 @@
-"""A throwaway PostgreSQL for the benchmark's PostgreSQL rows (the logic of tests/_postgres.py).
+"""A throwaway PostgreSQL server, for the benchmarks' PostgreSQL rows and (through
+tests/_postgres.py) the test suite.
 
 Uses the machine's binaries (``/usr/lib/postgresql/<v>/bin`` or ``FLYTECACHE_PG_BINDIR``);
 under root the server runs as the ``postgres`` user (PostgreSQL refuses root). Free port, data
 in a temporary folder, removed on :meth:`stop`. ``FLYTECACHE_BENCH_PG_URL`` uses an existing
 server instead.
 
-Durability is set to match SQLite's ``synchronous=NORMAL`` in WAL mode rather than the test
-suite's "everything off": ``fsync`` stays on (checkpoints are durable) and
+By default durability is set to match SQLite's ``synchronous=NORMAL`` in WAL mode rather than
+the test suite's "everything off": ``fsync`` stays on (checkpoints are durable) and
 ``synchronous_commit=off`` (a commit does not wait for its WAL flush), so neither backend
 fsyncs per transaction and both survive a process crash.
 """
@@ -58,13 +59,18 @@ def _run_as() -> str | None:
     return "flytecache-pg"
 
 
+BENCH_SETTINGS = "-c synchronous_commit=off -c max_connections=200 -c shared_buffers=128MB"
+"""Server settings for measuring: no flush per commit, durable checkpoints (see above)."""
+
+
 class PostgresServer:
     """initdb + pg_ctl start on a free port; :meth:`stop` removes everything."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, settings: str = BENCH_SETTINGS) -> None:
         self.bindir = bindir
+        self.settings = settings
         self.user = _run_as()
-        self.tmp = Path(tempfile.mkdtemp(prefix="flytecache-bench-pg-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix="flytecache-pg-"))
         self.data = self.tmp / "data"
         self.port = _free_port()
         self.started = False
@@ -93,10 +99,7 @@ class PostgresServer:
         self._run(
             "initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"
         )
-        options = (
-            f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 "
-            "-c synchronous_commit=off -c max_connections=200 -c shared_buffers=128MB"
-        )
+        options = f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 {self.settings}"
         self._run(
             "pg_ctl",
             "-D",
@@ -119,6 +122,9 @@ class PostgresServer:
     @property
     def admin_dsn(self) -> str:
         return f"host=127.0.0.1 port={self.port} user={USER} dbname=postgres"
+
+    def dsn(self, database: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user={USER} dbname={database}"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/{database}"
