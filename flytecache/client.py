@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, Self
 
@@ -28,6 +28,7 @@ from flytecache.errors import (
     FlyteCacheError,
     InvalidArgumentError,
     NotFoundError,
+    StaleEntryError,
     StorageError,
 )
 from flytecache.keys import CatalogKey, cache_key
@@ -35,12 +36,16 @@ from flytecache.scoping import Scope, reservation_key, scoped_key
 from flytecache.store import CacheStore
 
 __all__ = [
+    "CacheSlot",
     "CatalogClient",
     "CatalogKey",
+    "Claim",
     "Entry",
     "ExecutionMetadata",
+    "Lease",
     "ReservationCache",
     "Status",
+    "new_owner_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -176,6 +181,11 @@ class CatalogClient:
 
     ``target`` is a :class:`CacheStore`, a database path/URL (a store is opened and owned), or
     an ``http(s)://`` cache-service URL. Errors are :mod:`flytecache.errors` whatever the target.
+
+    ``max_cache_age`` (a non-negative timedelta; ``None`` or zero: no limit, as Flyte's
+    ``maxCacheAge: 0``) makes older entries misses; ``clock`` (an aware-datetime callable)
+    decides "now" for that check and for ``created_at``. A client built on a store uses the
+    store's clock unless given its own (SPEC §5.3).
     """
 
     def __init__(
@@ -187,12 +197,7 @@ class CatalogClient:
         clock: Callable[[], datetime] | None = None,
         auth_token: str | None = None,
     ) -> None:
-        if max_cache_age is not None and (
-            not isinstance(max_cache_age, timedelta) or max_cache_age < timedelta(0)
-        ):
-            raise InvalidArgumentError(
-                "max_cache_age must be a non-negative timedelta or None", field="max_cache_age"
-            )
+        _check_max_age(max_cache_age, "max_cache_age")
         if (
             isinstance(reservation_cache_size, bool)
             or not isinstance(reservation_cache_size, int)
@@ -204,7 +209,13 @@ class CatalogClient:
             )
         if clock is not None and not callable(clock):
             raise InvalidArgumentError("clock must be callable", field="clock")
-        self._clock = clock or (lambda: datetime.now(UTC))
+        if clock is None and isinstance(target, CacheStore):
+            store = target
+            self._clock: Callable[[], datetime] = lambda: (
+                _EPOCH + timedelta(microseconds=store.now_us())
+            )
+        else:
+            self._clock = clock or (lambda: datetime.now(UTC))
         self.max_cache_age = max_cache_age
         self._backend = _open_backend(target, clock=clock, auth_token=auth_token)
         self._memo: OrderedDict[str, ReservationCache] = OrderedDict()
@@ -232,36 +243,27 @@ class CatalogClient:
         """The Flyte cache key (unscoped) for ``key``."""
         return cache_key(_catalog_key(key))
 
+    def slot(self, key: CatalogKey, *, max_cache_age: timedelta | None = None) -> CacheSlot:
+        """``key`` bound to this client: its cache key derived once, for several calls.
+
+        ``max_cache_age`` overrides the client's for this slot (zero: no limit; ``None``: the
+        client's). A callable ``key.inputs`` is read here, once, and never again.
+        """
+        key = _catalog_key(key)
+        if max_cache_age is None:
+            max_cache_age = self.max_cache_age
+        else:
+            _check_max_age(max_cache_age, "max_cache_age")
+        return CacheSlot(self, key, cache_key(key), max_cache_age)
+
     def get(self, key: CatalogKey) -> Entry:
         """The cached outputs for ``key``: a hit, or :class:`NotFoundError` on a miss.
 
-        An entry older than ``max_cache_age`` (strict ``>``) is a miss, and so is an entry
-        whose outputs URI no longer exists.
+        A stored entry older than ``max_cache_age`` (strict ``>``), or whose outputs URI no
+        longer exists or holds no ``LiteralMap``, raises :class:`StaleEntryError` (a
+        ``NotFoundError``).
         """
-        key = _catalog_key(key)
-        scope = _scope(key.identifier)
-        output = self._backend.get(scope, cache_key(key))
-        if not output.metadata.HasField("last_updated_at"):
-            raise StorageError("cache entry has no last_updated_at")
-        if self.max_cache_age is not None:
-            updated = output.metadata.last_updated_at.ToDatetime(tzinfo=UTC)
-            if self._now() - updated > self.max_cache_age:
-                raise NotFoundError(
-                    f"artifact over age limit: last updated {updated.isoformat()}, "
-                    f"max_cache_age {self.max_cache_age}",
-                    key=cache_key(key),
-                )
-        if output.WhichOneof("output") == "output_uri":
-            outputs = _read_outputs(output.output_uri)
-            uri: str | None = output.output_uri
-        else:
-            outputs = output.output_literals
-            uri = None
-        return Entry(
-            outputs=outputs,
-            output_uri=uri,
-            status=Status(CacheStatus.CACHE_HIT, _catalog_metadata(output.metadata)),
-        )
+        return self.slot(key).get()
 
     def put(
         self,
@@ -271,9 +273,11 @@ class CatalogClient:
     ) -> Status:
         """Store ``outputs`` (a LiteralMap inline, or an output URI) if no entry exists.
 
-        Raises :class:`AlreadyExistsError` when one does; returns ``CACHE_POPULATED``.
+        Raises :class:`AlreadyExistsError` when one does, unless it is older than a positive
+        ``max_cache_age`` (sent as the put's ``max_age``, as Flyte's Go client does), in which
+        case it is replaced. Returns ``CACHE_POPULATED``.
         """
-        return self._write(key, outputs, metadata, overwrite=False)
+        return self.slot(key).put(outputs, metadata)
 
     def update(
         self,
@@ -282,36 +286,7 @@ class CatalogClient:
         metadata: ExecutionMetadata | None = None,
     ) -> Status:
         """Store ``outputs``, replacing any existing entry; returns ``CACHE_POPULATED``."""
-        return self._write(key, outputs, metadata, overwrite=True)
-
-    def _write(
-        self,
-        key: CatalogKey,
-        outputs: literals_pb2.LiteralMap | str,
-        metadata: ExecutionMetadata | None,
-        *,
-        overwrite: bool,
-    ) -> Status:
-        key = _catalog_key(key)
-        if metadata is None:
-            metadata = ExecutionMetadata()
-        elif not isinstance(metadata, ExecutionMetadata):
-            raise InvalidArgumentError("metadata must be an ExecutionMetadata", field="metadata")
-        stored_metadata = self._stored_metadata(key, metadata)
-        if isinstance(outputs, literals_pb2.LiteralMap):
-            output = cs.CachedOutput(output_literals=outputs, metadata=stored_metadata)
-        elif isinstance(outputs, str):
-            if not outputs:
-                raise InvalidArgumentError("outputs URI must not be empty", field="outputs")
-            _check_uri_exists(outputs)
-            output = cs.CachedOutput(output_uri=outputs, metadata=stored_metadata)
-        else:
-            raise InvalidArgumentError(
-                f"outputs must be a LiteralMap or a URI string, got {type(outputs).__name__}",
-                field="outputs",
-            )
-        self._backend.put(_scope(key.identifier), cache_key(key), output, overwrite=overwrite)
-        return Status(CacheStatus.CACHE_POPULATED, _catalog_metadata(stored_metadata))
+        return self.slot(key).put(outputs, metadata, overwrite=True)
 
     def _stored_metadata(self, key: CatalogKey, metadata: ExecutionMetadata) -> cs.Metadata:
         created = metadata.created_at or self._now()
@@ -352,7 +327,7 @@ class CatalogClient:
 
     def _now(self) -> datetime:
         now = self._clock()
-        if now.tzinfo is None:
+        if not isinstance(now, datetime) or now.tzinfo is None:
             raise InvalidArgumentError("clock must return an aware datetime", field="clock")
         return now
 
@@ -365,15 +340,11 @@ class CatalogClient:
 
         Compare the returned ``owner_id`` with yours to know whether you hold it.
         """
-        key = _catalog_key(key)
-        return self._backend.get_or_extend_reservation(
-            _scope(key.identifier), cache_key(key), owner_id, heartbeat_interval
-        )
+        return self.slot(key).get_or_extend_reservation(owner_id, heartbeat_interval)
 
     def release_reservation(self, key: CatalogKey, owner_id: str) -> None:
         """Release ``owner_id``'s lease on ``key`` (a no-op if it does not hold it)."""
-        key = _catalog_key(key)
-        self._backend.release_reservation(_scope(key.identifier), cache_key(key), owner_id)
+        self.slot(key).release_reservation(owner_id)
 
     def get_reservation_cache(self, owner_id: str) -> ReservationCache:
         """The memo stored for ``owner_id`` (an empty, DISABLED one if none)."""
@@ -412,17 +383,178 @@ class CatalogClient:
         A hit is returned at once. On a miss the reservation decides who computes: the owner
         runs ``compute`` while a background thread keeps its lease alive, stores the result and
         releases (also when ``compute`` raises, re-raising the error). Everyone else polls until
-        the result appears or the lease can be taken over (its owner died). ``timeout`` bounds
-        the waiting and raises :class:`DeadlineExceededError`.
+        the result appears or the lease can be taken over (its owner died). A stored entry that
+        counts as a miss (over age, blob gone) is recomputed once and replaced. ``timeout``
+        bounds the waiting and raises :class:`DeadlineExceededError`. The cache key is derived
+        once for the whole call (a callable ``key.inputs`` is read once).
         """
-        key = _catalog_key(key)
         if not callable(compute):
             raise InvalidArgumentError("compute must be callable", field="compute")
+        slot = self.slot(key)
+        claim = slot.claim(
+            owner_id or new_owner_id(),
+            heartbeat_interval=heartbeat_interval,
+            poll_interval=poll_interval,
+            timeout=timeout,
+        )
+        if claim.entry is not None:
+            return claim.entry
+        try:
+            outputs = compute()
+            if not isinstance(outputs, literals_pb2.LiteralMap):
+                raise InvalidArgumentError(
+                    f"compute must return a LiteralMap, got {type(outputs).__name__}",
+                    field="compute",
+                )
+            try:
+                status = slot.put(outputs, metadata, overwrite=claim.replace)
+            except AlreadyExistsError:
+                return slot.get()  # our lease lapsed and another owner stored first
+            return Entry(outputs=outputs, output_uri=None, status=status)
+        finally:
+            claim.release()
+
+
+def new_owner_id() -> str:
+    """A reservation owner id unique to this call: ``<host>-<pid>-<12 hex digits>``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+class CacheSlot:
+    """One cache key of a :class:`CatalogClient`, derived once (``CatalogClient.slot``).
+
+    Every call on a slot uses the same string key and scope, so an operation made of several
+    calls (look up, reserve, heartbeat, store, release) hashes its inputs once. Thread-safe as
+    the client is.
+    """
+
+    __slots__ = ("_client", "catalog_key", "key", "max_cache_age", "scope")
+
+    def __init__(
+        self,
+        client: CatalogClient,
+        catalog_key: CatalogKey,
+        key: str,
+        max_cache_age: timedelta | None,
+    ) -> None:
+        self._client = client
+        self.catalog_key = catalog_key
+        self.key = key
+        """The unscoped Flyte cache key (``<identifier>-<signature>-<inputs>-<version>``)."""
+        self.scope = _scope(catalog_key.identifier)
+        self.max_cache_age = max_cache_age
+
+    def __repr__(self) -> str:
+        return f"CacheSlot({self.key!r}, scope={tuple(self.scope)!r})"
+
+    def get(self) -> Entry:
+        """The hit for this key; :class:`NotFoundError` if none is stored, or
+        :class:`StaleEntryError` if the stored one counts as a miss (SPEC §5.3)."""
+        output = self._client.backend.get(self.scope, self.key)
+        if not output.metadata.HasField("last_updated_at"):
+            raise StorageError("cache entry has no last_updated_at")
+        if self.max_cache_age:  # None and zero both mean "no age limit"
+            updated = output.metadata.last_updated_at.ToDatetime(tzinfo=UTC)
+            if self._client._now() - updated > self.max_cache_age:
+                raise StaleEntryError(
+                    f"artifact over age limit: last updated {updated.isoformat()}, "
+                    f"max_cache_age {self.max_cache_age}",
+                    key=self.key,
+                )
+        if output.WhichOneof("output") == "output_uri":
+            outputs = _read_outputs(output.output_uri, self.key)
+            uri: str | None = output.output_uri
+        else:
+            outputs = output.output_literals
+            uri = None
+        return Entry(
+            outputs=outputs,
+            output_uri=uri,
+            status=Status(CacheStatus.CACHE_HIT, _catalog_metadata(output.metadata)),
+        )
+
+    def put(
+        self,
+        outputs: literals_pb2.LiteralMap | str,
+        metadata: ExecutionMetadata | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> Status:
+        """Store ``outputs`` (a LiteralMap inline, or an outputs URI); ``CACHE_POPULATED``.
+
+        Without ``overwrite`` an existing entry raises :class:`AlreadyExistsError`, unless it is
+        older than a positive ``max_cache_age`` (sent as ``max_age``, SPEC §5.3).
+        """
+        if metadata is None:
+            metadata = ExecutionMetadata()
+        elif not isinstance(metadata, ExecutionMetadata):
+            raise InvalidArgumentError("metadata must be an ExecutionMetadata", field="metadata")
+        stored_metadata = self._client._stored_metadata(self.catalog_key, metadata)
+        if isinstance(outputs, literals_pb2.LiteralMap):
+            output = cs.CachedOutput(output_literals=outputs, metadata=stored_metadata)
+        elif isinstance(outputs, str):
+            if not outputs:
+                raise InvalidArgumentError("outputs URI must not be empty", field="outputs")
+            _check_uri_exists(outputs)
+            output = cs.CachedOutput(output_uri=outputs, metadata=stored_metadata)
+        else:
+            raise InvalidArgumentError(
+                f"outputs must be a LiteralMap or a URI string, got {type(outputs).__name__}",
+                field="outputs",
+            )
+        # A present-but-zero max_age would make the server replace every entry (SPEC §3).
+        max_age = self.max_cache_age if self.max_cache_age else None
+        self._client.backend.put(self.scope, self.key, output, overwrite=overwrite, max_age=max_age)
+        return Status(CacheStatus.CACHE_POPULATED, _catalog_metadata(stored_metadata))
+
+    def get_or_extend_reservation(
+        self, owner_id: str, heartbeat_interval: timedelta | None = None
+    ) -> cs.Reservation:
+        """Acquire or extend ``owner_id``'s lease; another owner's live lease is returned."""
+        return self._client.backend.get_or_extend_reservation(
+            self.scope, self.key, owner_id, heartbeat_interval
+        )
+
+    def release_reservation(self, owner_id: str) -> None:
+        """Release ``owner_id``'s lease (a no-op if it does not hold it)."""
+        self._client.backend.release_reservation(self.scope, self.key, owner_id)
+
+    def lookup(self) -> tuple[Entry | None, bool]:
+        """:meth:`get` without raising on a miss: ``(entry, False)`` on a hit, ``(None, stale)``
+        on a miss, where ``stale`` says an entry is stored that counts as a miss."""
+        try:
+            return self.get(), False
+        except StaleEntryError:
+            return None, True
+        except NotFoundError:
+            return None, False
+
+    def claim(
+        self,
+        owner_id: str,
+        *,
+        serialize: bool = True,
+        heartbeat_interval: timedelta = timedelta(seconds=5),
+        poll_interval: timedelta | None = None,
+        timeout: timedelta | None = None,
+    ) -> Claim:
+        """Look up, and on a miss decide who computes: the wait loop of SPEC §4/§5.3.
+
+        Returns a :class:`Claim` holding either the hit, or the go-ahead to compute: then with
+        ``serialize`` the caller holds ``owner_id``'s lease, kept alive by a heartbeat thread
+        every ``heartbeat_interval`` until :meth:`Claim.release`. While another owner holds a
+        live lease this polls every ``poll_interval`` (default: half the heartbeat, at most
+        1 s) until its result is stored or its lease expires and is taken over. ``timeout``
+        bounds the waiting (:class:`DeadlineExceededError`, naming the holder).
+        """
+        if not isinstance(owner_id, str) or not owner_id:
+            raise InvalidArgumentError("owner_id must be a non-empty string", field="owner_id")
         if not isinstance(heartbeat_interval, timedelta) or heartbeat_interval <= timedelta(0):
             raise InvalidArgumentError(
                 "heartbeat_interval must be a positive timedelta", field="heartbeat_interval"
             )
-        owner = owner_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        if poll_interval is not None and not isinstance(poll_interval, timedelta):
+            raise InvalidArgumentError("poll_interval must be a timedelta", field="poll_interval")
         poll = (
             poll_interval.total_seconds()
             if poll_interval is not None
@@ -432,87 +564,95 @@ class CatalogClient:
             raise InvalidArgumentError("poll_interval must be positive", field="poll_interval")
         deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
         while True:
-            try:
-                return self.get(key)
-            except NotFoundError:
-                pass
-            lease = self.get_or_extend_reservation(key, owner, heartbeat_interval)
-            if lease.owner_id == owner:
-                return self._compute_as_owner(key, compute, owner, lease, metadata)
+            entry, stale = self.lookup()
+            if entry is not None:
+                return Claim(entry=entry)
+            if not serialize:
+                return Claim(replace=stale)
+            lease = self.get_or_extend_reservation(owner_id, heartbeat_interval)
+            if lease.owner_id == owner_id:
+                held = Lease(self, owner_id, lease)
+                try:  # someone may have finished between our miss and our acquisition
+                    entry, stale = self.lookup()
+                except BaseException:
+                    held.release()
+                    raise
+                if entry is not None:
+                    held.release()
+                    return Claim(entry=entry)
+                return Claim(replace=stale, lease=held)
             if deadline is not None and time.monotonic() + poll > deadline:
                 raise DeadlineExceededError(
                     f"gave up after {timeout} waiting for {lease.owner_id!r} to compute "
-                    f"{self.cache_key(key)!r}",
+                    f"{self.key!r}",
                     holder=lease.owner_id,
                 )
             time.sleep(poll)
 
-    def _compute_as_owner(
-        self,
-        key: CatalogKey,
-        compute: Callable[[], literals_pb2.LiteralMap],
-        owner: str,
-        lease: cs.Reservation,
-        metadata: ExecutionMetadata | None,
-    ) -> Entry:
-        heartbeat = _Heartbeat(self, key, owner, lease)
-        heartbeat.start()
-        try:
-            try:  # someone may have finished between our miss and our acquisition
-                return self.get(key)
-            except NotFoundError:
-                pass
-            outputs = compute()
-            if not isinstance(outputs, literals_pb2.LiteralMap):
-                raise InvalidArgumentError(
-                    f"compute must return a LiteralMap, got {type(outputs).__name__}",
-                    field="compute",
-                )
-            try:
-                status = self.put(key, outputs, metadata)
-            except AlreadyExistsError:
-                return self.get(key)  # our lease lapsed and another owner stored first
-            return Entry(outputs=outputs, output_uri=None, status=status)
-        finally:
-            heartbeat.stop()
-            try:
-                self.release_reservation(key, owner)
-            except FlyteCacheError as error:  # the lease expires by itself anyway
-                log.warning("could not release reservation for %s: %s", owner, error)
+
+@dataclass(slots=True)
+class Claim:
+    """The outcome of :meth:`CacheSlot.claim`: a hit, or the go-ahead to compute.
+
+    ``entry`` is the hit (nothing to compute). Otherwise compute, store with
+    ``overwrite=replace`` (``replace`` is set when a stored entry counts as a miss), then call
+    :meth:`release`, also on failure. ``lease`` is the reservation held meanwhile (``None``
+    without serialization).
+    """
+
+    entry: Entry | None = None
+    replace: bool = False
+    lease: Lease | None = None
+
+    def release(self) -> None:
+        """Stop the heartbeat and release the lease, if any (idempotent, never raises)."""
+        if self.lease is not None:
+            self.lease.release()
 
 
-@dataclass
-class _Heartbeat:
-    """Keeps a lease alive from a daemon thread while its owner computes."""
+class Lease:
+    """A reservation held by ``owner_id``, kept alive from a daemon heartbeat thread.
 
-    client: CatalogClient
-    key: CatalogKey
-    owner: str
-    lease: cs.Reservation
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    The thread extends the lease every ``heartbeat_interval`` of the reservation (as granted
+    by the store, SPEC §4) until :meth:`release`. A failed heartbeat is logged and retried: the
+    lease survives ``grace_multiplier`` missed beats.
+    """
 
-    def start(self) -> None:
+    def __init__(self, slot: CacheSlot, owner_id: str, reservation: cs.Reservation) -> None:
+        self.slot = slot
+        self.owner_id = owner_id
+        self.reservation = reservation
+        self._stop = threading.Event()
+        self._released = False
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="flytecache-heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
     def _run(self) -> None:
-        interval = self.lease.heartbeat_interval.ToTimedelta().total_seconds() or 1.0
+        requested = self.reservation.heartbeat_interval.ToTimedelta()
+        interval = requested.total_seconds() or 1.0
         while not self._stop.wait(interval):
             try:
-                lease = self.client.get_or_extend_reservation(
-                    self.key, self.owner, self.lease.heartbeat_interval.ToTimedelta()
-                )
+                lease = self.slot.get_or_extend_reservation(self.owner_id, requested)
             except FlyteCacheError as error:  # keep trying: the lease has grace periods left
-                log.warning("heartbeat for %s failed: %s", self.owner, error)
+                log.warning("heartbeat for %s failed: %s", self.owner_id, error)
                 continue
-            if lease.owner_id != self.owner:
+            if lease.owner_id != self.owner_id:
                 log.warning("reservation lost to %s while computing", lease.owner_id)
+
+    def release(self) -> None:
+        """Stop the heartbeat, then release the reservation (idempotent, never raises)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        try:
+            self.slot.release_reservation(self.owner_id)
+        except FlyteCacheError as error:  # the lease expires by itself anyway
+            log.warning("could not release reservation for %s: %s", self.owner_id, error)
 
 
 def _open_backend(target: Any, *, clock: Any, auth_token: str | None) -> CacheBackend:
@@ -530,6 +670,16 @@ def _open_backend(target: Any, *, clock: Any, auth_token: str | None) -> CacheBa
 
         return RemoteCache(target, auth_token=auth_token)
     return LocalCache(CacheStore.open(target, clock=clock), owns_store=True)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _check_max_age(value: object, field: str) -> None:
+    if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
+        raise InvalidArgumentError(
+            f"{field} must be a non-negative timedelta or None (zero: no age limit)", field=field
+        )
 
 
 def _catalog_key(key: Any) -> CatalogKey:
@@ -592,15 +742,17 @@ def _check_uri_exists(uri: str) -> None:
             raise NotFoundError(f"outputs URI {uri} does not exist", uri=uri)
 
 
-def _read_outputs(uri: str) -> literals_pb2.LiteralMap:
+def _read_outputs(uri: str, key: str) -> literals_pb2.LiteralMap:
     import fsspec
 
     try:
         with fsspec.open(uri, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        raise NotFoundError(
-            f"cache entry points at {uri}, which no longer exists (treated as a miss)", uri=uri
+        raise StaleEntryError(
+            f"cache entry points at {uri}, which no longer exists (treated as a miss)",
+            key=key,
+            uri=uri,
         ) from None
     except (ImportError, ValueError) as error:
         raise StorageError(
@@ -609,6 +761,10 @@ def _read_outputs(uri: str) -> literals_pb2.LiteralMap:
     literal_map = literals_pb2.LiteralMap()
     try:
         literal_map.ParseFromString(data)
-    except Exception as error:
-        raise StorageError(f"outputs at {uri} are not a serialized LiteralMap") from error
+    except Exception:
+        raise StaleEntryError(
+            f"outputs at {uri} are not a serialized LiteralMap (treated as a miss)",
+            key=key,
+            uri=uri,
+        ) from None
     return literal_map

@@ -16,6 +16,7 @@ __all__ = [
     "NotFoundError",
     "ResourceExhaustedError",
     "SchemaError",
+    "StaleEntryError",
     "StorageBusyError",
     "StorageError",
     "UnauthenticatedError",
@@ -53,6 +54,17 @@ class NotFoundError(FlyteCacheError, LookupError):
     """No cache entry (or blob) exists for the key."""
 
     code = "NOT_FOUND"
+
+
+class StaleEntryError(NotFoundError):
+    """An entry is stored but the client counts it as a miss (SPEC §5.3).
+
+    Raised by :class:`~flytecache.CatalogClient` when the entry is older than its
+    ``max_cache_age`` or its outputs blob is gone or is not a serialized ``LiteralMap``. It is a
+    :class:`NotFoundError` (code ``NOT_FOUND``), so code that treats any miss alike keeps
+    working; code that recomputes should *replace* the entry (``update``), not ``put`` it,
+    which would answer ALREADY_EXISTS.
+    """
 
 
 class AlreadyExistsError(FlyteCacheError):
