@@ -36,6 +36,7 @@ MODES: dict[str, dict[str, Any]] = {
         "scaling_rounds": 30,
         "concurrency": {"seconds": 1.5, "repeats": 5, "procs": [1, 2, 4, 8]},
         "profile": {"quick": False},
+        "flyte_sdk": {"rounds": 7, "calls": 300},
     },
     "quick": {
         "sizes": populate.SIZES,
@@ -45,6 +46,7 @@ MODES: dict[str, dict[str, Any]] = {
         "scaling_rounds": 10,
         "concurrency": {"seconds": 0.4, "repeats": 3, "procs": [1, 2, 4, 8]},
         "profile": {"quick": True},
+        "flyte_sdk": {"rounds": 3, "calls": 100},
     },
     # For the test suite: every phase end to end on tiny inputs, no meaningful numbers.
     "smoke": {
@@ -59,6 +61,7 @@ MODES: dict[str, dict[str, Any]] = {
         "scaling_rounds": 1,
         "concurrency": {"seconds": 0.05, "repeats": 1, "procs": [1, 2]},
         "profile": {"n": 20, "repeats": 1},
+        "flyte_sdk": {"rounds": 1, "calls": 3},
     },
 }
 
@@ -138,6 +141,24 @@ def per_operation(sizes: tuple[int, ...], options: list[str], rounds: int) -> di
     return {"options": options, "rounds_for_setup_benchmarks": rounds, "benchmarks": rows}
 
 
+def flyte_sdk_hits(rounds: int, calls: int) -> dict[str, Any] | None:
+    """benchmarks/flyte_sdk.py in its own process (it installs into the SDK and moves HOME);
+    ``None`` when the Flyte SDK is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("flyte") is None:
+        _log("  flyte is not installed: skipped (pip install -e '.[flyte]')")
+        return None
+    command = [sys.executable, "-m", "benchmarks.flyte_sdk", "--rounds", str(rounds)]
+    result = subprocess.run(
+        [*command, "--calls", str(calls)], cwd=ROOT, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"benchmarks.flyte_sdk failed:\n{result.stderr[-3000:]}")
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
@@ -147,7 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated phases to skip: per_op,single,concurrency,profile",
+        help="comma-separated phases to skip: per_op,single,concurrency,profile,flyte_sdk",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
@@ -204,6 +225,10 @@ def main(argv: list[str] | None = None) -> Path:
         t = phase("profiles")
         results["profile"] = profile_store.run(**config["profile"])
         phases["profile"] = time.perf_counter() - t
+    if "flyte_sdk" not in skip:
+        t = phase("a cache hit in Flyte 2 SDK local runs")
+        results["flyte_sdk"] = flyte_sdk_hits(**config["flyte_sdk"])
+        phases["flyte_sdk"] = time.perf_counter() - t
     results["targets"] = report.evaluate(results)
     results["meta"]["loadavg_end"] = list(os.getloadavg())
     # The page reports the run's duration, so it is taken before rendering (~5 s of plots).

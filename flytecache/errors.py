@@ -21,6 +21,7 @@ __all__ = [
     "StorageError",
     "UnauthenticatedError",
     "UnavailableError",
+    "UnsupportedVersionError",
 ]
 
 
@@ -101,6 +102,16 @@ class UnauthenticatedError(FlyteCacheError):
     """The cache service rejected the request's credentials."""
 
     code = "UNAUTHENTICATED"
+
+
+class UnsupportedVersionError(FlyteCacheError):
+    """An SDK integration met a version of the SDK it was not tested with.
+
+    The integrations replace private SDK internals, so they refuse untested versions unless
+    installed with ``force=True``; the message names the installed and supported versions.
+    """
+
+    code = "FAILED_PRECONDITION"
 
 
 class StorageError(FlyteCacheError):

@@ -35,7 +35,7 @@ def test_runner_smoke_writes_results_and_page(tmp_path: Path) -> None:
         [
             "--smoke",
             "--skip",
-            "concurrency",
+            "concurrency,flyte_sdk",
             "--results-dir",
             str(tmp_path),
             "--docs-dir",
@@ -72,3 +72,11 @@ def test_concurrency_smoke_library(tmp_path: Path) -> None:
         assert cell["ops_per_s"] > 0
         assert cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"]
         assert cell["errors"] == 0, cell["first_error"]
+
+
+def test_flyte_sdk_hit_harness_smoke() -> None:
+    pytest.importorskip("flyte")
+    results = bench_run.flyte_sdk_hits(rounds=1, calls=3)
+    assert results is not None
+    assert set(results["per_call"]) == {"sdk", "flytecache", "uncached"}
+    assert all(row["median_us"] > 0 for row in results["per_call"].values())
