@@ -1,19 +1,47 @@
-"""What every SDK integration needs: where the cache is, which SDK versions are supported, and
-the settings of the reservation protocol. The protocol itself (look up, reserve, wait, heartbeat,
-release) is :meth:`flytecache.client.CacheSlot.claim`, shared with ``get_or_compute``.
+"""What every SDK integration shares: where the cache is, which SDK versions are supported, the
+settings of the reservation protocol, undoable patches, and one cached task call's life (claim,
+store, release). The wait loop and the heartbeat themselves are
+:meth:`flytecache.client.CacheSlot.claim` and :class:`flytecache.client.Lease`, which
+``get_or_compute`` uses too.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import metadata
+from typing import Any
 
-from flytecache.client import CatalogClient
-from flytecache.errors import InvalidArgumentError, UnsupportedVersionError
+from flyteidl2.core.literals_pb2 import LiteralMap
 
-__all__ = ["DEFAULT_DB", "IntegrationSettings", "check_version", "open_client", "resolve_db"]
+from flytecache.client import (
+    CacheSlot,
+    CatalogClient,
+    Claim,
+    Entry,
+    ExecutionMetadata,
+    LocalCache,
+    new_owner_id,
+)
+from flytecache.errors import FlyteCacheError, InvalidArgumentError, UnsupportedVersionError
+
+__all__ = [
+    "DEFAULT_DB",
+    "Installation",
+    "IntegrationSettings",
+    "Patches",
+    "Registry",
+    "TaskCall",
+    "check_version",
+    "open_client",
+    "resolve_db",
+]
+
+log = logging.getLogger("flytecache.integrations")
 
 DEFAULT_DB = "./flytecache.db"
 """The database used when neither ``db`` nor ``FLYTECACHE_DB`` names one."""
@@ -123,3 +151,130 @@ class IntegrationSettings:
                 raise InvalidArgumentError(
                     f"{name} must be a positive timedelta, got {value!r}", field=name
                 )
+
+
+class Patches:
+    """Attribute replacements on modules and classes that can be undone exactly.
+
+    The original is read from the owner's own ``__dict__`` (a class's function, not a bound
+    method), so :meth:`restore` puts back the very object that was there.
+    """
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def replace(self, owner: Any, name: str, value: Any) -> Any:
+        """Set ``owner.name`` to ``value``; returns the original."""
+        original = vars(owner)[name]
+        self._saved.append((owner, name, original))
+        setattr(owner, name, value)
+        return original
+
+    def restore(self) -> None:
+        """Put every original back, last replaced first."""
+        while self._saved:
+            owner, name, original = self._saved.pop()
+            setattr(owner, name, original)
+
+
+@dataclass(eq=False)
+class TaskCall:
+    """One cached task call inside an SDK: its slot (key derived once) and, while it computes,
+    its claim (the lease, if serialized). ``task`` is the SDK's task object."""
+
+    task: Any
+    slot: CacheSlot | None = None
+    claim: Claim | None = None
+
+    def release(self) -> None:
+        """Release the call's lease, if it holds one (idempotent, never raises)."""
+        claim, self.claim = self.claim, None
+        if claim is not None:
+            claim.release()
+
+
+class Installation:
+    """One SDK integration's client and settings, the patches that route the SDK to them, and
+    the cache protocol every SDK follows: look up or claim, then store and release."""
+
+    def __init__(self, client: CatalogClient, db: str, settings: IntegrationSettings) -> None:
+        self.client = client
+        self.db = db
+        self.settings = settings
+        self.patches = Patches()
+        # A look-up in a local database does not wait on writers (WAL readers, PostgreSQL
+        # MVCC), so an async SDK may run it on its event loop: a thread hop costs ~0.3 ms,
+        # eight times the look-up. Reservations, waiting and the network run in a thread.
+        self.reads_inline = isinstance(client.backend, LocalCache)
+
+    def claim(self, call: TaskCall, slot: CacheSlot, *, serialize: bool) -> Entry | None:
+        """The hit for ``call``, or ``None``: then the call computes, holding the lease when
+        ``serialize`` (waiting first while another owner computes), until :meth:`store` or
+        ``call.release()``. A cache that fails is logged and counts as a miss (as Flyte's
+        executor does: the task runs uncached)."""
+        call.slot = slot
+        try:
+            claim = slot.claim(
+                new_owner_id(),
+                serialize=serialize,
+                heartbeat_interval=self.settings.heartbeat,
+                poll_interval=self.settings.poll,
+            )
+        except FlyteCacheError as error:
+            log.warning("flytecache look-up failed, running the task uncached: %s", error)
+            return None
+        if claim.entry is not None:
+            return claim.entry
+        call.claim = claim
+        return None
+
+    def store(
+        self, call: TaskCall, slot: CacheSlot, outputs: LiteralMap, metadata: ExecutionMetadata
+    ) -> None:
+        """Store ``outputs`` for ``call``, replacing any entry (the SDKs' own caches replace on
+        write), then release its lease. A failure is logged: a cache must not fail the run."""
+        try:
+            slot.put(outputs, metadata, overwrite=True)
+        except FlyteCacheError as error:
+            log.warning("flytecache could not store the outputs: %s", error)
+        finally:
+            call.release()
+
+
+class Registry:
+    """The current :class:`Installation` of one SDK integration (at most one at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.current: Installation | None = None
+
+    def install(self, installation: Installation, patch: Callable[[Installation], None]) -> None:
+        """Undo the previous installation, apply ``patch`` to the new one, make it current."""
+        with self._lock:
+            previous, self.current = self.current, None
+            if previous is not None:
+                previous.patches.restore()
+            try:
+                patch(installation)
+            except BaseException:
+                installation.patches.restore()
+                installation.client.close()
+                raise
+            self.current = installation
+        if previous is not None:
+            previous.client.close()
+
+    def uninstall(self) -> None:
+        """Undo the current installation and close its client (a no-op when none)."""
+        with self._lock:
+            installation, self.current = self.current, None
+            if installation is not None:
+                installation.patches.restore()
+        if installation is not None:
+            installation.client.close()
+
+    @property
+    def db(self) -> str | None:
+        """The database or server of the current installation, ``None`` when not installed."""
+        installation = self.current
+        return None if installation is None else installation.db

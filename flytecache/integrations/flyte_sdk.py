@@ -32,7 +32,6 @@ import contextvars
 import inspect
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from types import ModuleType
@@ -40,17 +39,13 @@ from typing import Any
 
 from flyteidl2.core import identifier_pb2, literals_pb2
 
-from flytecache.client import (
-    CacheSlot,
-    CatalogClient,
-    Claim,
-    ExecutionMetadata,
-    LocalCache,
-    new_owner_id,
-)
+from flytecache.client import CacheSlot, ExecutionMetadata
 from flytecache.errors import FlyteCacheError, InvalidArgumentError
 from flytecache.integrations._common import (
+    Installation,
     IntegrationSettings,
+    Registry,
+    TaskCall,
     check_version,
     open_client,
     resolve_db,
@@ -59,12 +54,13 @@ from flytecache.keys import CatalogKey
 
 __all__ = ["SUPPORTED_VERSIONS", "cli_run_hook", "install", "installed_db", "uninstall"]
 
-log = logging.getLogger(__name__)
-
 SUPPORTED_VERSIONS = ">=2.12,<2.13"
 """The ``flyte`` releases this integration is tested with (the ``flytecache[flyte]`` extra)."""
 
+log = logging.getLogger(__name__)
+
 _CONTROLLER_MODULE = "flyte._internal.controllers._local_controller"
+_registry = Registry()
 
 
 def install(
@@ -94,34 +90,17 @@ def install(
     settings = IntegrationSettings(project=project, domain=domain, heartbeat=heartbeat, poll=poll)
     target = resolve_db(db)
     check_version("flyte", SUPPORTED_VERSIONS, force=force)
-    client = open_client(target, auth_token)
-    with _lock:
-        global _installation
-        previous = _installation
-        if previous is not None:
-            previous.restore()
-        installation = _Installation(client, target, settings)
-        installation.patch()
-        _installation = installation
-    if previous is not None:
-        previous.client.close()
+    _registry.install(Installation(open_client(target, auth_token), target, settings), _patch)
 
 
 def uninstall() -> None:
     """Give the Flyte 2 SDK its own local cache back (a no-op when not installed)."""
-    global _installation
-    with _lock:
-        installation, _installation = _installation, None
-        if installation is not None:
-            installation.restore()
-    if installation is not None:
-        installation.client.close()
+    _registry.uninstall()
 
 
 def installed_db() -> str | None:
     """The database or server local runs cache through, or ``None`` when not installed."""
-    installation = _installation
-    return None if installation is None else installation.db
+    return _registry.db
 
 
 def cli_run_hook(command: Any) -> Any:
@@ -167,24 +146,12 @@ def cli_run_hook(command: Any) -> Any:
     return command
 
 
-_lock = threading.Lock()
-_installation: _Installation | None = None
-
-
 @dataclass(eq=False)
-class _Call:
-    """One ``LocalController.submit`` call: what the SDK computed for it, and our lease."""
+class _Call(TaskCall):
+    """A ``LocalController.submit`` call, with what the SDK computed for it."""
 
-    task: Any
     key_arguments: dict[str, Any] | None = None
     action: Any = None
-    slot: CacheSlot | None = None
-    claim: Claim | None = None
-
-    def release(self) -> None:
-        claim, self.claim = self.claim, None
-        if claim is not None:
-            claim.release()
 
 
 _current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -192,106 +159,79 @@ _current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
 )
 
 
-class _Installation:
-    """The patched names of one :func:`install`, and what they replaced."""
+def _patch(installation: Installation) -> None:
+    import importlib
 
-    def __init__(self, client: CatalogClient, db: str, settings: IntegrationSettings) -> None:
-        self.client = client
-        self.db = db
-        self.settings = settings
-        # A look-up in a local database does not wait on writers (WAL readers, PostgreSQL
-        # MVCC), so it runs on the event loop: a thread hop costs ~0.3 ms, eight times the
-        # look-up. Reservations (which may wait for the write lock), waiting and the network
-        # run in a worker thread.
-        self.reads_inline = isinstance(client.backend, LocalCache)
-        self._saved: dict[str, Any] = {}
+    module = importlib.import_module(_CONTROLLER_MODULE)
+    installation.patches.replace(module, "LocalTaskCache", _TaskCache)
+    installation.patches.replace(module, "convert", _ConvertView(vars(module)["convert"]))
+    submit = vars(module.LocalController)["submit"]
+    installation.patches.replace(module.LocalController, "submit", _wrap_submit(submit))
 
-    def patch(self) -> None:
-        import importlib
 
-        controller_module = importlib.import_module(_CONTROLLER_MODULE)
-        controller = controller_module.LocalController
-        self._saved = {
-            "module": controller_module,
-            "LocalTaskCache": controller_module.LocalTaskCache,
-            "convert": controller_module.convert,
-            "submit": controller.__dict__["submit"],
-        }
-        setattr(controller_module, "LocalTaskCache", _TaskCache)  # noqa: B010
-        setattr(controller_module, "convert", _ConvertView(self._saved["convert"]))  # noqa: B010
-        controller.submit = _wrap_submit(self._saved["submit"])
-
-    def restore(self) -> None:
-        module = self._saved["module"]
-        module.LocalTaskCache = self._saved["LocalTaskCache"]
-        module.convert = self._saved["convert"]
-        module.LocalController.submit = self._saved["submit"]
-
-    def slot(self, call: _Call) -> CacheSlot:
-        """The flytecache slot of ``call``: the executor's catalog key, derived once."""
-        if call.slot is None:
-            arguments = call.key_arguments
-            if arguments is None:
-                raise FlyteCacheError(
-                    "flytecache could not see the cache key inputs of this task call; "
-                    "is the installed flyte supported?"
-                )
-            from flyte._cache.cache import cache_from_request
-
-            cache = cache_from_request(call.task.cache)
-            proto_inputs = arguments["proto_inputs"]
-            key = CatalogKey(
-                identifier=identifier_pb2.Identifier(
-                    resource_type=identifier_pb2.ResourceType.TASK,
-                    project=self.settings.project,
-                    domain=self.settings.domain,
-                    name=arguments["task_name"],
-                    version=arguments["cache_version"],
-                ),
-                # The executor's fourth part is the action's cache key, i.e. the SDK's own key.
-                cache_version=_sdk_key(call),
-                typed_interface=arguments["task_interface"],
-                inputs=literals_pb2.LiteralMap(
-                    literals={named.name: named.value for named in proto_inputs.literals}
-                ),
-                cache_ignore_input_vars=tuple(arguments["ignored_input_vars"] or ()),
-            )
-            # flyte.Cache normalizes max_age to a timedelta; None or zero: no age limit.
-            max_age = cache.max_age
-            if isinstance(max_age, int):
-                max_age = timedelta(seconds=max_age)
-            call.slot = self.client.slot(key, max_cache_age=max_age or timedelta(0))
+def _slot(installation: Installation, call: _Call) -> CacheSlot:
+    """The flytecache slot of ``call``: the executor's catalog key, derived once."""
+    if call.slot is not None:
         return call.slot
-
-    def metadata(self, call: _Call) -> ExecutionMetadata:
-        action = call.action
-        if action is None:
-            return ExecutionMetadata()
-        arguments = call.key_arguments or {}
-        return ExecutionMetadata(
-            task_execution_identifier=identifier_pb2.TaskExecutionIdentifier(
-                task_id=identifier_pb2.Identifier(
-                    resource_type=identifier_pb2.ResourceType.TASK,
-                    project=self.settings.project,
-                    domain=self.settings.domain,
-                    name=arguments.get("task_name", ""),
-                    version=arguments.get("cache_version", ""),
-                ),
-                node_execution_id=identifier_pb2.NodeExecutionIdentifier(
-                    node_id=action.name,
-                    execution_id=identifier_pb2.WorkflowExecutionIdentifier(
-                        project=self.settings.project,
-                        domain=self.settings.domain,
-                        name=action.run_name or action.name,
-                        org=action.org or "",
-                    ),
-                ),
-            )
+    arguments = call.key_arguments
+    if arguments is None:
+        raise FlyteCacheError(
+            "flytecache could not see the cache key inputs of this task call; "
+            "is the installed flyte supported?"
         )
+    from flyte._cache.cache import cache_from_request
+
+    proto_inputs = arguments["proto_inputs"]
+    key = CatalogKey(
+        identifier=_task_identifier(installation, arguments),
+        # The executor's fourth part is the action's cache key, i.e. the SDK's own key.
+        cache_version=_sdk_key(arguments),
+        typed_interface=arguments["task_interface"],
+        inputs=literals_pb2.LiteralMap(
+            literals={named.name: named.value for named in proto_inputs.literals}
+        ),
+        cache_ignore_input_vars=tuple(arguments["ignored_input_vars"] or ()),
+    )
+    # flyte.Cache normalizes max_age to a timedelta; None or zero: no age limit.
+    max_age = cache_from_request(call.task.cache).max_age
+    if isinstance(max_age, int):
+        max_age = timedelta(seconds=max_age)
+    call.slot = installation.client.slot(key, max_cache_age=max_age or timedelta(0))
+    return call.slot
 
 
-def _sdk_key(call: _Call) -> str:
-    arguments = call.key_arguments or {}
+def _task_identifier(installation: Installation, arguments: dict[str, Any]) -> Any:
+    return identifier_pb2.Identifier(
+        resource_type=identifier_pb2.ResourceType.TASK,
+        project=installation.settings.project,
+        domain=installation.settings.domain,
+        name=arguments.get("task_name", ""),
+        version=arguments.get("cache_version", ""),
+    )
+
+
+def _metadata(installation: Installation, call: _Call) -> ExecutionMetadata:
+    action = call.action
+    if action is None:
+        return ExecutionMetadata()
+    settings = installation.settings
+    return ExecutionMetadata(
+        task_execution_identifier=identifier_pb2.TaskExecutionIdentifier(
+            task_id=_task_identifier(installation, call.key_arguments or {}),
+            node_execution_id=identifier_pb2.NodeExecutionIdentifier(
+                node_id=action.name,
+                execution_id=identifier_pb2.WorkflowExecutionIdentifier(
+                    project=settings.project,
+                    domain=settings.domain,
+                    name=action.run_name or action.name,
+                    org=action.org or "",
+                ),
+            ),
+        )
+    )
+
+
+def _sdk_key(arguments: dict[str, Any]) -> str:
     key = arguments.get("_result")
     if not isinstance(key, str) or not key:
         raise FlyteCacheError("the SDK computed no cache key for this task call")
@@ -347,57 +287,42 @@ class _TaskCache:
 
     @staticmethod
     async def get(cache_key: str) -> Any:
-        installation, call = _installation, _current_call.get()
+        installation, call = _registry.current, _current_call.get()
         if installation is None or call is None:
             return None
         from flyte._cache.cache import cache_from_request
 
         serialize = bool(cache_from_request(call.task.cache).serialize)
         try:
-            slot = installation.slot(call)
+            slot = _slot(installation, call)
             if installation.reads_inline:
-                entry, stale = slot.lookup()
+                entry, _ = slot.lookup()
                 if entry is not None:
                     return _sdk_outputs(entry.outputs)
                 if not serialize:
-                    call.claim = Claim(replace=stale)
-                    return None
-            claim = await asyncio.to_thread(
-                slot.claim,
-                new_owner_id(),
-                serialize=serialize,
-                heartbeat_interval=installation.settings.heartbeat,
-                poll_interval=installation.settings.poll,
-            )
+                    return None  # set() stores, replacing a stale entry if there is one
         except FlyteCacheError as error:
-            # As Flyte's executor does: a failed lookup runs the task instead of failing it.
-            log.warning(
-                "flytecache lookup for %s failed, running the task uncached: %s",
-                call.task.name,
-                error,
-            )
+            log.warning("flytecache look-up failed, running the task uncached: %s", error)
             return None
-        if claim.entry is None:
-            call.claim = claim  # we compute; released once stored, or when submit ends
-            return None
-        return _sdk_outputs(claim.entry.outputs)
+        entry = await asyncio.to_thread(installation.claim, call, slot, serialize=serialize)
+        return None if entry is None else _sdk_outputs(entry.outputs)
 
     @staticmethod
     async def set(cache_key: str, value: Any) -> None:
-        installation, call = _installation, _current_call.get()
+        installation, call = _registry.current, _current_call.get()
         if installation is None or call is None:
             return
         try:
-            slot = installation.slot(call)
-            outputs = literals_pb2.LiteralMap(
-                literals={named.name: named.value for named in value.proto_outputs.literals}
-            )
-            # The SDK's own cache replaces on write (INSERT OR REPLACE): so does "override".
-            await asyncio.to_thread(slot.put, outputs, installation.metadata(call), overwrite=True)
-        except FlyteCacheError as error:  # a cache that cannot store must not fail the run
-            log.warning("flytecache could not store the outputs of %s: %s", call.task.name, error)
-        finally:
-            await asyncio.to_thread(call.release)
+            slot = _slot(installation, call)
+        except FlyteCacheError as error:
+            log.warning("flytecache could not store the outputs: %s", error)
+            return
+        outputs = literals_pb2.LiteralMap(
+            literals={named.name: named.value for named in value.proto_outputs.literals}
+        )
+        await asyncio.to_thread(
+            installation.store, call, slot, outputs, _metadata(installation, call)
+        )
 
     @staticmethod
     async def initialize() -> None:
