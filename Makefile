@@ -16,14 +16,15 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,postgres,flyte]'
+	$(BIN)/python -m pip install -q -e '.[test,postgres,flyte,flytekit]'
 	@touch $@ $(VENV)/.installed-base
 
 serve: $(VENV)/.installed-base
 	$(BIN)/flytecache serve --db $(DB)
 
+# Two workers (one per core): most tests wait on real processes, servers and SDK start-ups.
 test: $(VENV)/.installed-test
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 test-slow: $(VENV)/.installed-test
 	$(BIN)/pytest -m slow -s

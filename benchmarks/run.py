@@ -93,8 +93,11 @@ def per_operation(sizes: tuple[int, ...], options: list[str], rounds: int) -> di
     """pytest-benchmark over bench_store.py and bench_keys.py; one row per benchmark."""
     with tempfile.TemporaryDirectory(prefix="flytecache-pytest-bench-") as tmp:
         out = Path(tmp) / "benchmarks.json"
+        # Started from a pytest-xdist worker (the suite's smoke run), the child must not think
+        # it is one: pytest-benchmark disables itself under xdist.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
         env = {
-            **os.environ,
+            **inherited,
             "FLYTECACHE_BENCH_SIZES": ",".join(str(s) for s in sizes),
             "FLYTECACHE_BENCH_ROUNDS": str(rounds),
             "FLYTECACHE_BENCH_CACHE": str(populate.cache_dir()),
@@ -107,6 +110,8 @@ def per_operation(sizes: tuple[int, ...], options: list[str], rounds: int) -> di
             "benchmarks/bench_keys.py",
             "-p",
             "no:cacheprovider",
+            "-p",
+            "no:xdist",
             "-q",
             "--benchmark-only",
             f"--benchmark-json={out}",

@@ -7,6 +7,7 @@ executor through ``flytecache serve`` is a hit for this client on the same datab
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ from flytecache.scoping import Scope, reservation_key, scoped_key
 from flytecache.store import CacheStore
 
 __all__ = [
+    "MIN_HEARTBEAT",
     "CacheSlot",
     "CatalogClient",
     "CatalogKey",
@@ -45,6 +47,7 @@ __all__ = [
     "Lease",
     "ReservationCache",
     "Status",
+    "check_heartbeat",
     "new_owner_id",
 ]
 
@@ -243,18 +246,33 @@ class CatalogClient:
         """The Flyte cache key (unscoped) for ``key``."""
         return cache_key(_catalog_key(key))
 
-    def slot(self, key: CatalogKey, *, max_cache_age: timedelta | None = None) -> CacheSlot:
+    def slot(
+        self,
+        key: CatalogKey,
+        *,
+        max_cache_age: timedelta | None = None,
+        cache_key_override: str | None = None,
+    ) -> CacheSlot:
         """``key`` bound to this client: its cache key derived once, for several calls.
 
         ``max_cache_age`` overrides the client's for this slot (zero: no limit; ``None``: the
         client's). A callable ``key.inputs`` is read here, once, and never again.
+        ``cache_key_override`` is the (unscoped) cache key to use instead of Flyte's, for an
+        SDK whose cache has its own key rule (flytekit's local cache); ``key.identifier`` still
+        scopes the entry and describes it, and the inputs are not read.
         """
         key = _catalog_key(key)
         if max_cache_age is None:
             max_cache_age = self.max_cache_age
         else:
             _check_max_age(max_cache_age, "max_cache_age")
-        return CacheSlot(self, key, cache_key(key), max_cache_age)
+        if cache_key_override is None:
+            return CacheSlot(self, key, cache_key(key), max_cache_age)
+        if not isinstance(cache_key_override, str) or not cache_key_override:
+            raise InvalidArgumentError(
+                "cache_key_override must be a non-empty string", field="cache_key_override"
+            )
+        return CacheSlot(self, key, cache_key_override, max_cache_age)
 
     def get(self, key: CatalogKey) -> Entry:
         """The cached outputs for ``key``: a hit, or :class:`NotFoundError` on a miss.
@@ -542,17 +560,14 @@ class CacheSlot:
 
         Returns a :class:`Claim` holding either the hit, or the go-ahead to compute: then with
         ``serialize`` the caller holds ``owner_id``'s lease, kept alive by a heartbeat thread
-        every ``heartbeat_interval`` until :meth:`Claim.release`. While another owner holds a
-        live lease this polls every ``poll_interval`` (default: half the heartbeat, at most
-        1 s) until its result is stored or its lease expires and is taken over. ``timeout``
-        bounds the waiting (:class:`DeadlineExceededError`, naming the holder).
+        every ``heartbeat_interval`` (at least :data:`MIN_HEARTBEAT`) until
+        :meth:`Claim.release`. While another owner holds a live lease this polls every
+        ``poll_interval`` (default: half the heartbeat, at most 1 s) until its result is stored
+        or its lease expires and is taken over. ``timeout`` bounds the waiting
+        (:class:`DeadlineExceededError`, naming the holder). Each round is
+        :meth:`claim_round`, which an asynchronous caller loops over with its own sleep.
         """
-        if not isinstance(owner_id, str) or not owner_id:
-            raise InvalidArgumentError("owner_id must be a non-empty string", field="owner_id")
-        if not isinstance(heartbeat_interval, timedelta) or heartbeat_interval <= timedelta(0):
-            raise InvalidArgumentError(
-                "heartbeat_interval must be a positive timedelta", field="heartbeat_interval"
-            )
+        check_heartbeat(heartbeat_interval)
         if poll_interval is not None and not isinstance(poll_interval, timedelta):
             raise InvalidArgumentError("poll_interval must be a timedelta", field="poll_interval")
         poll = (
@@ -564,30 +579,66 @@ class CacheSlot:
             raise InvalidArgumentError("poll_interval must be positive", field="poll_interval")
         deadline = None if timeout is None else time.monotonic() + timeout.total_seconds()
         while True:
-            entry, stale = self.lookup()
-            if entry is not None:
-                return Claim(entry=entry)
-            if not serialize:
-                return Claim(replace=stale)
-            lease = self.get_or_extend_reservation(owner_id, heartbeat_interval)
-            if lease.owner_id == owner_id:
-                held = Lease(self, owner_id, lease)
-                try:  # someone may have finished between our miss and our acquisition
-                    entry, stale = self.lookup()
-                except BaseException:
-                    held.release()
-                    raise
-                if entry is not None:
-                    held.release()
-                    return Claim(entry=entry)
-                return Claim(replace=stale, lease=held)
+            claim = self.claim_round(
+                owner_id, serialize=serialize, heartbeat_interval=heartbeat_interval
+            )
+            if claim.holder is None:
+                return claim
             if deadline is not None and time.monotonic() + poll > deadline:
                 raise DeadlineExceededError(
-                    f"gave up after {timeout} waiting for {lease.owner_id!r} to compute "
-                    f"{self.key!r}",
-                    holder=lease.owner_id,
+                    f"gave up after {timeout} waiting for {claim.holder!r} to compute {self.key!r}",
+                    holder=claim.holder,
                 )
             time.sleep(poll)
+
+    def claim_round(
+        self,
+        owner_id: str,
+        *,
+        serialize: bool = True,
+        heartbeat_interval: timedelta = timedelta(seconds=5),
+    ) -> Claim:
+        """One round of :meth:`claim`, without waiting: a hit, the go-ahead to compute (with
+        ``owner_id``'s lease when ``serialize``), or a claim naming the ``holder`` of another
+        live lease — then wait and call again."""
+        if not isinstance(owner_id, str) or not owner_id:
+            raise InvalidArgumentError("owner_id must be a non-empty string", field="owner_id")
+        check_heartbeat(heartbeat_interval)
+        entry, stale = self.lookup()
+        if entry is not None:
+            return Claim(entry=entry)
+        if not serialize:
+            return Claim(replace=stale)
+        lease = self.get_or_extend_reservation(owner_id, heartbeat_interval)
+        if lease.owner_id != owner_id:
+            return Claim(holder=lease.owner_id)
+        held = Lease(self, owner_id, lease)
+        try:  # someone may have finished between our miss and our acquisition
+            entry, stale = self.lookup()
+        except BaseException:
+            held.release()
+            raise
+        if entry is not None:
+            held.release()
+            return Claim(entry=entry)
+        return Claim(replace=stale, lease=held)
+
+
+MIN_HEARTBEAT = timedelta(milliseconds=100)
+"""The shortest heartbeat a waiting loop accepts: a lease then lives at least 0.3 s (with the
+default grace multiplier), longer than a database round trip under load. Shorter ones would let
+a second owner take over a lease whose owner is alive, silently undoing serialization."""
+
+
+def check_heartbeat(heartbeat_interval: object, field: str = "heartbeat_interval") -> None:
+    """:class:`InvalidArgumentError` unless ``heartbeat_interval`` is a timedelta of at least
+    :data:`MIN_HEARTBEAT`."""
+    if not isinstance(heartbeat_interval, timedelta) or heartbeat_interval < MIN_HEARTBEAT:
+        raise InvalidArgumentError(
+            f"{field} must be a timedelta of at least {MIN_HEARTBEAT.total_seconds():g} s, "
+            f"got {heartbeat_interval!r}",
+            field=field,
+        )
 
 
 @dataclass(slots=True)
@@ -597,12 +648,14 @@ class Claim:
     ``entry`` is the hit (nothing to compute). Otherwise compute, store with
     ``overwrite=replace`` (``replace`` is set when a stored entry counts as a miss), then call
     :meth:`release`, also on failure. ``lease`` is the reservation held meanwhile (``None``
-    without serialization).
+    without serialization). From :meth:`CacheSlot.claim_round` only, ``holder`` names another
+    owner whose live lease means: wait, then try again.
     """
 
     entry: Entry | None = None
     replace: bool = False
     lease: Lease | None = None
+    holder: str | None = None
 
     def release(self) -> None:
         """Stop the heartbeat and release the lease, if any (idempotent, never raises)."""
@@ -626,6 +679,8 @@ class Lease:
         self._released = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="flytecache-heartbeat", daemon=True)
+        with _live_leases_lock:
+            _live_leases.add(self)
         self._thread.start()
 
     def _run(self) -> None:
@@ -646,6 +701,8 @@ class Lease:
             if self._released:
                 return
             self._released = True
+        with _live_leases_lock:
+            _live_leases.discard(self)
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
@@ -653,6 +710,20 @@ class Lease:
             self.slot.release_reservation(self.owner_id)
         except FlyteCacheError as error:  # the lease expires by itself anyway
             log.warning("could not release reservation for %s: %s", self.owner_id, error)
+
+
+_live_leases: set[Lease] = set()
+_live_leases_lock = threading.Lock()
+
+
+@atexit.register
+def _release_live_leases() -> None:
+    # An owner interrupted (Ctrl-C, sys.exit) while it computes lets the next one in at once
+    # instead of after the lease's grace period. A SIGKILLed owner still relies on expiry.
+    with _live_leases_lock:
+        leases = list(_live_leases)
+    for lease in leases:
+        lease.release()
 
 
 def _open_backend(target: Any, *, clock: Any, auth_token: str | None) -> CacheBackend:

@@ -2,11 +2,12 @@
 
     python _flyte_wf.py DB STEP [STEP ...]
 
-DB is what ``flyte_sdk.install`` takes (``-`` runs with the SDK's own cache, ``install+uninstall``
-installs and uninstalls first). A STEP is ``TASK:X[:VERBOSE]`` (one ``flyte.run``) or
+DB is what ``flyte_sdk.install`` takes (``-`` runs with the SDK's own cache,
+``install+uninstall`` installs and uninstalls first). A STEP is ``TASK:X[:N]`` (one
+``flyte.run``; N is ``ignoring``'s ``verbose``, or how many concurrent calls ``gather`` makes) or
 ``sleep:SECONDS``. Each run prints ``RESULT <task> <value>``; each computation appends
-``<task> <pid>`` to ``$FC_LOG``. ``FC_VERSION`` and ``FC_SALT`` set cache versions and salts
-at import, ``FC_SLEEP`` how long ``serialized`` computes, ``FC_FAIL`` makes ``serialized`` raise,
+``<task> <pid>`` to ``$FC_LOG``. ``FC_VERSION`` and ``FC_SALT`` set cache versions and salts at
+import, ``FC_SLEEP`` how long ``serialized`` computes, ``FC_FAIL`` makes ``serialized`` raise,
 ``FC_STARTED`` is a file ``serialized`` creates when it starts, ``FC_HEARTBEAT`` the lease's
 heartbeat in seconds.
 """
@@ -81,6 +82,15 @@ async def serialized(x: int) -> str:
     return f"computed by {os.getpid()}"
 
 
+@env.task
+async def gather(x: int, n: int) -> str:
+    """``n`` identical calls of ``serialized`` at once, in one run: all get one owner's value."""
+    import asyncio
+
+    values = await asyncio.gather(*(serialized(x=x) for _ in range(n)))
+    return ",".join(sorted(set(values)))
+
+
 TASKS = {
     t.name.split(".")[-1]: t
     for t in (auto, override, disabled, aging, ignoring, versioned, salted, serialized)
@@ -89,10 +99,11 @@ TASKS = {
 
 @env.task
 async def call(name: str, x: int, verbose: int) -> str:
-    task = TASKS[name]
     if name == "ignoring":
-        return str(await task(x=x, verbose=verbose))
-    return str(await task(x=x))
+        return str(await ignoring(x=x, verbose=verbose))
+    if name == "gather":
+        return await gather(x=x, n=verbose)
+    return str(await TASKS[name](x=x))
 
 
 def main(db: str, steps: list[str]) -> None:

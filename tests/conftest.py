@@ -149,3 +149,28 @@ def cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     tmp = tmp_path_factory.mktemp("cache-server")
     with ServerProcess(tmp / "cache.db", log_path=tmp / "server.log") as server:
         yield server
+
+
+@pytest.fixture(params=["sqlite", "remote"])
+def sdk_target(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
+    """Where SDK integration tests cache: a SQLite file, or a real ``flytecache serve``
+    (emptied first); see tests/_sdk_runs.py."""
+    from _sdk_runs import Target
+
+    if request.param == "remote":
+        server = request.getfixturevalue("cache_server")
+        with CacheStore.open(server.database) as store, store.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM entries")  # the server is shared by the session
+            conn.exec_driver_sql("DELETE FROM reservations")
+        yield Target(server.url, server.database)
+    else:
+        path = str(tmp_path / "flytecache.db")
+        yield Target(path, path)
+
+
+@pytest.fixture
+def home(tmp_path) -> object:
+    """An empty directory to be HOME for SDK processes (their own caches would appear here)."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path

@@ -8,21 +8,20 @@ The suite runs on a SQLite file and through a real ``flytecache serve``; one tes
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("flyte")
+
+import _sdk_runs
+from _sdk_runs import Runs, Target
 
 from flytecache import CacheStore, CatalogKey
 from flytecache.errors import InvalidArgumentError, UnsupportedVersionError
@@ -33,102 +32,17 @@ WORKFLOW = Path(__file__).with_name("_flyte_wf.py")
 FLYTE = Path(sys.executable).with_name("flyte")
 
 
-@dataclass
-class Target:
-    """Where the runs cache (``db``, as install takes it) and how to look at that database."""
-
-    db: str
-    database: str
-
-    def entries(self) -> Counter[str]:
-        """Stored entries by task name."""
-        with CacheStore.open(self.database) as store, store.engine.connect() as conn:
-            return Counter(row[0] for row in conn.exec_driver_sql("SELECT name FROM entries"))
-
-    def leases(self) -> int:
-        with CacheStore.open(self.database) as store, store.engine.connect() as conn:
-            return conn.exec_driver_sql("SELECT COUNT(*) FROM reservations").scalar_one()
-
-
-@pytest.fixture(params=["sqlite", "remote"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    if request.param == "remote":
-        server = request.getfixturevalue("cache_server")
-        with CacheStore.open(server.database) as store, store.engine.begin() as conn:
-            conn.exec_driver_sql("DELETE FROM entries")  # the server is shared by the session
-            conn.exec_driver_sql("DELETE FROM reservations")
-        yield Target(server.url, server.database)
-    else:
-        path = str(tmp_path / "flytecache.db")
-        yield Target(path, path)
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
-class Runs:
-    """Starts workflow processes in one directory with one computation log."""
-
-    def __init__(self, tmp_path: Path, home: Path) -> None:
-        self.dir = tmp_path
-        self.log = tmp_path / "computed.log"
-        self.env = {
-            **os.environ,
-            "HOME": str(home),
-            "FC_LOG": str(self.log),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.env.pop("FLYTECACHE_DB", None)
-
-    def start(self, db: str, *steps: str, **env: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, str(WORKFLOW), db, *steps],
-            cwd=self.dir,
-            env={**self.env, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def run(self, db: str, *steps: str, **env: str) -> list[tuple[str, str]]:
-        """Run to completion (it must succeed); the ``(task, value)`` of each run."""
-        return self.finish(self.start(db, *steps, **env))
-
-    @staticmethod
-    def finish(process: subprocess.Popen[str]) -> list[tuple[str, str]]:
-        """Wait for a started run (it must succeed); the ``(task, value)`` of each run."""
-        output, _ = process.communicate(timeout=120)
-        assert process.returncode == 0, output
-        return results(output)
-
-    def computed(self) -> Counter[str]:
-        if not self.log.exists():
-            return Counter()
-        return Counter(line.split()[0] for line in self.log.read_text().splitlines())
-
-
-def results(output: str) -> list[tuple[str, str]]:
-    return [
-        (parts[1], parts[2])
-        for parts in (line.split(maxsplit=2) for line in output.splitlines())
-        if len(parts) == 3 and parts[0] == "RESULT"
-    ]
-
-
 def sdk_cache_created(home: Path) -> bool:
     return (home / ".flyte" / "local-cache" / "cache.db").exists()
 
 
 @pytest.fixture
 def runs(tmp_path: Path, home: Path) -> Runs:
-    return Runs(tmp_path, home)
+    return Runs(WORKFLOW, tmp_path, home)
 
 
-def test_cache_semantics_follow_flyte_cache(target: Target, runs: Runs, home: Path) -> None:
+def test_cache_semantics_follow_flyte_cache(sdk_target: Target, runs: Runs, home: Path) -> None:
+    target = sdk_target
     first = runs.run(
         target.db,
         *("auto:2", "auto:2"),  # miss, then hit
@@ -165,50 +79,85 @@ def test_cache_semantics_follow_flyte_cache(target: Target, runs: Runs, home: Pa
     assert not sdk_cache_created(home)
 
 
-def test_concurrent_serialized_runs_compute_once(target: Target, runs: Runs) -> None:
-    processes = [runs.start(target.db, "serialized:7", FC_SLEEP="2") for _ in range(4)]
-    values = {value for process in processes for _, value in runs.finish(process)}
-    assert len(values) == 1  # everyone returns the one owner's outputs
+def test_concurrent_serialized_runs_compute_once(sdk_target: Target, runs: Runs) -> None:
+    _sdk_runs.concurrent_runs_compute_once(runs, sdk_target, "serialized:7")
+
+
+def test_failed_owner_releases_and_a_waiter_computes(sdk_target: Target, runs: Runs) -> None:
+    _sdk_runs.failed_owner_releases(runs, sdk_target, "serialized:8")
+
+
+def test_killed_owner_lease_expires_and_a_waiter_takes_over(sdk_target: Target, runs: Runs) -> None:
+    _sdk_runs.killed_owner_is_taken_over(runs, sdk_target, "serialized:9")
+
+
+def test_many_waiting_calls_in_one_run_do_not_exhaust_threads(
+    sdk_target: Target, runs: Runs
+) -> None:
+    """More concurrent waiters than the default executor has threads (min(32, cores + 4)):
+    waiting happens on the event loop, so the owner can still store its outputs."""
+    assert runs.run(sdk_target.db, "gather:5:40", FC_SLEEP="1") == [
+        ("gather", "computed by " + runs.computed_pids("serialized")[0])
+    ]
     assert runs.computed() == Counter(serialized=1)
-    assert target.leases() == 0
+    assert sdk_target.leases() == 0
 
 
-def test_failed_owner_releases_and_a_waiter_computes(target: Target, runs: Runs) -> None:
-    started = runs.dir / "started"
-    owner = runs.start(
-        target.db, "serialized:8", FC_SLEEP="1", FC_FAIL="1", FC_STARTED=str(started)
+def test_interrupted_owner_releases_its_lease_at_exit(tmp_path: Path, runs: Runs) -> None:
+    db = str(tmp_path / "flytecache.db")
+    started = tmp_path / "started"
+    owner = runs.start(db, "serialized:6", FC_SLEEP="600", FC_STARTED=str(started))
+    _sdk_runs.wait_for(started, owner)
+    assert Target(db, db).leases() == 1
+    owner.send_signal(signal.SIGINT)  # Ctrl-C
+    owner.communicate(timeout=60)
+    assert Target(db, db).leases() == 0  # released at exit, not 15 s later by expiry
+
+
+def test_a_cancelled_wait_leaves_no_lease_behind(tmp_path: Path) -> None:
+    """A waiting call that is cancelled (asyncio.wait_for, Ctrl-C) stops at once; a round
+    already running in its thread releases whatever lease it then takes."""
+    import asyncio
+
+    from flytecache import CatalogClient
+    from flytecache.integrations._common import Installation, IntegrationSettings, TaskCall
+
+    db = str(tmp_path / "flytecache.db")
+    with CatalogClient(db) as client:
+        settings = IntegrationSettings(
+            heartbeat=timedelta(seconds=1), poll=timedelta(milliseconds=20)
+        )
+        installation = Installation(client, db, settings)
+        slot = client.slot(_catalog_key())
+        assert slot.get_or_extend_reservation("someone-else").owner_id == "someone-else"
+
+        async def wait_then_give_up() -> None:
+            call = TaskCall(task=None)
+            waiting = asyncio.ensure_future(
+                flyte_sdk._claim(installation, call, slot, serialize=True)
+            )
+            await asyncio.sleep(0.2)
+            slot.release_reservation("someone-else")  # the lease is free from now on
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await asyncio.sleep(0.3)
+            assert call.claim is None
+
+        asyncio.run(wait_then_give_up())
+        with CacheStore.open(db) as store, store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT COUNT(*) FROM reservations").scalar_one() == 0
+
+
+def _catalog_key() -> CatalogKey:
+    from flyteidl2.core import identifier_pb2, interface_pb2, literals_pb2
+
+    return CatalogKey(
+        identifier=identifier_pb2.Identifier(project="local", domain="development", name="t"),
+        cache_version="1",
+        typed_interface=interface_pb2.TypedInterface(),
+        inputs=literals_pb2.LiteralMap(),
     )
-    _wait_for(started, owner)
-    waiter = runs.start(target.db, "serialized:8")
-    output, _ = owner.communicate(timeout=120)
-    assert owner.returncode != 0 and "the owner fails on purpose" in output
-    assert runs.finish(waiter) == [("serialized", f"computed by {waiter.pid}")]
-    assert runs.computed() == Counter(serialized=2)
-    assert target.leases() == 0
-
-
-def test_killed_owner_lease_expires_and_a_waiter_takes_over(target: Target, runs: Runs) -> None:
-    started = runs.dir / "started"
-    owner = runs.start(
-        target.db, "serialized:9", FC_SLEEP="600", FC_HEARTBEAT="0.3", FC_STARTED=str(started)
-    )
-    _wait_for(started, owner)
-    waiter = runs.start(target.db, "serialized:9", FC_HEARTBEAT="0.3")
-    time.sleep(0.5)  # the waiter finds the live lease and polls
-    owner.send_signal(signal.SIGKILL)
-    owner.communicate(timeout=30)
-    assert runs.finish(waiter) == [("serialized", f"computed by {waiter.pid}")]
-    assert runs.computed() == Counter(serialized=2)
-    assert target.leases() == 0
-
-
-def _wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(process.communicate()[0])
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def test_entries_use_the_executor_key_and_describe_the_task(tmp_path: Path, runs: Runs) -> None:
@@ -378,6 +327,8 @@ def test_untested_sdk_versions_are_refused(tmp_path: Path, monkeypatch) -> None:
         ({"project": ""}, "project"),
         ({"domain": None}, "domain"),
         ({"heartbeat": timedelta(0)}, "heartbeat"),
+        ({"heartbeat": timedelta(microseconds=1)}, "heartbeat"),  # too short to serialize
+        ({"db": "c.db", "auth_token": "secret"}, "auth_token"),  # a token is for a server
         ({"poll": 0.2}, "poll"),
     ],
 )
@@ -388,42 +339,16 @@ def test_install_validates_its_arguments(kwargs: dict[str, object], field: str) 
     assert flyte_sdk.installed_db() is None
 
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "flyte-sdk.md"
-
-
-def _doc_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", DOC.read_text(), re.S | re.M)
-
-
 def test_docs_examples_run_as_written(tmp_path: Path, home: Path) -> None:
     """docs/flyte-sdk.md in a fresh directory: the workflow (twice: a miss, then a hit), the
     command-line lines and the inspect-and-prune lines, each exactly as written."""
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    env.pop("FLYTECACHE_DB", None)
-    (workflow,) = _doc_blocks("python")
-    (tmp_path / "wf.py").write_text(workflow)
-    outputs = []
-    for _ in range(2):
-        done = subprocess.run(
-            [sys.executable, "wf.py"], cwd=tmp_path, env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-        outputs.append(done.stdout)
+    page = _sdk_runs.DocPage("flyte-sdk.md", tmp_path, home)
+    outputs = page.run_workflow_twice()
     assert "computing square(3)" in outputs[0] and "o0=9" in outputs[0]
     assert "computing square(3)" not in outputs[1] and "o0=9" in outputs[1]
-    shell = [block for block in _doc_blocks("sh") if "flytecache" in block or "flyte run" in block]
-    runnable = [b for b in shell if "cache-host" not in b and "serve" not in b and "pip" not in b]
+    runnable = page.shell_blocks(skip=("cache-host", "serve", "pip"))
     assert len(runnable) == 2  # the command-line and the inspect-and-prune blocks
     for block in runnable:
-        for line in block.splitlines():
-            command = line.split("  #")[0].strip()
-            done = subprocess.run(
-                ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True
-            )
-            assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
-            assert "computing" not in done.stdout, command  # every run above is a hit
+        for output in page.run_lines(block):
+            assert "computing" not in output  # every run above is a hit
     assert not sdk_cache_created(home)

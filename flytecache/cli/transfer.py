@@ -97,7 +97,27 @@ def export(
 
 
 def import_(
-    path: Annotated[str, typer.Argument(help="An export file (.gz accepted), or - for stdin.")],
+    path: Annotated[
+        str | None,
+        typer.Argument(help="An export file (.gz accepted), or - for stdin.", show_default=False),
+    ] = None,
+    from_flytekit_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-flytekit-cache",
+            metavar="DIR",
+            help=(
+                "Instead of an export file, import the local cache flytekit wrote "
+                "(~/.flyte/local-cache), keyed as flytecache.integrations.flytekit stores it."
+            ),
+        ),
+    ] = None,
+    project: Annotated[
+        str, typer.Option(help="With --from-flytekit-cache: the project to scope entries by.")
+    ] = "local",
+    domain: Annotated[
+        str, typer.Option(help="With --from-flytekit-cache: the domain to scope entries by.")
+    ] = "development",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace entries whose keys already exist.")
     ] = False,
@@ -111,9 +131,18 @@ def import_(
     """Import an export file: every line is validated first; a bad line imports nothing.
 
     Existing keys are skipped (and counted) unless --overwrite, so importing the same file
-    twice changes nothing.
+    twice changes nothing. With --from-flytekit-cache DIR, import the cache of flytekit's local
+    executions instead, so that they keep hitting once they cache through flytecache.
     """
+    if (path is None) == (from_flytekit_cache is None):
+        raise typer.BadParameter("give an export file or --from-flytekit-cache DIR (one of them)")
     with cli_errors(verbose):
+        if from_flytekit_cache is not None:
+            _import_flytekit_cache(
+                from_flytekit_cache, db, project, domain, overwrite, dry_run, json
+            )
+            return
+        assert path is not None
         from flytecache.store import admin
 
         with (
@@ -132,6 +161,47 @@ def import_(
         verb = "would import" if dry_run else "imported"
         entries = plural(result.entries, "entry", "entries")
         err(f"{verb} {entries}: {result.inserted} new, {existing}")
+
+
+def _import_flytekit_cache(
+    directory: Path,
+    db: str,
+    project: str,
+    domain: str,
+    overwrite: bool,
+    dry_run: bool,
+    json: bool,
+) -> None:
+    from flytecache.integrations.flytekit import import_local_cache
+
+    with progress("importing") as update:
+        result = import_local_cache(
+            directory,
+            db,
+            project=project,
+            domain=domain,
+            overwrite=overwrite,
+            dry_run=dry_run,
+            progress=update,
+        )
+    if json:
+        print_json(
+            {
+                "read": result.read,
+                "imported": result.imported,
+                "skipped": result.skipped,
+                "unreadable": result.unreadable,
+                "dry_run": dry_run,
+            }
+        )
+    verb = "would import" if dry_run else "imported"
+    present = "replaced" if overwrite else "skipped (present)"
+    err(
+        f"{verb} {plural(result.imported, 'entry', 'entries')} from {directory}: "
+        f"{result.skipped} {present}, {len(result.unreadable)} unreadable"
+    )
+    for key in result.unreadable:
+        err(f"  unreadable: {key}")
 
 
 def register(app: typer.Typer) -> None:

@@ -25,6 +25,7 @@ from flytecache.client import (
     Entry,
     ExecutionMetadata,
     LocalCache,
+    check_heartbeat,
     new_owner_id,
 )
 from flytecache.errors import FlyteCacheError, InvalidArgumentError, UnsupportedVersionError
@@ -76,7 +77,13 @@ def open_client(db: str | os.PathLike[str] | None, auth_token: str | None = None
     :class:`InvalidArgumentError` when that file cannot be read.
     """
     target = resolve_db(db)
-    if auth_token is None and target.startswith(("http://", "https://")):
+    remote = target.startswith(("http://", "https://"))
+    if auth_token is not None and not remote:
+        raise InvalidArgumentError(
+            f"auth_token is for a `flytecache serve` URL (http:// or https://), not {target!r}",
+            field="auth_token",
+        )
+    if auth_token is None and remote:
         token_file = os.environ.get("FLYTECACHE_AUTH_TOKEN_FILE")
         if token_file:
             try:
@@ -128,9 +135,10 @@ class IntegrationSettings:
     its reservations (SPEC §4, §8).
 
     ``project``/``domain`` scope the stored keys as ``flytecache serve`` does; ``heartbeat``
-    (seconds-scale ``timedelta``) is the lease's heartbeat interval — a killed owner's lease
-    expires after ``heartbeat × grace_multiplier`` (3 by default); ``poll`` is how often a
-    waiter looks for the owner's outputs.
+    (a ``timedelta`` of at least :data:`~flytecache.client.MIN_HEARTBEAT`, 0.1 s) is the
+    lease's heartbeat interval — a killed owner's lease expires after
+    ``heartbeat × grace_multiplier`` (3 by default); ``poll`` is how often a waiter looks for
+    the owner's outputs.
     """
 
     project: str = "local"
@@ -145,12 +153,11 @@ class IntegrationSettings:
                 raise InvalidArgumentError(
                     f"{name} must be a non-empty string, got {value!r}", field=name
                 )
-        for name in ("heartbeat", "poll"):
-            value = getattr(self, name)
-            if not isinstance(value, timedelta) or value <= timedelta(0):
-                raise InvalidArgumentError(
-                    f"{name} must be a positive timedelta, got {value!r}", field=name
-                )
+        check_heartbeat(self.heartbeat, "heartbeat")
+        if not isinstance(self.poll, timedelta) or self.poll <= timedelta(0):
+            raise InvalidArgumentError(
+                f"poll must be a positive timedelta, got {self.poll!r}", field="poll"
+            )
 
 
 class Patches:
@@ -211,7 +218,7 @@ class Installation:
         """The hit for ``call``, or ``None``: then the call computes, holding the lease when
         ``serialize`` (waiting first while another owner computes), until :meth:`store` or
         ``call.release()``. A cache that fails is logged and counts as a miss (as Flyte's
-        executor does: the task runs uncached)."""
+        executor does: the task runs uncached). Blocks while waiting: for synchronous SDKs."""
         call.slot = slot
         try:
             claim = slot.claim(
@@ -223,6 +230,27 @@ class Installation:
         except FlyteCacheError as error:
             log.warning("flytecache look-up failed, running the task uncached: %s", error)
             return None
+        return self.adopt(call, claim)
+
+    def claim_round(
+        self, call: TaskCall, slot: CacheSlot, *, serialize: bool, owner_id: str
+    ) -> Claim:
+        """One round of :meth:`claim` that never waits (an asynchronous SDK sleeps between
+        rounds on its event loop while ``claim.holder`` is set). A failing cache gives the
+        go-ahead to run uncached, logged."""
+        call.slot = slot
+        try:
+            return slot.claim_round(
+                owner_id, serialize=serialize, heartbeat_interval=self.settings.heartbeat
+            )
+        except FlyteCacheError as error:
+            log.warning("flytecache look-up failed, running the task uncached: %s", error)
+            return Claim()
+
+    @staticmethod
+    def adopt(call: TaskCall, claim: Claim) -> Entry | None:
+        """The hit of a finished claim, or ``None`` with the claim kept by ``call`` (its lease
+        held until :meth:`store` or ``call.release()``)."""
         if claim.entry is not None:
             return claim.entry
         call.claim = claim
@@ -242,20 +270,45 @@ class Installation:
 
 
 class Registry:
-    """The current :class:`Installation` of one SDK integration (at most one at a time)."""
+    """The current :class:`Installation` of one SDK integration (at most one at a time).
 
-    def __init__(self) -> None:
+    ``distribution`` is the SDK's package name (for the version check) and ``patch`` routes
+    that SDK to an installation, recording every replacement in ``installation.patches``.
+    """
+
+    def __init__(self, distribution: str, patch: Callable[[Installation], None]) -> None:
+        self.distribution = distribution
+        self._patch = patch
         self._lock = threading.Lock()
         self.current: Installation | None = None
 
-    def install(self, installation: Installation, patch: Callable[[Installation], None]) -> None:
-        """Undo the previous installation, apply ``patch`` to the new one, make it current."""
+    def install(
+        self,
+        db: str | os.PathLike[str] | None,
+        *,
+        supported: str,
+        force: bool,
+        auth_token: str | None,
+        project: str,
+        domain: str,
+        heartbeat: timedelta,
+        poll: timedelta,
+    ) -> None:
+        """Validate, check the SDK's version against ``supported``, open the cache, undo the
+        previous installation and patch the SDK for the new one (the SDK integrations'
+        ``install``)."""
+        settings = IntegrationSettings(
+            project=project, domain=domain, heartbeat=heartbeat, poll=poll
+        )
+        target = resolve_db(db)
+        check_version(self.distribution, supported, force=force)
+        installation = Installation(open_client(target, auth_token), target, settings)
         with self._lock:
             previous, self.current = self.current, None
             if previous is not None:
                 previous.patches.restore()
             try:
-                patch(installation)
+                self._patch(installation)
             except BaseException:
                 installation.patches.restore()
                 installation.client.close()

@@ -39,17 +39,10 @@ from typing import Any
 
 from flyteidl2.core import identifier_pb2, literals_pb2
 
-from flytecache.client import CacheSlot, ExecutionMetadata
+from flytecache.client import CacheSlot, Claim, ExecutionMetadata, new_owner_id
 from flytecache.errors import FlyteCacheError, InvalidArgumentError
-from flytecache.integrations._common import (
-    Installation,
-    IntegrationSettings,
-    Registry,
-    TaskCall,
-    check_version,
-    open_client,
-    resolve_db,
-)
+from flytecache.integrations._cli_option import add_cli_option
+from flytecache.integrations._common import Installation, Registry, TaskCall
 from flytecache.keys import CatalogKey
 
 __all__ = ["SUPPORTED_VERSIONS", "cli_run_hook", "install", "installed_db", "uninstall"]
@@ -60,7 +53,6 @@ SUPPORTED_VERSIONS = ">=2.12,<2.13"
 log = logging.getLogger(__name__)
 
 _CONTROLLER_MODULE = "flyte._internal.controllers._local_controller"
-_registry = Registry()
 
 
 def install(
@@ -87,10 +79,16 @@ def install(
     :class:`~flytecache.errors.InvalidArgumentError` for bad arguments, and the store's errors
     when the database cannot be opened.
     """
-    settings = IntegrationSettings(project=project, domain=domain, heartbeat=heartbeat, poll=poll)
-    target = resolve_db(db)
-    check_version("flyte", SUPPORTED_VERSIONS, force=force)
-    _registry.install(Installation(open_client(target, auth_token), target, settings), _patch)
+    _registry.install(
+        db,
+        supported=SUPPORTED_VERSIONS,
+        force=force,
+        auth_token=auth_token,
+        project=project,
+        domain=domain,
+        heartbeat=heartbeat,
+        poll=poll,
+    )
 
 
 def uninstall() -> None:
@@ -111,38 +109,13 @@ def cli_run_hook(command: Any) -> Any:
     Given on the command line for a remote run, it is a usage error (the platform's cache
     applies there); from the environment it is ignored for remote runs.
     """
-    import click
-
-    command.params.append(
-        click.Option(
-            ["--flytecache"],
-            metavar="DB",
-            envvar="FLYTECACHE_DB",
-            default=None,
-            help=(
-                "Cache local runs (--local) through flytecache: a SQLite path, a database URL "
-                "or the http(s):// URL of `flytecache serve` [env: FLYTECACHE_DB]"
-            ),
-        )
+    add_cli_option(
+        command,
+        runs="local runs (--local)",
+        is_local=lambda params: bool(params.get("local") or params.get("tracked")),
+        remote_hint="add --local (remote runs use the platform's cache)",
+        install=install,
     )
-    invoke = command.invoke
-
-    def invoke_with_flytecache(ctx: Any) -> Any:
-        db = ctx.params.get("flytecache")
-        if db:
-            if ctx.params.get("local") or ctx.params.get("tracked"):
-                try:
-                    install(db)
-                except FlyteCacheError as error:
-                    raise click.UsageError(f"--flytecache {db}: {error}") from error
-            elif ctx.get_parameter_source("flytecache") is click.core.ParameterSource.COMMANDLINE:
-                raise click.UsageError(
-                    "--flytecache caches local runs: add --local (remote runs use the "
-                    "platform's cache)"
-                )
-        return invoke(ctx)
-
-    command.invoke = invoke_with_flytecache
     return command
 
 
@@ -167,6 +140,9 @@ def _patch(installation: Installation) -> None:
     installation.patches.replace(module, "convert", _ConvertView(vars(module)["convert"]))
     submit = vars(module.LocalController)["submit"]
     installation.patches.replace(module.LocalController, "submit", _wrap_submit(submit))
+
+
+_registry = Registry("flyte", _patch)
 
 
 def _slot(installation: Installation, call: _Call) -> CacheSlot:
@@ -282,6 +258,41 @@ class _ConvertView(ModuleType):
         return result
 
 
+async def _claim(
+    installation: Installation, call: _Call, slot: CacheSlot, *, serialize: bool
+) -> Any:
+    """:meth:`Installation.claim` for the event loop: each round runs in a worker thread (a
+    reservation may wait for the write lock; a server is a network call) and the waiting
+    between rounds is an ``asyncio.sleep``, so any number of waiting calls in one run hold no
+    thread (a thread each would exhaust the default executor the owner needs to store its
+    outputs) and a cancelled wait stops at once."""
+    owner_id = new_owner_id()
+    poll = installation.settings.poll.total_seconds()
+    while True:
+        claim = await _finish_in_thread(
+            installation.claim_round, call, slot, serialize=serialize, owner_id=owner_id
+        )
+        if claim.holder is None:
+            return installation.adopt(call, claim)
+        await asyncio.sleep(poll)
+
+
+async def _finish_in_thread(function: Any, *args: Any, **kwargs: Any) -> Claim:
+    """``function`` in a worker thread; if the caller is cancelled meanwhile, the lease the
+    round may still take is released when it ends instead of being orphaned."""
+    round_ = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    try:
+        return await asyncio.shield(round_)
+    except asyncio.CancelledError:
+        round_.add_done_callback(_release_abandoned)
+        raise
+
+
+def _release_abandoned(round_: asyncio.Future[Claim]) -> None:
+    if not round_.cancelled() and round_.exception() is None:
+        round_.result().release()  # releasing in the loop thread: a quick DELETE
+
+
 class _TaskCache:
     """Stands in for the SDK's ``LocalTaskCache`` inside the local controller."""
 
@@ -304,7 +315,7 @@ class _TaskCache:
         except FlyteCacheError as error:
             log.warning("flytecache look-up failed, running the task uncached: %s", error)
             return None
-        entry = await asyncio.to_thread(installation.claim, call, slot, serialize=serialize)
+        entry = await _claim(installation, call, slot, serialize=serialize)
         return None if entry is None else _sdk_outputs(entry.outputs)
 
     @staticmethod
