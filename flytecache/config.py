@@ -85,9 +85,12 @@ class StoreSettings:
     """Connections kept open per process (PostgreSQL; SQLite keeps one per thread in use)."""
     max_overflow: int = 10
     """Extra connections a busy process may open beyond ``pool_size`` (PostgreSQL)."""
+    pool_timeout: timedelta = timedelta(seconds=30)
+    """How long a call waits for a connection when ``pool_size + max_overflow`` are all busy
+    (PostgreSQL) before ``StorageBusyError``."""
 
     def __post_init__(self) -> None:
-        for name in ("max_heartbeat", "busy_timeout"):
+        for name in ("max_heartbeat", "busy_timeout", "pool_timeout"):
             value = getattr(self, name)
             if not isinstance(value, timedelta):
                 raise InvalidArgumentError(f"{name} must be a timedelta, got {value!r}")
@@ -127,7 +130,7 @@ class StoreSettings:
         Variables: ``FLYTECACHE_MAX_HEARTBEAT``, ``FLYTECACHE_GRACE_MULTIPLIER``,
         ``FLYTECACHE_BUSY_TIMEOUT``, ``FLYTECACHE_SYNCHRONOUS``,
         ``FLYTECACHE_ALLOW_NETWORK_FILESYSTEM``, ``FLYTECACHE_POOL_SIZE``,
-        ``FLYTECACHE_MAX_OVERFLOW``.
+        ``FLYTECACHE_MAX_OVERFLOW``, ``FLYTECACHE_POOL_TIMEOUT``.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -136,7 +139,7 @@ class StoreSettings:
             if var not in env:
                 continue
             raw = env[var]
-            if field.name in ("max_heartbeat", "busy_timeout"):
+            if field.name in ("max_heartbeat", "busy_timeout", "pool_timeout"):
                 values[field.name] = parse_duration(raw, name=var)
             elif field.name == "grace_multiplier":
                 try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from enum import Enum
 from typing import Any, Self, cast
@@ -86,7 +87,7 @@ def check_text(value: object, field: str) -> str:
     return value
 
 
-class _Statements:
+class Statements:
     """The store's hot-path statements: portable Core, compiled once for the engine's dialect."""
 
     def __init__(self, engine: Engine) -> None:
@@ -208,11 +209,12 @@ class CacheStore:
         self._settings = settings
         self._now_us = make_now_us(clock)
         self._clock = clock
-        self._sql = _Statements(engine)
+        self._sql = Statements(engine)
         self._pool = HotPool(
             engine,
             keep=max(settings.pool_size, 8) if is_sqlite(engine) else settings.pool_size,
             limit=settings.pool_size + settings.max_overflow,
+            wait=settings.pool_timeout.total_seconds(),
         )
         self._closed = False
         self._max_heartbeat_us = timedelta_to_us(settings.max_heartbeat)
@@ -294,6 +296,34 @@ class CacheStore:
     def url(self) -> URL:
         """The database URL."""
         return self._engine.url
+
+    @property
+    def statements(self) -> Statements:
+        """The compiled SQL of the hot path, by operation (``get``, ``put_entry``, ``reserve``,
+        ``holder``, ``release``...): each has ``.text``, the SQL string the driver runs, and
+        ``.args(params)``, its parameters in the driver's form.
+
+        For benchmarks and diagnostics that run or inspect the store's own statements; the set
+        of statements follows the schema and is not a stable API.
+        """
+        return self._sql
+
+    @contextlib.contextmanager
+    def dbapi_connection(self) -> Iterator[Any]:
+        """A raw DB-API connection from the store's own pool, returned to it afterwards.
+
+        It has every setting the store's connections have (PRAGMAs on SQLite), and while held
+        it counts against ``pool_size + max_overflow``. For tests and benchmarks that must see
+        or occupy what the store uses; raises
+        :class:`~flytecache.errors.StorageBusyError` when no connection frees up within
+        ``pool_timeout``.
+        """
+        self._check_open()
+        conn = self._pool.acquire()
+        try:
+            yield conn
+        finally:
+            self._pool.release(conn)
 
     @property
     def settings(self) -> StoreSettings:
