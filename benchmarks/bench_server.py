@@ -37,7 +37,8 @@ _LISTENING = re.compile(r"on (http://\S+)")
 
 def serve_noop(port: int) -> None:
     """Run the no-op service on the real stack (the ``serve-noop`` subcommand)."""
-    from flytecache.server import ServerSettings, build_noop_app
+    from benchmarks.noop_service import build_noop_app
+    from flytecache.server import ServerSettings
     from flytecache.server.run import bind, configure_logging, listen_url, run_app
 
     settings = ServerSettings(port=port, log_level="warning")

@@ -4,7 +4,7 @@ The Connect protocol (binary protobuf and JSON, HTTP/1.1) from flyteidl2's gener
 served by uvicorn, plus ``GET /healthz`` and ``GET /metrics``.
 """
 
-from flytecache.server.app import CacheServiceApp, build_app, build_noop_app
+from flytecache.server.app import CacheServiceApp, build_app
 from flytecache.server.run import serve
 from flytecache.server.settings import ServerSettings, load_token
 
@@ -12,7 +12,6 @@ __all__ = [
     "CacheServiceApp",
     "ServerSettings",
     "build_app",
-    "build_noop_app",
     "load_token",
     "serve",
 ]

@@ -24,12 +24,12 @@ from google.protobuf.message import DecodeError, Message
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from flytecache.server.metrics import RPC_NAMES, Metrics
-from flytecache.server.service import NoopCacheService, StoreCacheService, rpc_outcome
+from flytecache.server.service import StoreCacheService, rpc_outcome
 from flytecache.server.settings import ServerSettings
 from flytecache.server.threads import StoreThreads
 from flytecache.store import CacheStore
 
-__all__ = ["SERVICE_PATH", "CacheServiceApp", "build_app", "build_noop_app"]
+__all__ = ["SERVICE_PATH", "CacheServiceApp", "build_app"]
 
 log = logging.getLogger("flytecache.server")
 
@@ -441,18 +441,4 @@ def build_app(
     service = StoreCacheService(store, threads=threads, metrics=metrics)
     return CacheServiceApp(
         service, settings=settings, metrics=metrics, health=health, threads=threads
-    )
-
-
-def build_noop_app(settings: ServerSettings | None = None) -> CacheServiceApp:
-    """The same stack over a service that does nothing (the benchmarks' transport ceiling)."""
-
-    async def health() -> tuple[bool, str]:
-        return True, "no-op service"
-
-    return CacheServiceApp(
-        NoopCacheService(),
-        settings=settings or ServerSettings(),
-        metrics=Metrics(),
-        health=health,
     )
