@@ -37,7 +37,8 @@ def upgrade(
     with cli_errors(verbose):
         from flytecache.errors import InvalidArgumentError, SchemaError
         from flytecache.store import admin, migrate
-        from flytecache.store.engine import normalize_url, read_connection
+        from flytecache.store.engine import read_connection
+        from flytecache.store.urls import normalize_url
 
         url = normalize_url(db)
         if not (migrate.known_revision(revision) or revision == "base"):
@@ -119,7 +120,8 @@ def history(
     with cli_errors(verbose):
         from flytecache.errors import InvalidArgumentError
         from flytecache.store import admin, migrate
-        from flytecache.store.engine import normalize_url, read_connection
+        from flytecache.store.engine import read_connection
+        from flytecache.store.urls import normalize_url
 
         revision: str | None = None
         url = normalize_url(db)
@@ -222,7 +224,7 @@ def backup(
     with cli_errors(verbose):
         from flytecache.cli._common import human_bytes
         from flytecache.store import admin
-        from flytecache.store.engine import normalize_url
+        from flytecache.store.urls import normalize_url
 
         admin.require_sqlite(normalize_url(db), "backup")
         engine = open_engine(db)

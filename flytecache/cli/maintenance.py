@@ -91,7 +91,7 @@ def vacuum(db: DbOption = DEFAULT_DB, verbose: VerboseOption = False) -> None:
     """
     with cli_errors(verbose):
         from flytecache.store import admin
-        from flytecache.store.engine import normalize_url
+        from flytecache.store.urls import normalize_url
 
         admin.require_sqlite(normalize_url(db), "vacuum")
         with open_store(db) as store:
@@ -104,7 +104,7 @@ def checkpoint(db: DbOption = DEFAULT_DB, verbose: VerboseOption = False) -> Non
     with cli_errors(verbose):
         from flytecache.errors import StorageBusyError
         from flytecache.store import admin
-        from flytecache.store.engine import normalize_url
+        from flytecache.store.urls import normalize_url
 
         admin.require_sqlite(normalize_url(db), "checkpoint")
         with open_store(db) as store:

@@ -39,15 +39,9 @@ from flytecache.errors import (
 )
 from flytecache.store import migrate
 from flytecache.store.cache import CacheStore, check_text
-from flytecache.store.engine import (
-    create_store_engine,
-    is_sqlite,
-    network_filesystem_type,
-    normalize_url,
-    read_connection,
-    translate_errors,
-    write_connection,
-)
+from flytecache.store.driver_errors import translate_errors
+from flytecache.store.engine import create_store_engine, read_connection, write_connection
+from flytecache.store.filesystem import network_filesystem_type
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.timeutil import (
     MAX_TS_SECONDS,
@@ -57,6 +51,7 @@ from flytecache.store.timeutil import (
     timedelta_to_us,
     us_to_datetime,
 )
+from flytecache.store.urls import is_sqlite, normalize_url
 
 __all__ = [
     "EXPORT_FORMAT",

@@ -24,17 +24,11 @@ from flytecache.errors import (
     StorageError,
     UnavailableError,
 )
-from flytecache.store.engine import (
-    HotPool,
-    Sql,
-    create_store_engine,
-    dialect_insert,
-    is_sqlite,
-    normalize_url,
-    sqlite_unopenable_directory,
-)
+from flytecache.store.engine import create_store_engine
+from flytecache.store.filesystem import sqlite_unopenable_directory
 from flytecache.store.migrate import ensure_schema
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
+from flytecache.store.pool import HotPool, Sql
 from flytecache.store.timeutil import (
     Clock,
     make_now_us,
@@ -43,6 +37,7 @@ from flytecache.store.timeutil import (
     us_to_duration,
     us_to_timestamp,
 )
+from flytecache.store.urls import dialect_insert, is_sqlite, normalize_url
 
 __all__ = ["MAX_KEY_BYTES", "CacheStore", "ReservationOutcome"]
 

@@ -15,12 +15,8 @@ from sqlalchemy.engine import Engine
 
 from alembic import command
 from flytecache.errors import SchemaError
-from flytecache.store.engine import (
-    lock_for_migration,
-    read_connection,
-    translate_errors,
-    write_connection,
-)
+from flytecache.store.driver_errors import translate_errors
+from flytecache.store.engine import lock_for_migration, read_connection, write_connection
 from flytecache.store.models import Base
 
 __all__ = [

@@ -1,0 +1,239 @@
+"""The hot path's connections: Core statements compiled once, run on DB-API connections the
+store pools itself (SQLAlchemy's checkout costs as much as a primary-key SELECT)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from flytecache.errors import StorageBusyError, StorageError
+from flytecache.store.driver_errors import reraise_translated, translate_errors, translated
+from flytecache.store.urls import is_sqlite
+
+__all__ = ["HotPool", "Sql", "forget_pools_after_fork"]
+
+_HOT_POOLS: weakref.WeakSet[HotPool] = weakref.WeakSet()
+
+
+def forget_pools_after_fork() -> None:
+    """In a forked child: drop every pool's inherited connections, unclosed."""
+    for pool in list(_HOT_POOLS):
+        pool.forget()
+
+
+@dataclass(frozen=True, slots=True)
+class Sql:
+    """A Core statement compiled once for one dialect, run on raw DBAPI cursors."""
+
+    text: str
+    positions: tuple[str, ...] | None
+    """Bind names in order for positional paramstyles; None for named (dict) paramstyles."""
+
+    @classmethod
+    def compile(cls, statement: ClauseElement, engine: Engine) -> Sql:
+        compiled = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
+        if compiled.positional:
+            return cls(compiled.string, tuple(compiled.positiontup or ()))
+        return cls(compiled.string, None)
+
+    def args(self, params: dict[str, Any]) -> Any:
+        if self.positions is None:
+            return params
+        return tuple([params[name] for name in self.positions])
+
+
+class HotPool:
+    """Idle DBAPI connections for the store's hot paths.
+
+    SQLAlchemy's pool checkout costs about as much as a primary-key SELECT, so the hot paths
+    keep their own stack of connections (created through the engine, so every PRAGMA and event
+    applies, then detached). Reused LIFO; at most ``keep`` stay idle; emptied unclosed in a
+    forked child.
+    """
+
+    def __init__(
+        self, engine: Engine, keep: int, limit: int | None = None, wait: float = 30.0
+    ) -> None:
+        self._engine = engine
+        self._keep = keep
+        self._idle: deque[Any] = deque()
+        self._pid = os.getpid()
+        self._sqlite = is_sqlite(engine)
+        # A server has a connection budget; SQLite connections are cheap and local.
+        self._limit = limit or 1
+        self._slots = None if limit is None or self._sqlite else threading.BoundedSemaphore(limit)
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._orphans: list[Any] = []
+        _HOT_POOLS.add(self)
+
+    def forget(self) -> None:
+        # Keep references so the inherited connections are never closed (or finalized) here.
+        self._orphans.extend(self._idle)
+        self._idle = deque()
+        self._pid = os.getpid()
+        if self._slots is not None:
+            self._slots = threading.BoundedSemaphore(self._limit)
+
+    def acquire(self) -> Any:
+        if self._pid != os.getpid():
+            self.forget()
+        if self._slots is not None and not self._slots.acquire(timeout=self._wait):
+            raise StorageBusyError(
+                f"all {self._limit} database connections stayed busy for {self._wait:.0f}s; "
+                "raise pool_size/max_overflow or retry"
+            )
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        try:
+            return self._connect()
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    def _connect(self) -> Any:
+        proxy = self._engine.raw_connection()
+        dbapi = proxy.driver_connection
+        proxy.detach()
+        if dbapi is None:  # pragma: no cover - only after an invalidation race
+            raise StorageError("could not open a database connection")
+        if not self._sqlite:
+            dbapi.autocommit = False
+        return dbapi
+
+    def release(self, dbapi: Any, *, broken: bool = False) -> None:
+        if self._pid != os.getpid():
+            self._orphans.append(dbapi)  # a connection from before a fork: never touch it
+            return
+        if self._slots is not None:
+            self._slots.release()
+        if broken or len(self._idle) >= self._keep:
+            with contextlib.suppress(Exception):
+                dbapi.close()
+            return
+        self._idle.append(dbapi)
+
+    def close(self) -> None:
+        while self._idle:
+            dbapi = self._idle.pop()
+            with contextlib.suppress(Exception):
+                dbapi.close()
+
+    def transaction(self, *, write: bool) -> _Transaction:
+        """A DBAPI cursor inside one transaction: IMMEDIATE for writes on SQLite.
+
+        Commits on success, rolls back on any error; driver errors come out translated.
+        A class rather than ``@contextmanager``: the generator machinery of two nested
+        context managers cost about a tenth of a reservation call.
+        """
+        return _Transaction(self, write)
+
+    def _abandon(self, dbapi: Any) -> None:
+        """Roll back and return ``dbapi`` after a failure (closed if the rollback fails)."""
+        broken = False
+        try:
+            dbapi.rollback()
+        except Exception:
+            broken = True
+        broken = broken or bool(getattr(dbapi, "closed", False))
+        self.release(dbapi, broken=broken)
+
+    def fetchall(self, sql: Sql, params: dict[str, Any]) -> list[Any]:
+        """Run one read statement and return its rows (the hot path for ``get``).
+
+        Written without context managers: on SQLite this is a third of the call's overhead.
+        """
+        try:
+            dbapi = self.acquire()
+            try:
+                if self._sqlite:
+                    # One statement is its own (deferred, snapshot-consistent) transaction.
+                    rows: list[Any] = dbapi.execute(sql.text, sql.args(params)).fetchall()
+                else:
+                    with dbapi.cursor() as cur:
+                        rows = cur.execute(sql.text, sql.args(params)).fetchall()
+                    dbapi.commit()
+            except BaseException:
+                if not self._sqlite:
+                    try:
+                        dbapi.rollback()
+                    except Exception:
+                        self.release(dbapi, broken=True)
+                        raise
+                self.release(dbapi)
+                raise
+            self.release(dbapi)
+            return rows
+        except Exception as error:
+            reraise_translated(error)
+
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A DBAPI cursor for one self-contained read statement (autocommit on SQLite)."""
+        if not self._sqlite:
+            with self.transaction(write=False) as cur:
+                yield cur
+            return
+        with translate_errors():
+            dbapi = self.acquire()
+            try:
+                yield dbapi.cursor()
+            finally:
+                self.release(dbapi)
+
+
+class _Transaction:
+    """The context manager behind :meth:`HotPool.transaction`."""
+
+    __slots__ = ("_dbapi", "_pool", "_write")
+
+    def __init__(self, pool: HotPool, write: bool) -> None:
+        self._pool = pool
+        self._write = write
+        self._dbapi: Any = None
+
+    def __enter__(self) -> Any:
+        pool = self._pool
+        try:
+            dbapi = pool.acquire()
+        except BaseException as error:
+            reraise_translated(error)
+        try:
+            cur = dbapi.cursor()
+            if pool._sqlite:
+                # See _on_begin: writes take the write lock before reading anything.
+                cur.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+        except BaseException as error:
+            pool._abandon(dbapi)
+            reraise_translated(error)
+        self._dbapi = dbapi
+        return cur
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        dbapi, self._dbapi = self._dbapi, None
+        if exc is None:
+            try:
+                # sqlite3 and psycopg both COMMIT only when a transaction is open.
+                dbapi.commit()
+            except BaseException as error:
+                self._pool._abandon(dbapi)
+                reraise_translated(error)
+            self._pool.release(dbapi)
+            return
+        self._pool._abandon(dbapi)
+        # Returning lets the original propagate; a driver error is replaced by ours.
+        if translated(exc) is not exc:
+            reraise_translated(exc)
