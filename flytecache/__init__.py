@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheHit",
     "CacheStore",
     "CatalogClient",
     "CatalogKey",
-    "Entry",
     "ExecutionMetadata",
     "ReservationCache",
     "Status",
@@ -28,7 +28,7 @@ _LAZY = {
     "CacheStore": "flytecache.store",
     "CatalogClient": "flytecache.client",
     "CatalogKey": "flytecache.client",
-    "Entry": "flytecache.client",
+    "CacheHit": "flytecache.client",
     "ExecutionMetadata": "flytecache.client",
     "ReservationCache": "flytecache.client",
     "Status": "flytecache.client",
@@ -38,9 +38,9 @@ _LAZY = {
 if TYPE_CHECKING:
     from flytecache import errors
     from flytecache.client import (
+        CacheHit,
         CatalogClient,
         CatalogKey,
-        Entry,
         ExecutionMetadata,
         ReservationCache,
         Status,

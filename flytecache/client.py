@@ -7,13 +7,10 @@ executor through ``flytecache serve`` is a hit for this client on the same datab
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,32 +20,29 @@ from typing import Any, Protocol, Self
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import catalog_pb2, identifier_pb2, literals_pb2
 
+from flytecache.blobs import check_uri_exists, read_outputs
 from flytecache.errors import (
     AlreadyExistsError,
     DeadlineExceededError,
-    FlyteCacheError,
     InvalidArgumentError,
     NotFoundError,
     StaleEntryError,
     StorageError,
 )
 from flytecache.keys import CatalogKey, cache_key
-from flytecache.scoping import Scope, reservation_key, scoped_key
+from flytecache.leases import Lease, check_heartbeat, new_owner_id
+from flytecache.scoping import Scope, ScopedStore
 from flytecache.store import CacheStore
 
 __all__ = [
-    "MIN_HEARTBEAT",
+    "CacheHit",
     "CacheSlot",
     "CatalogClient",
     "CatalogKey",
     "Claim",
-    "Entry",
     "ExecutionMetadata",
-    "Lease",
     "ReservationCache",
     "Status",
-    "check_heartbeat",
-    "new_owner_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,7 +79,7 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class CacheHit:
     """A cache hit: the outputs (read from ``output_uri`` when stored by reference)."""
 
     outputs: literals_pb2.LiteralMap
@@ -122,61 +116,9 @@ class CacheBackend(Protocol):
         self, scope: Scope, key: str, owner_id: str, heartbeat_interval: timedelta | None
     ) -> cs.Reservation: ...
 
-    def release_reservation(self, scope: Scope, key: str, owner_id: str) -> None: ...
+    def release_reservation(self, scope: Scope, key: str, owner_id: str) -> object: ...
 
     def close(self) -> None: ...
-
-
-class LocalCache:
-    """A :class:`CacheStore` seen through the cache service's scoping rules."""
-
-    def __init__(self, store: CacheStore, *, owns_store: bool = False) -> None:
-        self.store = store
-        self._owns_store = owns_store
-
-    def get(self, scope: Scope, key: str) -> cs.CachedOutput:
-        return self.store.get(scoped_key(scope.project, scope.domain, _key(key)))
-
-    def put(
-        self,
-        scope: Scope,
-        key: str,
-        output: cs.CachedOutput,
-        *,
-        overwrite: bool = False,
-        max_age: timedelta | None = None,
-    ) -> None:
-        self.store.put(
-            scoped_key(scope.project, scope.domain, _key(key)),
-            output,
-            overwrite=overwrite,
-            max_age=max_age,
-        )
-
-    def delete(self, scope: Scope, key: str) -> None:
-        self.store.delete(scoped_key(scope.project, scope.domain, _key(key)))
-
-    def get_or_extend_reservation(
-        self, scope: Scope, key: str, owner_id: str, heartbeat_interval: timedelta | None
-    ) -> cs.Reservation:
-        scoped = scoped_key(scope.project, scope.domain, _key(key))
-        lease = self.store.get_or_extend_reservation(scoped, owner_id, heartbeat_interval)
-        lease.key = reservation_key(scoped)
-        return lease
-
-    def release_reservation(self, scope: Scope, key: str, owner_id: str) -> None:
-        self.store.release_reservation(scoped_key(scope.project, scope.domain, _key(key)), owner_id)
-
-    def close(self) -> None:
-        if self._owns_store:
-            self.store.close()
-
-
-def _key(key: str) -> str:
-    # Validate before scoping: "<p>-<d>-" would otherwise turn an empty key into a valid one.
-    if type(key) is not str or not key:
-        raise InvalidArgumentError("key must be a non-empty string", field="key")
-    return key
 
 
 class CatalogClient:
@@ -227,7 +169,8 @@ class CatalogClient:
 
     @property
     def backend(self) -> CacheBackend:
-        """The cache this client talks to (a :class:`LocalCache` or a remote cache)."""
+        """The cache this client talks to (a :class:`~flytecache.scoping.ScopedStore` or a
+        remote cache)."""
         return self._backend
 
     def close(self) -> None:
@@ -274,7 +217,7 @@ class CatalogClient:
             )
         return CacheSlot(self, key, cache_key_override, max_cache_age)
 
-    def get(self, key: CatalogKey) -> Entry:
+    def get(self, key: CatalogKey) -> CacheHit:
         """The cached outputs for ``key``: a hit, or :class:`NotFoundError` on a miss.
 
         A stored entry older than ``max_cache_age`` (strict ``>``), or whose outputs URI no
@@ -395,7 +338,7 @@ class CatalogClient:
         poll_interval: timedelta | None = None,
         timeout: timedelta | None = None,
         metadata: ExecutionMetadata | None = None,
-    ) -> Entry:
+    ) -> CacheHit:
         """The cached outputs for ``key``, computing them at most once across processes.
 
         A hit is returned at once. On a miss the reservation decides who computes: the owner
@@ -428,14 +371,9 @@ class CatalogClient:
                 status = slot.put(outputs, metadata, overwrite=claim.replace)
             except AlreadyExistsError:
                 return slot.get()  # our lease lapsed and another owner stored first
-            return Entry(outputs=outputs, output_uri=None, status=status)
+            return CacheHit(outputs=outputs, output_uri=None, status=status)
         finally:
             claim.release()
-
-
-def new_owner_id() -> str:
-    """A reservation owner id unique to this call: ``<host>-<pid>-<12 hex digits>``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 class CacheSlot:
@@ -465,7 +403,7 @@ class CacheSlot:
     def __repr__(self) -> str:
         return f"CacheSlot({self.key!r}, scope={tuple(self.scope)!r})"
 
-    def get(self) -> Entry:
+    def get(self) -> CacheHit:
         """The hit for this key; :class:`NotFoundError` if none is stored, or
         :class:`StaleEntryError` if the stored one counts as a miss (SPEC §5.3)."""
         output = self._client.backend.get(self.scope, self.key)
@@ -480,12 +418,12 @@ class CacheSlot:
                     key=self.key,
                 )
         if output.WhichOneof("output") == "output_uri":
-            outputs = _read_outputs(output.output_uri, self.key)
+            outputs = read_outputs(output.output_uri, self.key)
             uri: str | None = output.output_uri
         else:
             outputs = output.output_literals
             uri = None
-        return Entry(
+        return CacheHit(
             outputs=outputs,
             output_uri=uri,
             status=Status(CacheStatus.CACHE_HIT, _catalog_metadata(output.metadata)),
@@ -513,7 +451,7 @@ class CacheSlot:
         elif isinstance(outputs, str):
             if not outputs:
                 raise InvalidArgumentError("outputs URI must not be empty", field="outputs")
-            _check_uri_exists(outputs)
+            check_uri_exists(outputs)
             output = cs.CachedOutput(output_uri=outputs, metadata=stored_metadata)
         else:
             raise InvalidArgumentError(
@@ -537,7 +475,7 @@ class CacheSlot:
         """Release ``owner_id``'s lease (a no-op if it does not hold it)."""
         self._client.backend.release_reservation(self.scope, self.key, owner_id)
 
-    def lookup(self) -> tuple[Entry | None, bool]:
+    def lookup(self) -> tuple[CacheHit | None, bool]:
         """:meth:`get` without raising on a miss: ``(entry, False)`` on a hit, ``(None, stale)``
         on a miss, where ``stale`` says an entry is stored that counts as a miss."""
         try:
@@ -560,7 +498,7 @@ class CacheSlot:
 
         Returns a :class:`Claim` holding either the hit, or the go-ahead to compute: then with
         ``serialize`` the caller holds ``owner_id``'s lease, kept alive by a heartbeat thread
-        every ``heartbeat_interval`` (at least :data:`MIN_HEARTBEAT`) until
+        every ``heartbeat_interval`` (at least :data:`~flytecache.leases.MIN_HEARTBEAT`) until
         :meth:`Claim.release`. While another owner holds a live lease this polls every
         ``poll_interval`` (default: half the heartbeat, at most 1 s) until its result is stored
         or its lease expires and is taken over. ``timeout`` bounds the waiting
@@ -624,23 +562,6 @@ class CacheSlot:
         return Claim(replace=stale, lease=held)
 
 
-MIN_HEARTBEAT = timedelta(milliseconds=100)
-"""The shortest heartbeat a waiting loop accepts: a lease then lives at least 0.3 s (with the
-default grace multiplier), longer than a database round trip under load. Shorter ones would let
-a second owner take over a lease whose owner is alive, silently undoing serialization."""
-
-
-def check_heartbeat(heartbeat_interval: object, field: str = "heartbeat_interval") -> None:
-    """:class:`InvalidArgumentError` unless ``heartbeat_interval`` is a timedelta of at least
-    :data:`MIN_HEARTBEAT`."""
-    if not isinstance(heartbeat_interval, timedelta) or heartbeat_interval < MIN_HEARTBEAT:
-        raise InvalidArgumentError(
-            f"{field} must be a timedelta of at least {MIN_HEARTBEAT.total_seconds():g} s, "
-            f"got {heartbeat_interval!r}",
-            field=field,
-        )
-
-
 @dataclass(slots=True)
 class Claim:
     """The outcome of :meth:`CacheSlot.claim`: a hit, or the go-ahead to compute.
@@ -652,7 +573,7 @@ class Claim:
     owner whose live lease means: wait, then try again.
     """
 
-    entry: Entry | None = None
+    entry: CacheHit | None = None
     replace: bool = False
     lease: Lease | None = None
     holder: str | None = None
@@ -663,72 +584,9 @@ class Claim:
             self.lease.release()
 
 
-class Lease:
-    """A reservation held by ``owner_id``, kept alive from a daemon heartbeat thread.
-
-    The thread extends the lease every ``heartbeat_interval`` of the reservation (as granted
-    by the store, SPEC §4) until :meth:`release`. A failed heartbeat is logged and retried: the
-    lease survives ``grace_multiplier`` missed beats.
-    """
-
-    def __init__(self, slot: CacheSlot, owner_id: str, reservation: cs.Reservation) -> None:
-        self.slot = slot
-        self.owner_id = owner_id
-        self.reservation = reservation
-        self._stop = threading.Event()
-        self._released = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="flytecache-heartbeat", daemon=True)
-        with _live_leases_lock:
-            _live_leases.add(self)
-        self._thread.start()
-
-    def _run(self) -> None:
-        requested = self.reservation.heartbeat_interval.ToTimedelta()
-        interval = requested.total_seconds() or 1.0
-        while not self._stop.wait(interval):
-            try:
-                lease = self.slot.get_or_extend_reservation(self.owner_id, requested)
-            except FlyteCacheError as error:  # keep trying: the lease has grace periods left
-                log.warning("heartbeat for %s failed: %s", self.owner_id, error)
-                continue
-            if lease.owner_id != self.owner_id:
-                log.warning("reservation lost to %s while computing", lease.owner_id)
-
-    def release(self) -> None:
-        """Stop the heartbeat, then release the reservation (idempotent, never raises)."""
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-        with _live_leases_lock:
-            _live_leases.discard(self)
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-        try:
-            self.slot.release_reservation(self.owner_id)
-        except FlyteCacheError as error:  # the lease expires by itself anyway
-            log.warning("could not release reservation for %s: %s", self.owner_id, error)
-
-
-_live_leases: set[Lease] = set()
-_live_leases_lock = threading.Lock()
-
-
-@atexit.register
-def _release_live_leases() -> None:
-    # An owner interrupted (Ctrl-C, sys.exit) while it computes lets the next one in at once
-    # instead of after the lease's grace period. A SIGKILLed owner still relies on expiry.
-    with _live_leases_lock:
-        leases = list(_live_leases)
-    for lease in leases:
-        lease.release()
-
-
 def _open_backend(target: Any, *, clock: Any, auth_token: str | None) -> CacheBackend:
     if isinstance(target, CacheStore):
-        return LocalCache(target)
+        return ScopedStore(target)
     if isinstance(target, os.PathLike):
         target = os.fspath(target)
     if not isinstance(target, str) or not target:
@@ -740,7 +598,7 @@ def _open_backend(target: Any, *, clock: Any, auth_token: str | None) -> CacheBa
         from flytecache.remote import RemoteCache
 
         return RemoteCache(target, auth_token=auth_token)
-    return LocalCache(CacheStore.open(target, clock=clock), owns_store=True)
+    return ScopedStore(CacheStore.open(target, clock=clock), owns_store=True)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -798,44 +656,3 @@ def _catalog_metadata(metadata: cs.Metadata) -> catalog_pb2.CatalogMetadata:
         ),
     )
     return catalog_pb2.CatalogMetadata(dataset_id=source, source_task_execution=task_execution)
-
-
-def _is_local(uri: str) -> bool:
-    return uri.startswith("file://") or "://" not in uri
-
-
-def _check_uri_exists(uri: str) -> None:
-    if _is_local(uri):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(uri)
-        if not fs.exists(path):
-            raise NotFoundError(f"outputs URI {uri} does not exist", uri=uri)
-
-
-def _read_outputs(uri: str, key: str) -> literals_pb2.LiteralMap:
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        raise StaleEntryError(
-            f"cache entry points at {uri}, which no longer exists (treated as a miss)",
-            key=key,
-            uri=uri,
-        ) from None
-    except (ImportError, ValueError) as error:
-        raise StorageError(
-            f"cannot read outputs at {uri}: {error} (install the fsspec backend for this scheme)"
-        ) from error
-    literal_map = literals_pb2.LiteralMap()
-    try:
-        literal_map.ParseFromString(data)
-    except Exception:
-        raise StaleEntryError(
-            f"outputs at {uri} are not a serialized LiteralMap (treated as a miss)",
-            key=key,
-            uri=uri,
-        ) from None
-    return literal_map

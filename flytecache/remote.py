@@ -11,33 +11,20 @@ from datetime import timedelta
 from typing import Any, NoReturn, Self
 from urllib.parse import urlsplit
 
-from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.cacheservice.v2 import cacheservice_pb2 as v2
 from flyteidl2.cacheservice.v2.cacheservice_connect import CacheServiceClientSync
 from google.protobuf.duration_pb2 import Duration
-from google.rpc.error_details_pb2 import ErrorInfo  # type: ignore[import-untyped]
 
+from flytecache.error_codes import from_connect_error
 from flytecache.errors import (
-    AlreadyExistsError,
-    DeadlineExceededError,
-    FlyteCacheError,
     InvalidArgumentError,
-    NotFoundError,
-    ResourceExhaustedError,
-    StorageBusyError,
-    StorageError,
-    UnauthenticatedError,
     UnavailableError,
 )
 from flytecache.scoping import Scope
 
 __all__ = ["RemoteCache"]
-
-# The server marks "database busy" UNAVAILABLEs with this ErrorInfo (flytecache.server.service).
-_BUSY_DOMAIN = "flytecache"
-_BUSY_REASON = "STORAGE_BUSY"
 
 
 class RemoteCache:
@@ -160,45 +147,7 @@ class RemoteCache:
             self._raise(error, key)
 
     def _raise(self, error: ConnectError, key: str) -> NoReturn:
-        code, message, url = error.code, error.message, self.url
-        translated: FlyteCacheError
-        if code is Code.NOT_FOUND:
-            translated = NotFoundError(message, key=key)
-        elif code is Code.ALREADY_EXISTS:
-            translated = AlreadyExistsError(message, key=key)
-        elif code is Code.INVALID_ARGUMENT:
-            translated = InvalidArgumentError(message)
-        elif code is Code.UNAVAILABLE:
-            cause = error.__cause__
-            if cause is not None and not isinstance(cause, ConnectError):
-                # The runtime wraps transport failures (refused, reset, DNS) as UNAVAILABLE.
-                translated = UnavailableError(
-                    f"cannot reach the cache service at {url}: {message}", url=url
-                )
-            elif _is_busy(error):
-                translated = StorageBusyError(f"{message} ({url})", url=url)
-            else:
-                translated = UnavailableError(
-                    f"the cache service at {url} is unavailable: {message}", url=url
-                )
-        elif code is Code.UNAUTHENTICATED:
-            translated = UnauthenticatedError(
-                f"the cache service at {url} rejected the credentials: {message}", url=url
-            )
-        elif code is Code.RESOURCE_EXHAUSTED:
-            translated = ResourceExhaustedError(f"{message} ({url})", url=url)
-        elif code is Code.DEADLINE_EXCEEDED:
-            translated = DeadlineExceededError(
-                f"the cache service at {url} did not answer in time", url=url
-            )
-        else:
-            # ``code`` (a field, so an instance attribute) keeps the server's code name.
-            translated = StorageError(
-                f"the cache service at {url} answered {code.name}: {message}",
-                code=code.name,
-                url=url,
-            )
-        raise translated from error
+        raise from_connect_error(error, key=key, url=self.url) from error
 
 
 def _identifier(scope: Scope) -> v2.Identifier:
@@ -213,15 +162,3 @@ def _duration(value: timedelta, field: str) -> Duration:
     duration = Duration()
     duration.FromTimedelta(value)
     return duration
-
-
-def _is_busy(error: ConnectError) -> bool:
-    for detail in error.details:
-        info = ErrorInfo()
-        if (
-            detail.Is(ErrorInfo.DESCRIPTOR)
-            and detail.Unpack(info)
-            and (info.domain, info.reason) == (_BUSY_DOMAIN, _BUSY_REASON)
-        ):
-            return True
-    return False

@@ -101,7 +101,7 @@ def release(
         from flytecache.store import admin
 
         with open_store(db) as store:
-            if store.release(key, owner):
+            if store.release_reservation(key, owner):
                 err(f'released the reservation on "{key}" held by "{owner}"')
                 return
             try:

@@ -19,16 +19,15 @@ from typing import Any
 from flyteidl2.core.literals_pb2 import LiteralMap
 
 from flytecache.client import (
+    CacheHit,
     CacheSlot,
     CatalogClient,
     Claim,
-    Entry,
     ExecutionMetadata,
-    LocalCache,
-    check_heartbeat,
-    new_owner_id,
 )
 from flytecache.errors import FlyteCacheError, InvalidArgumentError, UnsupportedVersionError
+from flytecache.leases import check_heartbeat, new_owner_id
+from flytecache.scoping import ScopedStore
 
 __all__ = [
     "DEFAULT_DB",
@@ -135,7 +134,7 @@ class IntegrationSettings:
     its reservations (SPEC §4, §8).
 
     ``project``/``domain`` scope the stored keys as ``flytecache serve`` does; ``heartbeat``
-    (a ``timedelta`` of at least :data:`~flytecache.client.MIN_HEARTBEAT`, 0.1 s) is the
+    (a ``timedelta`` of at least :data:`~flytecache.leases.MIN_HEARTBEAT`, 0.1 s) is the
     lease's heartbeat interval — a killed owner's lease expires after
     ``heartbeat × grace_multiplier`` (3 by default); ``poll`` is how often a waiter looks for
     the owner's outputs.
@@ -212,9 +211,9 @@ class Installation:
         # A look-up in a local database does not wait on writers (WAL readers, PostgreSQL
         # MVCC), so an async SDK may run it on its event loop: a thread hop costs ~0.3 ms,
         # eight times the look-up. Reservations, waiting and the network run in a thread.
-        self.reads_inline = isinstance(client.backend, LocalCache)
+        self.reads_inline = isinstance(client.backend, ScopedStore)
 
-    def claim(self, call: TaskCall, slot: CacheSlot, *, serialize: bool) -> Entry | None:
+    def claim(self, call: TaskCall, slot: CacheSlot, *, serialize: bool) -> CacheHit | None:
         """The hit for ``call``, or ``None``: then the call computes, holding the lease when
         ``serialize`` (waiting first while another owner computes), until :meth:`store` or
         ``call.release()``. A cache that fails is logged and counts as a miss (as Flyte's
@@ -248,7 +247,7 @@ class Installation:
             return Claim()
 
     @staticmethod
-    def adopt(call: TaskCall, claim: Claim) -> Entry | None:
+    def adopt(call: TaskCall, claim: Claim) -> CacheHit | None:
         """The hit of a finished claim, or ``None`` with the claim kept by ``call`` (its lease
         held until :meth:`store` or ``call.release()``)."""
         if claim.entry is not None:

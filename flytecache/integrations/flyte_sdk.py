@@ -39,11 +39,12 @@ from typing import Any
 
 from flyteidl2.core import identifier_pb2, literals_pb2
 
-from flytecache.client import CacheSlot, Claim, ExecutionMetadata, new_owner_id
+from flytecache.client import CacheSlot, Claim, ExecutionMetadata
 from flytecache.errors import FlyteCacheError, InvalidArgumentError
 from flytecache.integrations._cli_option import add_cli_option
 from flytecache.integrations._common import Installation, Registry, TaskCall
 from flytecache.keys import CatalogKey
+from flytecache.leases import new_owner_id
 
 __all__ = ["SUPPORTED_VERSIONS", "cli_run_hook", "install", "installed_db", "uninstall"]
 

@@ -17,38 +17,24 @@ from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.cacheservice.v2 import cacheservice_pb2 as v2
-from google.rpc.error_details_pb2 import ErrorInfo  # type: ignore[import-untyped]
 
+from flytecache.error_codes import to_connect_error
 from flytecache.errors import (
-    AlreadyExistsError,
     InvalidArgumentError,
-    NotFoundError,
-    ResourceExhaustedError,
     StorageBusyError,
-    UnavailableError,
 )
-from flytecache.scoping import reservation_key, scoped_key
+from flytecache.scoping import Scope, ScopedStore
 from flytecache.server.metrics import Metrics
 from flytecache.server.threads import StoreThreads
 from flytecache.store import CacheStore
 from flytecache.store.timeutil import duration_to_timedelta
 
-__all__ = [
-    "ERROR_DOMAIN",
-    "STORAGE_BUSY_REASON",
-    "StoreCacheService",
-    "rpc_outcome",
-    "to_connect_error",
-]
+__all__ = ["StoreCacheService", "rpc_outcome"]
 
 log = logging.getLogger("flytecache.server")
 
 T = TypeVar("T")
 Ctx = RequestContext[Any, Any]
-
-ERROR_DOMAIN = "flytecache"
-STORAGE_BUSY_REASON = "STORAGE_BUSY"
-"""``google.rpc.ErrorInfo.reason`` on an UNAVAILABLE that means "database busy, retry"."""
 
 rpc_outcome: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "flytecache_rpc_outcome", default=None
@@ -56,39 +42,8 @@ rpc_outcome: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
 """Set by the app around each RPC; the service appends the Connect code it answered."""
 
 
-def to_connect_error(error: BaseException) -> ConnectError:
-    """The Connect error a client sees for ``error`` (details of unexpected ones are not sent)."""
-    if isinstance(error, ConnectError):
-        return error
-    if isinstance(error, NotFoundError):
-        return ConnectError(Code.NOT_FOUND, error.message)
-    if isinstance(error, AlreadyExistsError):
-        return ConnectError(Code.ALREADY_EXISTS, error.message)
-    if isinstance(error, InvalidArgumentError):
-        return ConnectError(Code.INVALID_ARGUMENT, error.message)
-    if isinstance(error, StorageBusyError):
-        # UNAVAILABLE makes Flyte's client retry; ErrorInfo lets ours say "busy" precisely.
-        return ConnectError(
-            Code.UNAVAILABLE,
-            "the cache database is busy; retry",
-            [ErrorInfo(reason=STORAGE_BUSY_REASON, domain=ERROR_DOMAIN)],
-        )
-    if isinstance(error, UnavailableError):
-        return ConnectError(Code.UNAVAILABLE, "the cache database is unavailable; retry later")
-    if isinstance(error, ResourceExhaustedError):
-        return ConnectError(Code.RESOURCE_EXHAUSTED, "the cache database is full")
-    return ConnectError(Code.INTERNAL, "internal error")
-
-
-def _text(value: str, field: str) -> str:
-    # The key must be checked before scoping: "<p>-<d>-" is itself a valid non-empty key.
-    if not value:
-        raise InvalidArgumentError(f"{field} must not be empty", field=field)
-    return value
-
-
-def _scoped(identifier: v2.Identifier, key: str) -> str:
-    return scoped_key(identifier.project, identifier.domain, _text(key, "key"))
+def _scope(identifier: v2.Identifier) -> Scope:
+    return Scope(org=identifier.org, project=identifier.project, domain=identifier.domain)
 
 
 class StoreCacheService:
@@ -99,7 +54,7 @@ class StoreCacheService:
     """
 
     def __init__(self, store: CacheStore, *, threads: StoreThreads, metrics: Metrics) -> None:
-        self._store = store
+        self._store = ScopedStore(store)
         self._threads = threads
         self._metrics = metrics
         self._busy_timeout = store.settings.busy_timeout.total_seconds()
@@ -175,12 +130,13 @@ class StoreCacheService:
     # -- the calls (run on the store threads) ----------------------------------------------
 
     def _get(self, request: v2.GetCacheRequest) -> cs.GetCacheResponse:
-        key = _scoped(request.identifier, request.base_request.key)
-        return cs.GetCacheResponse(output=self._store.get(key))
+        output = self._store.get(_scope(request.identifier), request.base_request.key)
+        return cs.GetCacheResponse(output=output)
 
     def _put(self, request: v2.PutCacheRequest) -> cs.PutCacheResponse:
         base = request.base_request
-        key = _scoped(request.identifier, base.key)
+        scope = _scope(request.identifier)
+        ScopedStore.key(scope, base.key)  # the key is named first when both are wrong
         if not base.HasField("output"):
             raise InvalidArgumentError("output is required", field="output")
         max_age = (
@@ -188,32 +144,34 @@ class StoreCacheService:
             if base.overwrite.HasField("max_age")
             else None
         )
-        self._store.put(key, base.output, overwrite=base.overwrite.overwrite, max_age=max_age)
+        self._store.put(
+            scope, base.key, base.output, overwrite=base.overwrite.overwrite, max_age=max_age
+        )
         return cs.PutCacheResponse()
 
     def _delete(self, request: v2.DeleteCacheRequest) -> cs.DeleteCacheResponse:
-        self._store.delete(_scoped(request.identifier, request.base_request.key))
+        self._store.delete(_scope(request.identifier), request.base_request.key)
         return cs.DeleteCacheResponse()
 
     def _reserve(
         self, request: v2.GetOrExtendReservationRequest
     ) -> cs.GetOrExtendReservationResponse:
         base = request.base_request
-        key = _scoped(request.identifier, base.key)
-        owner = _text(base.owner_id, "owner_id")
+        scope = _scope(request.identifier)
+        ScopedStore.key(scope, base.key)  # the key is named first when both are wrong
         heartbeat = (
             duration_to_timedelta(base.heartbeat_interval, field="heartbeat_interval")
             if base.HasField("heartbeat_interval")
             else None
         )
-        lease, outcome = self._store.reserve(key, owner, heartbeat)
+        lease, outcome = self._store.get_or_extend_reservation(
+            scope, base.key, base.owner_id, heartbeat, with_outcome=True
+        )
         self._metrics.reservation(outcome.value)
-        lease.key = reservation_key(key)
         return cs.GetOrExtendReservationResponse(reservation=lease)
 
     def _release(self, request: v2.ReleaseReservationRequest) -> cs.ReleaseReservationResponse:
         base = request.base_request
-        key = _scoped(request.identifier, base.key)
-        if self._store.release(key, _text(base.owner_id, "owner_id")):
+        if self._store.release_reservation(_scope(request.identifier), base.key, base.owner_id):
             self._metrics.reservation("released")
         return cs.ReleaseReservationResponse()

@@ -38,7 +38,7 @@ from flytecache.errors import (
     UnavailableError,
 )
 from flytecache.store import migrate
-from flytecache.store.cache import CacheStore, check_text
+from flytecache.store.cache import CacheStore
 from flytecache.store.driver_errors import translate_errors
 from flytecache.store.engine import create_store_engine, read_connection, write_connection
 from flytecache.store.filesystem import network_filesystem_type
@@ -52,6 +52,7 @@ from flytecache.store.timeutil import (
     us_to_datetime,
 )
 from flytecache.store.urls import is_sqlite, normalize_url
+from flytecache.validation import check_storable, check_text
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -1045,19 +1046,12 @@ class _BadLine(Exception):
 
 
 def _storable(value: str, name: str, *, nul_ok: bool) -> str:
-    """``value`` if the database can store it, else a :class:`_BadLine` naming ``name``.
-
-    JSON can spell lone surrogates (``"\\ud800"``), which are not text in any database; and
-    PostgreSQL's text types cannot hold NUL, which SQLite (and so an export from it) can.
-    """
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _BadLine(f"{name} is not valid UTF-8 text") from None
-    if not nul_ok and "\x00" in value:
-        raise _BadLine(f"{name} contains a NUL character, which PostgreSQL cannot store")
-    return value
+    """``value`` if the database can store it (:func:`check_storable`), else a
+    :class:`_BadLine` naming ``name``."""
+    try:
+        return check_storable(value, name, nul_ok=nul_ok)
+    except InvalidArgumentError as error:
+        raise _BadLine(error.message) from None
 
 
 def _text(record: dict[str, Any], name: str, *, nul_ok: bool, limit: int | None = None) -> str:

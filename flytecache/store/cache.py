@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from enum import Enum
-from typing import Any, Self, cast
+from typing import Any, Literal, Self, cast, overload
 
 import sqlalchemy as sa
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
@@ -38,12 +38,9 @@ from flytecache.store.timeutil import (
     us_to_timestamp,
 )
 from flytecache.store.urls import dialect_insert, is_sqlite, normalize_url
+from flytecache.validation import MAX_KEY_BYTES, check_storable, check_text
 
 __all__ = ["MAX_KEY_BYTES", "CacheStore", "ReservationOutcome"]
-
-MAX_KEY_BYTES = 2048
-"""Longest key or owner id accepted, in UTF-8 bytes (Flyte keys are ~130 bytes; PostgreSQL
-indexes entries up to ~2.7 KB, so the limit is the same on both backends)."""
 
 _MIN_BIGINT = -(2**63)
 _MAX_BIGINT = 2**63 - 1
@@ -56,30 +53,6 @@ class ReservationOutcome(Enum):
     EXTENDED = "extended"
     TAKEN_OVER = "taken_over"
     HELD_BY_OTHER = "held_by_other"
-
-
-def check_text(value: object, field: str) -> str:
-    """A non-empty str of at most MAX_KEY_BYTES UTF-8 bytes, with no NUL or lone surrogate."""
-    if type(value) is not str:
-        raise InvalidArgumentError(
-            f"{field} must be a string, got {type(value).__name__}", field=field
-        )
-    if not value:
-        raise InvalidArgumentError(f"{field} must not be empty", field=field)
-    if not value.isascii():
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise InvalidArgumentError(f"{field} is not valid UTF-8 text", field=field) from None
-    else:
-        size = len(value)
-    if size > MAX_KEY_BYTES:
-        raise InvalidArgumentError(
-            f"{field} is {size} bytes long; the limit is {MAX_KEY_BYTES}", field=field
-        )
-    if "\x00" in value:
-        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
-    return value
 
 
 class Statements:
@@ -419,20 +392,41 @@ class CacheStore:
 
     # -- reservations --------------------------------------------------------------------
 
+    @overload
     def get_or_extend_reservation(
         self, key: str, owner_id: str, heartbeat_interval: timedelta | None = None
-    ) -> cs.Reservation:
+    ) -> cs.Reservation: ...
+
+    @overload
+    def get_or_extend_reservation(
+        self,
+        key: str,
+        owner_id: str,
+        heartbeat_interval: timedelta | None = None,
+        *,
+        with_outcome: Literal[True],
+    ) -> tuple[cs.Reservation, ReservationOutcome]: ...
+
+    def get_or_extend_reservation(
+        self,
+        key: str,
+        owner_id: str,
+        heartbeat_interval: timedelta | None = None,
+        *,
+        with_outcome: bool = False,
+    ) -> cs.Reservation | tuple[cs.Reservation, ReservationOutcome]:
         """Acquire, extend or take over the lease on ``key`` for ``owner_id``.
 
         Returns the requester's lease, or — when another owner holds a live lease — the
-        holder's lease unchanged (compare ``owner_id`` with your own). See SPEC §4.
+        holder's lease unchanged (compare ``owner_id`` with your own). See SPEC §4. With
+        ``with_outcome``, a ``(lease, ReservationOutcome)`` pair saying what happened.
         """
-        return self.reserve(key, owner_id, heartbeat_interval)[0]
+        lease, outcome = self._reserve(key, owner_id, heartbeat_interval)
+        return (lease, outcome) if with_outcome else lease
 
-    def reserve(
-        self, key: str, owner_id: str, heartbeat_interval: timedelta | None = None
+    def _reserve(
+        self, key: str, owner_id: str, heartbeat_interval: timedelta | None
     ) -> tuple[cs.Reservation, ReservationOutcome]:
-        """Like :meth:`get_or_extend_reservation`, also saying what happened."""
         check_text(key, "key")
         check_text(owner_id, "owner_id")
         if heartbeat_interval is not None and not isinstance(heartbeat_interval, timedelta):
@@ -483,12 +477,9 @@ class CacheStore:
                 )
         raise StorageError(f"reservation on {key!r} kept changing hands; retry")  # pragma: no cover
 
-    def release_reservation(self, key: str, owner_id: str) -> None:
-        """Release ``owner_id``'s lease on ``key``; a no-op if it does not hold it."""
-        self.release(key, owner_id)
-
-    def release(self, key: str, owner_id: str) -> bool:
-        """Like :meth:`release_reservation`, returning whether a lease was removed."""
+    def release_reservation(self, key: str, owner_id: str) -> bool:
+        """Release ``owner_id``'s lease on ``key``; whether a lease was removed (releasing one
+        that does not exist or is someone else's changes nothing and is not an error)."""
         check_text(key, "key")
         check_text(owner_id, "owner_id")
         self._check_open()
@@ -520,7 +511,7 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         uri = output.output_uri
         if not uri:
             raise InvalidArgumentError("output.output_uri must not be empty", field="output")
-        _check_storable(uri, "output.output_uri")
+        check_storable(uri, "output.output_uri")
         output_uri: str | None = uri
         size = len(uri.encode("utf-8", "surrogatepass"))
     elif which == "output_literals":
@@ -532,7 +523,7 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         # One scan for the common case; the field is named only when there is a NUL.
         if "\x00" in "".join([name for name, _ in literals]):
             for name, _ in literals:
-                _check_storable(name, "output name")
+                check_storable(name, "output name")
         size = sum(len(v) for _, v in literals)
     else:
         raise InvalidArgumentError(
@@ -553,7 +544,7 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         ident = metadata.source_identifier
         if "\x00" in "".join((ident.project, ident.domain, ident.name, ident.version, ident.org)):
             for field in ("project", "domain", "name", "version", "org"):
-                _check_storable(getattr(ident, field), f"metadata.source_identifier.{field}")
+                check_storable(getattr(ident, field), f"metadata.source_identifier.{field}")
         params.update(
             resource_type=ident.resource_type,
             project=ident.project,
@@ -567,8 +558,8 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
     values = dict(metadata.key_map.values)
     if "\x00" in "".join(values) or "\x00" in "".join(values.values()):
         for name, value in values.items():
-            _check_storable(name, "metadata.key_map")
-            _check_storable(value, "metadata.key_map")
+            check_storable(name, "metadata.key_map")
+            check_storable(value, "metadata.key_map")
     params["key_map"] = json.dumps(values, sort_keys=True) if values else "{}"
     if metadata.HasField("created_at") or metadata.HasField("last_updated_at"):
         # Timestamps live in their columns (merged and set by the store): keep them out of the
@@ -579,12 +570,6 @@ def _entry_params(key: str, output: Any) -> tuple[dict[str, Any], list[tuple[str
         metadata.ClearField("last_updated_at")
     params["metadata_pb"] = metadata.SerializeToString()
     return params, literals
-
-
-def _check_storable(value: str, field: str) -> None:
-    # PostgreSQL text cannot hold NUL; refuse it on every backend so behaviour is the same.
-    if "\x00" in value:
-        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
 
 
 # -- get: assemble the CachedOutput's wire bytes and parse once -----------------------------
