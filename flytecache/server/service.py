@@ -27,7 +27,7 @@ from flytecache.scoping import Scope, ScopedStore
 from flytecache.server.metrics import Metrics
 from flytecache.server.threads import StoreThreads
 from flytecache.store import CacheStore
-from flytecache.store.timeutil import duration_to_timedelta
+from flytecache.timeutil import duration_to_timedelta
 
 __all__ = ["StoreCacheService", "rpc_outcome"]
 

@@ -43,7 +43,8 @@ from flytecache.store.driver_errors import translate_errors
 from flytecache.store.engine import create_store_engine, read_connection, write_connection
 from flytecache.store.filesystem import network_filesystem_type
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
-from flytecache.store.timeutil import (
+from flytecache.store.urls import is_sqlite, normalize_url
+from flytecache.timeutil import (
     MAX_TS_SECONDS,
     MIN_TS_SECONDS,
     US,
@@ -51,7 +52,6 @@ from flytecache.store.timeutil import (
     timedelta_to_us,
     us_to_datetime,
 )
-from flytecache.store.urls import is_sqlite, normalize_url
 from flytecache.validation import check_storable, check_text
 
 __all__ = [

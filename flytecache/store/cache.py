@@ -29,7 +29,8 @@ from flytecache.store.filesystem import sqlite_unopenable_directory
 from flytecache.store.migrate import ensure_schema
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.pool import HotPool, Sql
-from flytecache.store.timeutil import (
+from flytecache.store.urls import dialect_insert, is_sqlite, normalize_url
+from flytecache.timeutil import (
     Clock,
     make_now_us,
     timedelta_to_us,
@@ -37,7 +38,6 @@ from flytecache.store.timeutil import (
     us_to_duration,
     us_to_timestamp,
 )
-from flytecache.store.urls import dialect_insert, is_sqlite, normalize_url
 from flytecache.validation import MAX_KEY_BYTES, check_storable, check_text
 
 __all__ = ["MAX_KEY_BYTES", "CacheStore", "ReservationOutcome"]
