@@ -126,9 +126,29 @@ def put_args(sql: Any, key: str, output: cs.CachedOutput, *, overwrite: bool) ->
     return sql.put.args(params), literals
 
 
+class _OwnNames(dict[str, str]):
+    """Statement parameters whose every value is its own name."""
+
+    def __missing__(self, name: str) -> str:
+        return name
+
+
+def bind_order(statement: Any) -> tuple[str, ...]:
+    """The parameter names of one of ``CacheStore.statements``, in the order the driver binds them.
+
+    Read through the statement's documented ``args(params)``, given each parameter's name as its
+    value. The raw helpers bind positionally (sqlite3's paramstyle); a named paramstyle has no
+    order and stops the benchmark.
+    """
+    args = statement.args(_OwnNames())
+    if isinstance(args, dict):
+        raise SystemExit("the raw baselines need positional statements (SQLite)")
+    return tuple(args)
+
+
 def key_position(sql: Any) -> int:
     """Where the key sits in the put statement's positional arguments."""
-    return list(sql.put.positions).index("key")
+    return bind_order(sql.put).index("key")
 
 
 def raw_put(
@@ -181,11 +201,9 @@ def raw_release(conn: sqlite3.Connection, sql: Any, key: str, owner: str) -> Non
 def check_reserve_sql(sql: Any) -> None:
     """The raw reservation helpers bind positionally in this order; fail loudly if it changes."""
     expected = ("key", "owner_id", "heartbeat_interval", "expires_at", "now", "now")
-    if tuple(sql.reserve.positions) != expected or tuple(sql.release.positions) != (
-        "key",
-        "owner_id",
-    ):
-        raise SystemExit(f"the store's reservation SQL changed: {sql.reserve.positions}")
+    reserve, release = bind_order(sql.reserve), bind_order(sql.release)
+    if reserve != expected or release != ("key", "owner_id"):
+        raise SystemExit(f"the store's reservation SQL changed: {reserve}, {release}")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -104,7 +104,7 @@ def _raw_target(path: str) -> tuple[Callable[..., Any], Callable[[], None]]:
     from flytecache import CacheStore
 
     with CacheStore.open(path) as store:
-        sql = store._sql
+        sql = store.statements
     check_reserve_sql(sql)
     conn = raw_connection(path)
     output = typical_output(1)

@@ -67,7 +67,7 @@ def breakdown(directory: Path, n: int, repeats: int) -> dict[str, dict[str, floa
     path = populate.copy_store(SIZE, directory)
     store = CacheStore.open(path)
     raw = raw_connection(path)
-    sql = store._sql
+    sql = store.statements
     keys = [entry_key(i) for i in random.Random(3).choices(range(SIZE), k=4096)]
     rows = raw.execute(sql.get.text, (keys[0],)).fetchall()
     output = typical_output(SIZE + 1)
@@ -179,13 +179,17 @@ def wal_pages(directory: Path, n: int) -> dict[str, float]:
 
     path = populate.copy_store(SIZE, directory)
     store = CacheStore.open(path)
-    # One pooled connection does every put; stop it checkpointing so the WAL keeps every frame.
     store.put("warm-up", output)
-    store_result = frames(
-        path,
-        lambda i: store.put(f"pages-{i}", output),
-        lambda: [c.execute("PRAGMA wal_autocheckpoint = 0") for c in store._pool._idle],
-    )
+
+    def store_no_checkpoints() -> None:
+        # The puts follow one another on this thread, so the store's pool lends every one of them
+        # the connection it lends here; stop it checkpointing so the WAL keeps every frame.
+        with store.dbapi_connection() as conn:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    store_result = frames(path, lambda i: store.put(f"pages-{i}", output), store_no_checkpoints)
+    with store.dbapi_connection() as conn:  # checked after timing: the puts ran on it
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     store.close()
     cache_path = populate.copy_diskcache(SIZE, directory)
     cache = diskcache.Cache(str(cache_path))
@@ -193,7 +197,8 @@ def wal_pages(directory: Path, n: int) -> dict[str, float]:
     cache_result = frames(
         cache_path / "cache.db",
         lambda i: cache.set(f"pages-{i}", value),
-        lambda: cache._sql("PRAGMA wal_autocheckpoint = 0"),
+        # diskcache's documented way to set a PRAGMA on this thread's connection.
+        lambda: cache.reset("sqlite_wal_autocheckpoint", 0, update=False),
     )
     cache.close()
     return {"flytecache": store_result, "diskcache": cache_result}
@@ -227,7 +232,7 @@ def schema_variant(directory: Path, n: int, repeats: int) -> dict[str, Any]:
     output = typical_output(SIZE + 1)
     path = populate.copy_store(SIZE, directory)
     with CacheStore.open(path) as store:
-        sql = store._sql
+        sql = store.statements
     today = raw_connection(path)
     args, literals = put_args(sql, "placeholder", output, overwrite=False)
     at = key_position(sql)

@@ -7,7 +7,7 @@ Phases, in order: build or reuse the 1k/100k/1M databases; per-operation latency
 (pytest-benchmark over ``bench_store.py`` and ``bench_keys.py``); single-process get/put vs
 raw sqlite3 and diskcache, and get/put latency at 1k vs 1M interleaved (``store_harness``);
 processes × contention × targets (``concurrency``); where the time goes (``profile_store``);
-then the targets are evaluated and the page and plots regenerated (``report``).
+then the targets are evaluated (``targets``) and the page and plots regenerated (``report``).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> Path:
         _log(f"[{time.perf_counter() - started:6.1f} s] {name} ...")
         return time.perf_counter()
 
-    from benchmarks import concurrency, profile_store, report, store_harness
+    from benchmarks import concurrency, profile_store, report, store_harness, targets
 
     t = phase("databases")
     ensure_databases(tuple(config["sizes"]))
@@ -220,8 +220,10 @@ def main(argv: list[str] | None = None) -> Path:
         phases["single"] = time.perf_counter() - t
     if "concurrency" not in skip:
         t = phase("processes × contention × targets")
-        targets = args.targets.split(",") if args.targets else list(concurrency.TARGETS)
-        results["concurrency"] = concurrency.run(targets=targets, log=_log, **config["concurrency"])
+        measured = args.targets.split(",") if args.targets else list(concurrency.TARGETS)
+        results["concurrency"] = concurrency.run(
+            targets=measured, log=_log, **config["concurrency"]
+        )
         problems = results["concurrency"]["problems"]
         if problems:
             raise SystemExit("checks after timing failed: " + "; ".join(problems))
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> Path:
         t = phase("a cache hit in Flyte 2 SDK local runs")
         results["flyte_sdk"] = flyte_sdk_hits(**config["flyte_sdk"])
         phases["flyte_sdk"] = time.perf_counter() - t
-    results["targets"] = report.evaluate(results)
+    results["targets"] = targets.evaluate(results)
     results["meta"]["loadavg_end"] = list(os.getloadavg())
     # The page reports the run's duration, so it is taken before rendering (~5 s of plots).
     results["meta"]["duration_s"] = time.perf_counter() - started

@@ -51,7 +51,7 @@ PUT_IMPLS = ("flytecache", "raw", "diskcache")
 
 def _get_fns(store: CacheStore, raw: Any, cache: Any) -> dict[str, Callable[[int], Any]]:
     keys = [entry_key(i) for i in random.Random(7).choices(range(SIZE), k=4096)]
-    get, execute, text = store.get, raw.execute, store._sql.get.text
+    get, execute, text = store.get, raw.execute, store.statements.get.text
     dc_get, parse = cache.get, cs.CachedOutput.FromString
     return {
         "flytecache": lambda i: get(keys[i & 4095]),
@@ -73,7 +73,7 @@ def bench_get(directory: Path, n: int, order: list[str]) -> dict[str, float]:
         # Checked after timing: each returned the stored entry.
         assert store.get(entry_key(3)).output_literals == stored_output(3).output_literals
         assert cs.CachedOutput.FromString(cache.get(entry_key(3))) == stored_output(3)
-        assert len(raw.execute(store._sql.get.text, (entry_key(3),)).fetchall()) == 2
+        assert len(raw.execute(store.statements.get.text, (entry_key(3),)).fetchall()) == 2
         raw.close()
     return rates
 
@@ -89,7 +89,7 @@ def _put_flytecache(directory: Path, keys: list[str], output: Any) -> float:
 def _put_raw(directory: Path, keys: list[str], output: Any) -> float:
     path = populate.copy_store(SIZE, directory)
     with CacheStore.open(path) as store:
-        sql = store._sql
+        sql = store.statements
     conn = raw_connection(path)
     args, literals = put_args(sql, "placeholder", output, overwrite=False)
     at = key_position(sql)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from benchmarks import concurrency, store_harness
+from benchmarks import concurrency, report, store_harness
 from benchmarks import run as bench_run
+from benchmarks._common import RESULTS_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +57,24 @@ def test_runner_smoke_writes_results_and_page(tmp_path: Path) -> None:
     assert "## Summary: the performance targets" in page
     assert "![latency by database size](img/bench-size.png)" in page
     assert (tmp_path / "docs" / "img" / "bench-size.png").stat().st_size > 0
+
+
+def test_report_fills_every_block_from_a_saved_run(tmp_path: Path) -> None:
+    """The smoke run skips phases; a saved full run shows every section and every analysis."""
+    saved = sorted(RESULTS_DIR.glob("*.json"))
+    if not saved:
+        pytest.skip("no saved run in benchmarks/results")
+    results = json.loads(saved[-1].read_text())
+    for target in results["targets"]:
+        target["verdict"] = "MISS"
+    page = report.render(results, tmp_path / "docs").read_text()
+    assert "_not run_" not in page
+    assert page.count("** — measured ") == len(results["targets"])
+    assert "## Misses: what limits them" in page
+    figures = re.findall(r"!\[[^\]]*\]\(img/([^)]+)\)", page)
+    assert len(figures) == 4
+    for name in figures:
+        assert (tmp_path / "docs" / "img" / name).stat().st_size > 0
 
 
 def test_concurrency_smoke_library(tmp_path: Path) -> None:

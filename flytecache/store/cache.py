@@ -138,7 +138,7 @@ class Statements:
                     "expires_at": ex.expires_at,
                     "updated_at": ex.updated_at,
                     "created_at": sa.case(
-                        (r.c.owner_id == ex.owner_id, r.c.created_at), else_=ex.created_at
+                        (r.c.owner_id == ex.owner_id, ex.created_at), else_=ex.created_at
                     ),
                     "previous_owner": r.c.owner_id,
                 },
