@@ -115,11 +115,11 @@ def open_store(db: str, *, migrate: bool = False, must_exist: bool | None = None
 
     A SQLite file that does not exist is an error unless ``migrate`` (or ``must_exist=False``).
     """
-    from flytecache.store import admin
+    from flytecache.store.opening import open_store as open_existing
 
-    return admin.open_store(
+    return open_existing(
         db,
-        settings(),
+        settings=settings(),
         must_exist=(not migrate) if must_exist is None else must_exist,
         migrate=migrate,
     )
@@ -127,9 +127,9 @@ def open_store(db: str, *, migrate: bool = False, must_exist: bool | None = None
 
 def open_engine(db: str, *, must_exist: bool = True) -> Engine:
     """A bare engine (no schema check) for ``db`` commands; the caller disposes it."""
-    from flytecache.store import admin
+    from flytecache.store.opening import open_engine as open_bare
 
-    return admin.open_engine(db, settings(), must_exist=must_exist)
+    return open_bare(db, settings(), must_exist=must_exist)
 
 
 def err(message: str) -> None:

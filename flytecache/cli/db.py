@@ -36,14 +36,13 @@ def upgrade(
     """
     with cli_errors(verbose):
         from flytecache.errors import InvalidArgumentError, SchemaError
-        from flytecache.store import admin, migrate
-        from flytecache.store.engine import read_connection
+        from flytecache.store import migrate, opening
         from flytecache.store.urls import normalize_url
 
         url = normalize_url(db)
         if not (migrate.known_revision(revision) or revision == "base"):
             try:
-                admin.require_database(url)
+                opening.require_database(url)
             except InvalidArgumentError:
                 # Opening would create the file: refuse an unknown revision before that, so a
                 # typo leaves no empty database behind (an existing one lets alembic decide).
@@ -53,11 +52,10 @@ def upgrade(
         engine = open_engine(db, must_exist=False)
         try:
             migrate.upgrade(engine, revision)
-            with read_connection(engine) as conn:
-                current = migrate.current_revision(conn)
+            current = opening.schema_state(engine).current
         finally:
             engine.dispose()
-        err(f"database {admin.describe_url(engine)} is at revision {current or '(empty)'}")
+        err(f"database {opening.describe_url(engine)} is at revision {current or '(empty)'}")
 
 
 @app.command()
@@ -69,24 +67,21 @@ def downgrade(
 ) -> None:
     """Migrate the database back to REVISION (may drop tables and their data)."""
     with cli_errors(verbose):
-        from flytecache.store import admin, migrate
-        from flytecache.store.engine import read_connection
+        from flytecache.store import migrate, opening
 
         engine = open_engine(db)
         try:
-            with read_connection(engine) as conn:
-                current = migrate.current_revision(conn)
+            current = opening.schema_state(engine).current
             confirm(
-                f"downgrade {admin.describe_url(engine)} from {current or '(empty)'} to "
+                f"downgrade {opening.describe_url(engine)} from {current or '(empty)'} to "
                 f"{revision} (tables and data may be dropped)",
                 yes=yes,
             )
             migrate.downgrade(engine, revision)
-            with read_connection(engine) as conn:
-                current = migrate.current_revision(conn)
+            current = opening.schema_state(engine).current
         finally:
             engine.dispose()
-        err(f"database {admin.describe_url(engine)} is at revision {current or '(empty)'}")
+        err(f"database {opening.describe_url(engine)} is at revision {current or '(empty)'}")
 
 
 @app.command()
@@ -95,21 +90,19 @@ def current(
 ) -> None:
     """Print the database's schema revision (and whether it is the newest)."""
     with cli_errors(verbose):
-        from flytecache.store import migrate
-        from flytecache.store.engine import read_connection
+        from flytecache.store import opening
 
         engine = open_engine(db)
         try:
-            with read_connection(engine) as conn:
-                revision = migrate.current_revision(conn)
+            state = opening.schema_state(engine)
         finally:
             engine.dispose()
-        head = migrate.head_revision()
+        revision, head = state.current, state.head
         if json:
             print_json({"current": revision, "head": head, "at_head": revision == head})
             return
-        state = "head" if revision == head else f"behind head {head}" if revision else "empty"
-        typer.echo(f"{revision or '(none)'} ({state})")
+        where = "head" if revision == head else f"behind head {head}" if revision else "empty"
+        typer.echo(f"{revision or '(none)'} ({where})")
 
 
 @app.command()
@@ -119,22 +112,20 @@ def history(
     """List the schema revisions, newest first (marking the database's own if it exists)."""
     with cli_errors(verbose):
         from flytecache.errors import InvalidArgumentError
-        from flytecache.store import admin, migrate
-        from flytecache.store.engine import read_connection
+        from flytecache.store import migrate, opening
         from flytecache.store.urls import normalize_url
 
         revision: str | None = None
         url = normalize_url(db)
         try:
-            admin.require_database(url)
+            opening.require_database(url)
             exists = True
         except InvalidArgumentError:
             exists = False  # the history is the code's; the database only marks "current"
         if exists:
             engine = open_engine(db)
             try:
-                with read_connection(engine) as conn:
-                    revision = migrate.current_revision(conn)
+                revision = opening.schema_state(engine).current
             finally:
                 engine.dispose()
         head = migrate.head_revision()
@@ -177,12 +168,12 @@ def check(
     """
     with cli_errors(verbose):
         from flytecache.config import parse_size
-        from flytecache.store import admin
+        from flytecache.store import admin, opening
 
         limit = parse_size(max_wal, name="--max-wal")
         config = settings()
         # Open even on a network filesystem, so that the check reports it as a failing item.
-        engine = admin.open_engine(db, config.replace(allow_network_filesystem=True))
+        engine = opening.open_engine(db, config.replace(allow_network_filesystem=True))
         try:
             items = admin.check_database(engine, max_wal_bytes=limit, quick=quick, settings=config)
         finally:
@@ -223,7 +214,7 @@ def backup(
     """
     with cli_errors(verbose):
         from flytecache.cli._common import human_bytes
-        from flytecache.store import admin
+        from flytecache.store import admin, opening
         from flytecache.store.urls import normalize_url
 
         admin.require_sqlite(normalize_url(db), "backup")
@@ -235,6 +226,6 @@ def backup(
         if json:
             print_json({"path": result.path, "bytes": result.bytes, "seconds": result.seconds})
         err(
-            f"backed up {admin.describe_url(engine)} to {result.path} "
+            f"backed up {opening.describe_url(engine)} to {result.path} "
             f"({human_bytes(result.bytes)}) in {result.seconds:.2f}s"
         )

@@ -418,24 +418,21 @@ def build_app(
 ) -> CacheServiceApp:
     """The cache service over ``store``; store calls (and health checks) run on ``threads``."""
     from flytecache.store.admin import count_entries
-    from flytecache.store.engine import read_connection
-    from flytecache.store.migrate import current_revision, head_revision
+    from flytecache.store.opening import schema_state
 
     settings = settings or ServerSettings()
 
     def entry_count() -> int:
         return count_entries(store)[0]
 
-    def schema_state() -> tuple[bool, str]:
-        with read_connection(store.engine) as conn:
-            current = current_revision(conn)
-        head = head_revision()
-        if current != head:
-            return False, f"schema at {current or '(empty)'}, expected {head}"
-        return True, f"schema at {head}"
+    def schema_health() -> tuple[bool, str]:
+        state = schema_state(store.engine)
+        if not state.at_head:
+            return False, f"schema at {state.current or '(empty)'}, expected {state.head}"
+        return True, f"schema at {state.head}"
 
     async def health() -> tuple[bool, str]:
-        return await threads.read(schema_state)
+        return await threads.read(schema_health)
 
     metrics = Metrics(entry_count)
     service = StoreCacheService(store, threads=threads, metrics=metrics)

@@ -35,15 +35,15 @@ from flytecache.errors import (
     InvalidArgumentError,
     NotFoundError,
     StorageBusyError,
-    UnavailableError,
 )
 from flytecache.store import migrate
 from flytecache.store.cache import CacheStore
 from flytecache.store.driver_errors import translate_errors
-from flytecache.store.engine import create_store_engine, read_connection, write_connection
+from flytecache.store.engine import read_connection, write_connection
 from flytecache.store.filesystem import network_filesystem_type
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
-from flytecache.store.urls import is_sqlite, normalize_url
+from flytecache.store.opening import describe_url
+from flytecache.store.urls import is_sqlite
 from flytecache.timeutil import (
     MAX_TS_SECONDS,
     MIN_TS_SECONDS,
@@ -85,10 +85,7 @@ __all__ = [
     "iso_utc",
     "iter_entries",
     "iter_reservations",
-    "open_engine",
-    "open_store",
     "prune",
-    "require_database",
     "require_sqlite",
     "resource_type_name",
     "sqlite_files",
@@ -127,73 +124,6 @@ def _now(target: Target, now_us: int | None) -> int:
     if now_us is not None:
         return now_us
     return target.now_us() if isinstance(target, CacheStore) else system_now_us()
-
-
-def require_database(url: URL) -> None:
-    """Raise unless ``url`` names an existing database (SQLite: the file must exist)."""
-    if not is_sqlite(url):
-        return
-    path = Path(str(url.database))
-    if path.is_dir():
-        raise InvalidArgumentError(f"cannot open database {path}: it is a directory", field="db")
-    if not path.exists():
-        raise InvalidArgumentError(
-            f"database {path} does not exist; create it with `flytecache db upgrade --db {path}`",
-            field="db",
-        )
-
-
-def _create_engine(url: URL, settings: StoreSettings) -> Engine:
-    try:
-        return create_store_engine(url, settings)
-    except ImportError as error:
-        raise UnavailableError(
-            f"the driver for {url.drivername} is not installed ({error}); "
-            "for PostgreSQL install flytecache[postgres]"
-        ) from error
-
-
-def open_engine(
-    url_or_path: str | os.PathLike[str],
-    settings: StoreSettings | None = None,
-    *,
-    must_exist: bool = True,
-) -> Engine:
-    """An engine for admin work; with ``must_exist`` a missing SQLite file is an error."""
-    url = normalize_url(url_or_path)
-    if must_exist:
-        require_database(url)
-    return _create_engine(url, settings or StoreSettings())
-
-
-def open_store(
-    url_or_path: str | os.PathLike[str],
-    settings: StoreSettings | None = None,
-    *,
-    must_exist: bool = True,
-    migrate: bool = False,
-) -> CacheStore:
-    """Open a :class:`CacheStore` without creating a database that does not exist.
-
-    With ``migrate=False`` (the default) a database that is not at the current schema raises
-    :class:`~flytecache.errors.SchemaError` naming ``flytecache db upgrade``.
-    """
-    url = normalize_url(url_or_path)
-    if must_exist:
-        require_database(url)
-    try:
-        return CacheStore.open(url_or_path, settings=settings, migrate=migrate)
-    except ImportError as error:
-        raise UnavailableError(
-            f"the driver for {url.drivername} is not installed ({error}); "
-            "for PostgreSQL install flytecache[postgres]"
-        ) from error
-
-
-def describe_url(target: Target | URL) -> str:
-    """The database URL with any password hidden."""
-    url = target if isinstance(target, URL) else _engine(target).url
-    return url.render_as_string(hide_password=True)
 
 
 _POSTGRES_INSTEAD = {

@@ -22,14 +22,10 @@ from flytecache.errors import (
     InvalidArgumentError,
     NotFoundError,
     StorageError,
-    UnavailableError,
 )
-from flytecache.store.engine import create_store_engine
-from flytecache.store.filesystem import sqlite_unopenable_directory
-from flytecache.store.migrate import ensure_schema
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.pool import HotPool, Sql
-from flytecache.store.urls import dialect_insert, is_sqlite, normalize_url
+from flytecache.store.urls import dialect_insert, is_sqlite
 from flytecache.timeutil import (
     Clock,
     make_now_us,
@@ -138,7 +134,7 @@ class Statements:
                     "expires_at": ex.expires_at,
                     "updated_at": ex.updated_at,
                     "created_at": sa.case(
-                        (r.c.owner_id == ex.owner_id, ex.created_at), else_=ex.created_at
+                        (r.c.owner_id == ex.owner_id, r.c.created_at), else_=ex.created_at
                     ),
                     "previous_owner": r.c.owner_id,
                 },
@@ -206,38 +202,9 @@ class CacheStore:
         from it (default: the system clock). With ``migrate=False`` a database that is not at
         the current schema raises :class:`~flytecache.errors.SchemaError`.
         """
-        if settings is None:
-            settings = StoreSettings()
-        elif not isinstance(settings, StoreSettings):
-            raise InvalidArgumentError("settings must be a StoreSettings", field="settings")
-        if clock is not None and not callable(clock):
-            raise InvalidArgumentError(
-                "clock must be a callable returning a datetime", field="clock"
-            )
-        url = normalize_url(url_or_path)
-        engine = create_store_engine(url, settings)
-        try:
-            ensure_schema(engine, migrate=migrate)
-        except UnavailableError:
-            engine.dispose()
-            if not sqlite_unopenable_directory(url):
-                raise
-            # A read-only directory: serve reads, fail writes with a clear message.
-            engine = create_store_engine(url, settings, read_only=True)
-            try:
-                ensure_schema(engine, migrate=False)
-            except BaseException:
-                engine.dispose()
-                raise
-        except StorageError as error:
-            engine.dispose()
-            # Name the file: "damaged" means little without knowing which database.
-            where = url.database if is_sqlite(url) else url.render_as_string(hide_password=True)
-            raise type(error)(f"{where}: {error}", **error.fields) from error
-        except BaseException:
-            engine.dispose()
-            raise
-        return cls(engine, settings=settings, clock=clock)
+        from flytecache.store.opening import open_store
+
+        return open_store(url_or_path, settings=settings, clock=clock, migrate=migrate)
 
     def close(self) -> None:
         """Close every connection this store opened (idempotent)."""

@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 
 from flytecache.errors import InvalidArgumentError
 
-__all__ = ["describe_url", "dialect_insert", "is_sqlite", "normalize_url"]
+__all__ = ["database_name", "dialect_insert", "is_sqlite", "normalize_url"]
 
 
 def is_sqlite(url: URL | Engine) -> bool:
@@ -58,7 +58,7 @@ def normalize_url(url_or_path: str | os.PathLike[str]) -> URL:
     )
 
 
-def describe_url(url: URL) -> str:
+def database_name(url: URL) -> str:
     """The database as a person names it: the SQLite file's path, else the URL without the
     password."""
     if is_sqlite(url) and url.database:

@@ -1,0 +1,152 @@
+"""Opening a database, in one place: the path checks, a missing driver, the read-only fallback,
+the schema check, and what state the schema is in.
+
+Every way in — ``CacheStore.open``, the admin CLI, the server — goes through :func:`open_store`
+or :func:`open_engine`, so each rule (a missing file, a missing PostgreSQL driver, a file on a
+read-only directory, a schema too old or too new) is decided once and reported the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import URL, Engine
+
+from flytecache.config import StoreSettings
+from flytecache.errors import InvalidArgumentError, StorageError, UnavailableError
+from flytecache.store.engine import create_store_engine, read_connection
+from flytecache.store.filesystem import sqlite_unopenable_directory
+from flytecache.store.migrate import current_revision, ensure_schema, head_revision
+from flytecache.store.urls import database_name, is_sqlite, normalize_url
+from flytecache.timeutil import Clock
+
+if TYPE_CHECKING:
+    from flytecache.store.cache import CacheStore
+
+__all__ = [
+    "SchemaState",
+    "describe_url",
+    "open_engine",
+    "open_store",
+    "require_database",
+    "schema_state",
+]
+
+
+def require_database(url: URL) -> None:
+    """Raise unless ``url`` names an existing database (SQLite: the file must exist)."""
+    if not is_sqlite(url):
+        return
+    path = Path(str(url.database))
+    if path.is_dir():
+        raise InvalidArgumentError(f"cannot open database {path}: it is a directory", field="db")
+    if not path.exists():
+        raise InvalidArgumentError(
+            f"database {path} does not exist; create it with `flytecache db upgrade --db {path}`",
+            field="db",
+        )
+
+
+def _engine(url: URL, settings: StoreSettings, *, read_only: bool = False) -> Engine:
+    try:
+        return create_store_engine(url, settings, read_only=read_only)
+    except ImportError as error:
+        raise UnavailableError(
+            f"the driver for {url.drivername} is not installed ({error}); "
+            "for PostgreSQL install flytecache[postgres]"
+        ) from error
+
+
+def open_engine(
+    url_or_path: str | os.PathLike[str],
+    settings: StoreSettings | None = None,
+    *,
+    must_exist: bool = True,
+) -> Engine:
+    """An engine for admin work (migrations, checks); with ``must_exist`` a missing SQLite file
+    is an :class:`InvalidArgumentError` instead of a new empty database. A missing driver is an
+    :class:`UnavailableError` naming what to install."""
+    url = normalize_url(url_or_path)
+    if must_exist:
+        require_database(url)
+    return _engine(url, settings or StoreSettings())
+
+
+def open_store(
+    url_or_path: str | os.PathLike[str],
+    *,
+    settings: StoreSettings | None = None,
+    clock: Clock | None = None,
+    migrate: bool = True,
+    must_exist: bool = False,
+) -> CacheStore:
+    """Open a :class:`~flytecache.CacheStore` (``CacheStore.open`` is this function).
+
+    ``migrate`` creates or migrates the schema; without it a database not at the current
+    schema raises :class:`~flytecache.errors.SchemaError`. ``must_exist`` refuses to create a
+    SQLite file. A SQLite file whose directory cannot be written (so no WAL can be made) is
+    opened read-only: reads work, writes fail clearly. Errors name the database.
+    """
+    from flytecache.store.cache import CacheStore
+
+    if settings is None:
+        settings = StoreSettings()
+    elif not isinstance(settings, StoreSettings):
+        raise InvalidArgumentError("settings must be a StoreSettings", field="settings")
+    if clock is not None and not callable(clock):
+        raise InvalidArgumentError("clock must be a callable returning a datetime", field="clock")
+    url = normalize_url(url_or_path)
+    if must_exist:
+        require_database(url)
+    engine = _engine(url, settings)
+    try:
+        ensure_schema(engine, migrate=migrate)
+    except UnavailableError:
+        engine.dispose()
+        if not sqlite_unopenable_directory(url):
+            raise
+        # A read-only directory: serve reads, fail writes with a clear message.
+        engine = _engine(url, settings, read_only=True)
+        try:
+            ensure_schema(engine, migrate=False)
+        except BaseException:
+            engine.dispose()
+            raise
+    except StorageError as error:
+        engine.dispose()
+        # Name the file: "damaged" means little without knowing which database.
+        raise type(error)(f"{database_name(url)}: {error}", **error.fields) from error
+    except BaseException:
+        engine.dispose()
+        raise
+    return CacheStore(engine, settings=settings, clock=clock)
+
+
+def describe_url(engine: Engine | URL) -> str:
+    """The database URL with any password hidden (for messages)."""
+    url = engine if isinstance(engine, URL) else engine.url
+    return url.render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """Where a database's schema stands: its revision (``None``: empty) and this code's head."""
+
+    current: str | None
+    head: str
+
+    @property
+    def at_head(self) -> bool:
+        """Whether the database is at the schema this code expects."""
+        return self.current == self.head
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """The schema revision of the database behind ``engine``, next to this code's head (one
+    short read transaction)."""
+    with read_connection(engine) as conn:
+        current = current_revision(conn)
+    return SchemaState(current, head_revision())
