@@ -7,9 +7,9 @@ url=sqlite:///cache.db upgrade head``), it opens the URL itself.
 
 from __future__ import annotations
 
+from alembic import context
 from sqlalchemy import create_engine
 
-from alembic import context
 from flytecache.store.models import Base
 
 config = context.config

@@ -102,7 +102,7 @@ class StoreSettings:
             raise InvalidArgumentError(
                 f"grace_multiplier must be a number, got {self.grace_multiplier!r}"
             )
-        if not 0 < self.grace_multiplier < 1001:
+        if not 0 < self.grace_multiplier <= 1000:
             raise InvalidArgumentError(
                 f"grace_multiplier must be in (0, 1000], got {self.grace_multiplier}"
             )

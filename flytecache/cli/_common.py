@@ -18,9 +18,9 @@ import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from sqlalchemy.engine import Engine
 
     from flytecache.store import CacheStore
+    from flytecache.store.opening import Engine
 
 DbOption = Annotated[
     str,

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from alembic import command
 from flytecache.errors import SchemaError
 from flytecache.store.driver_errors import translate_errors
 from flytecache.store.engine import lock_for_migration, read_connection, write_connection

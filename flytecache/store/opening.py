@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from flytecache.store.cache import CacheStore
 
 __all__ = [
+    "Engine",
     "SchemaState",
     "describe_url",
     "open_engine",
