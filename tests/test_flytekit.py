@@ -118,22 +118,71 @@ def test_import_a_cache_flytekit_wrote(runs: Runs, home: Path, tmp_path: Path) -
     runs.run("-", "cached:2", "cached:3", "cached:3")
     assert runs.computed() == Counter(cached=2)
     local_cache = home / ".flyte" / "local-cache"
-    assert (local_cache / "cache.db").exists()
+    before = _digests(local_cache)
 
     db = str(tmp_path / "imported.db")
     flytecache = str(BIN / "flytecache")
     command = [flytecache, "import", "--from-flytekit-cache", str(local_cache), "--db", db]
     dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
-    assert dry.returncode == 0 and "would import 2 entries" in dry.stderr, dry.stderr
+    assert dry.returncode == 1 and "does not exist" in dry.stderr  # a dry run creates nothing
+    assert not Path(db).exists()
     done = subprocess.run([*command, "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert '"imported": 2' in done.stdout
+    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
+    assert dry.returncode == 0 and "would import 0 entries" in dry.stderr, dry.stderr
     again = subprocess.run(command, capture_output=True, text=True)
     assert "imported 0 entries" in again.stderr and "2 skipped" in again.stderr
+    replaced = subprocess.run([*command, "--overwrite"], capture_output=True, text=True)
+    assert "imported 2 entries" in replaced.stderr and "2 replaced" in replaced.stderr
+    assert _digests(local_cache) == before  # flytekit's cache is only read
 
     # Executions through flytecache now hit what flytekit had cached.
     assert runs.run(db, "cached:2", "cached:3") == [("cached", "4"), ("cached", "9")]
     assert runs.computed() == Counter(cached=2)
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    """The cache's data files by content (SQLite's -wal/-shm companions, which any reader of a
+    WAL database may create empty, are not data)."""
+    import hashlib
+
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and not path.name.endswith(("-wal", "-shm"))
+    }
+
+
+def test_import_refuses_the_flyte_2_sdks_cache(tmp_path: Path) -> None:
+    import sqlite3
+
+    sdk_cache = tmp_path / "local-cache"
+    sdk_cache.mkdir()
+    with sqlite3.connect(sdk_cache / "cache.db") as conn:  # the Flyte 2 SDK's table, as it makes it
+        conn.execute("CREATE TABLE task_cache (key TEXT PRIMARY KEY, value BLOB)")
+    before = _digests(sdk_cache)
+    with pytest.raises(NotFoundError, match="the Flyte 2 SDK's local cache"):
+        fc_flytekit.import_local_cache(sdk_cache, str(tmp_path / "c.db"), dry_run=True)
+    assert _digests(sdk_cache) == before
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "version"),
+    [
+        ("wf.square-1-4b8b4613b3fc9258a7581ab7c6b3b2d0", "wf.square", "1"),
+        ("wf.square-v1-beta-4b8b4613b3fc9258a7581ab7c6b3b2d0", "wf.square", "v1-beta"),
+        (
+            "wf.map_sq_6f1e-arraynode-1-4b8b4613b3fc9258a7581ab7c6b3b2d0",
+            "wf.map_sq_6f1e-arraynode",
+            "1",
+        ),
+    ],
+)
+def test_task_name_and_version_are_read_from_flytekit_keys(
+    key: str, name: str, version: str
+) -> None:
+    assert fc_flytekit._split_flytekit_key(key) == (name, version)
 
 
 def test_import_refuses_a_directory_without_a_flytekit_cache(tmp_path: Path) -> None:

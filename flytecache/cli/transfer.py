@@ -189,16 +189,17 @@ def _import_flytekit_cache(
             {
                 "read": result.read,
                 "imported": result.imported,
+                "replaced": result.replaced,
                 "skipped": result.skipped,
                 "unreadable": result.unreadable,
                 "dry_run": dry_run,
             }
         )
     verb = "would import" if dry_run else "imported"
-    present = "replaced" if overwrite else "skipped (present)"
+    present = f"{result.replaced} replaced" if overwrite else f"{result.skipped} skipped (present)"
     err(
         f"{verb} {plural(result.imported, 'entry', 'entries')} from {directory}: "
-        f"{result.skipped} {present}, {len(result.unreadable)} unreadable"
+        f"{present}, {len(result.unreadable)} unreadable"
     )
     for key in result.unreadable:
         err(f"  unreadable: {key}")

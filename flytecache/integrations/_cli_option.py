@@ -50,13 +50,20 @@ def add_cli_option(
         from flytecache.errors import FlyteCacheError
 
         db = ctx.params.pop("flytecache", None)
+        from_command_line = (
+            ctx.get_parameter_source("flytecache") is click.core.ParameterSource.COMMANDLINE
+        )
+        if db is not None and not db.strip():
+            if from_command_line:
+                raise click.UsageError("--flytecache needs a database path or URL")
+            db = None  # FLYTECACHE_DB set but empty: as if unset
         if db:
             if is_local(ctx.params):
                 try:
                     install(db)
                 except FlyteCacheError as error:
                     raise click.UsageError(f"--flytecache {db}: {error}") from error
-            elif ctx.get_parameter_source("flytecache") is click.core.ParameterSource.COMMANDLINE:
+            elif from_command_line:
                 raise click.UsageError(f"--flytecache caches {runs}: {remote_hint}")
         return invoke(ctx)
 

@@ -28,9 +28,12 @@ and releases its lease however it ends. :func:`uninstall` puts both back.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
+import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -278,12 +281,14 @@ def _model_literal_map(outputs: literals_pb2.LiteralMap) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class LocalCacheImport:
-    """What :func:`import_local_cache` did: entries read, stored, skipped, and unreadable."""
+    """What :func:`import_local_cache` did: entries read, stored, replaced, skipped, unreadable."""
 
     read: int
     """Entries found in the flytekit cache directory."""
     imported: int
-    """Entries stored (or, on a dry run, that would be)."""
+    """Entries stored (or, on a dry run, that would be), replacements included."""
+    replaced: int
+    """Of those, entries that replaced one already in flytecache (only with ``overwrite``)."""
     skipped: int
     """Entries whose key already exists in flytecache (kept, unless ``overwrite``)."""
     unreadable: list[str]
@@ -306,63 +311,110 @@ def import_local_cache(
     ``<project>-<domain>-<key>``, with the task name and cache version (parsed from the key,
     ``<task name>-<cache version>-<inputs hash>``) as its ``source_identifier``. So after the
     import, local executions through flytecache hit what they hit before. Existing keys are
-    skipped unless ``overwrite``; ``dry_run`` reads and counts and writes nothing. Raises
-    :class:`~flytecache.errors.NotFoundError` when ``directory`` holds no flytekit cache and
-    :class:`~flytecache.errors.InvalidArgumentError` for bad arguments. Needs ``diskcache``
-    (a flytekit dependency); values pickled by old flytekit releases need ``flytekit``.
+    skipped unless ``overwrite``. ``dry_run`` reads and counts and writes nothing, not even a
+    new database (``db`` must then exist). The flytekit cache is only read: it is copied aside
+    before ``diskcache`` opens it. Raises :class:`~flytecache.errors.NotFoundError` when
+    ``directory`` holds no flytekit cache (naming the Flyte 2 SDK's cache when it finds that
+    instead) and :class:`~flytecache.errors.InvalidArgumentError` for bad arguments. Needs
+    ``diskcache`` (a flytekit dependency); values pickled by old flytekit releases need
+    ``flytekit``.
     """
     from flytecache.errors import AlreadyExistsError
 
     settings = IntegrationSettings(project=project, domain=domain)
-    read = imported = skipped = 0
+    read = imported = replaced = skipped = 0
     unreadable: list[str] = []
-    with open_client(resolve_db(db)) as client:
+    _check_diskcache(Path(directory).expanduser())  # before a database is opened or created
+    with _open_for_import(resolve_db(db), dry_run) as client:
         for key, outputs in _local_cache_items(directory, unreadable):
             read += 1
             task_name, cache_version = _split_flytekit_key(key)
             identifier = _identifier(settings, task_name, cache_version)
             slot = _slot(client, identifier, key)
-            if dry_run:
-                if slot.lookup() == (None, False) or overwrite:
-                    imported += 1
-                else:
-                    skipped += 1
+            present = slot.lookup() != (None, False)
+            if present and not overwrite:
+                skipped += 1
             else:
-                try:
-                    slot.put(outputs, _metadata(identifier, "flytekit-import"), overwrite=overwrite)
-                    imported += 1
-                except AlreadyExistsError:
-                    skipped += 1
+                if not dry_run:
+                    try:
+                        metadata = _metadata(identifier, "flytekit-import")
+                        slot.put(outputs, metadata, overwrite=overwrite)
+                    except AlreadyExistsError:  # stored meanwhile by someone else: theirs stays
+                        skipped += 1
+                        continue
+                imported += 1
+                replaced += present
             if progress is not None:
                 progress(read)
-    return LocalCacheImport(read + len(unreadable), imported, skipped, unreadable)
+    return LocalCacheImport(read + len(unreadable), imported, replaced, skipped, unreadable)
+
+
+def _open_for_import(target: str, dry_run: bool) -> CatalogClient:
+    if dry_run and not target.startswith(("http://", "https://")):
+        from flytecache.store.opening import open_store
+
+        return CatalogClient(open_store(target, must_exist=True, migrate=False))
+    return open_client(target)
 
 
 def _local_cache_items(
     directory: str | os.PathLike[str], unreadable: list[str]
 ) -> Iterator[tuple[str, literals_pb2.LiteralMap]]:
     path = Path(directory).expanduser()
-    if not (path / "cache.db").is_file():
-        raise NotFoundError(
-            f"{path} holds no flytekit local cache (no cache.db): flytekit writes it to "
-            f"~/.flyte/local-cache",
-            path=str(path),
-        )
     try:
         import diskcache
     except ImportError:
         raise InvalidArgumentError(
             "reading a flytekit cache needs diskcache: pip install diskcache", field="directory"
         ) from None
-    with diskcache.Cache(str(path)) as cache:
-        for key in cache.iterkeys():
-            try:
-                value = cache.get(key)
-                outputs = _as_literal_map(value)
-            except Exception:  # a pickle of a class that is gone, bytes that are not a map...
-                unreadable.append(str(key))
-                continue
-            yield str(key), outputs
+    with tempfile.TemporaryDirectory(prefix="flytecache-flytekit-import-") as aside:
+        _copy_aside(path, Path(aside))
+        with diskcache.Cache(aside) as cache:
+            for key in cache.iterkeys():
+                try:
+                    value = cache.get(key)
+                    outputs = _as_literal_map(value)
+                except Exception:  # a pickle of a class that is gone, bytes that are not a map
+                    unreadable.append(str(key))
+                    continue
+                yield str(key), outputs
+
+
+def _check_diskcache(path: Path) -> None:
+    """:class:`NotFoundError` unless ``path`` holds a diskcache (flytekit's local cache)."""
+    database = path / "cache.db"
+    if not database.is_file():
+        raise NotFoundError(
+            f"{path} holds no flytekit local cache (no cache.db): flytekit writes it to "
+            f"~/.flyte/local-cache",
+            path=str(path),
+        )
+    with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    if "Cache" in tables:
+        return
+    if "task_cache" in tables:
+        raise NotFoundError(
+            f"{database} is the Flyte 2 SDK's local cache (table task_cache), not flytekit's; "
+            "its entries are keyed by the SDK and cannot be imported as flytekit entries",
+            path=str(path),
+        )
+    raise NotFoundError(f"{database} is not a flytekit (diskcache) cache", path=str(path))
+
+
+def _copy_aside(source: Path, aside: Path) -> None:
+    """A read-only view of the diskcache at ``source`` in ``aside``: a consistent copy of its
+    database (diskcache writes its settings on open) and links to its value files."""
+    with (
+        contextlib.closing(
+            sqlite3.connect(f"{(source / 'cache.db').as_uri()}?mode=ro", uri=True)
+        ) as original,
+        contextlib.closing(sqlite3.connect(aside / "cache.db")) as copy,
+    ):
+        original.backup(copy)
+    for child in source.iterdir():
+        if child.is_dir():  # diskcache keeps large values in files under two-level folders
+            (aside / child.name).symlink_to(child, target_is_directory=True)
 
 
 def _as_literal_map(value: Any) -> literals_pb2.LiteralMap:
@@ -377,9 +429,15 @@ def _as_literal_map(value: Any) -> literals_pb2.LiteralMap:
 def _split_flytekit_key(key: str) -> tuple[str, str]:
     """``<task name>-<cache version>-<inputs hash>`` → (task name, cache version).
 
-    Task names are Python dotted paths (no ``-``) and the hash (joblib's, hexadecimal) has no
-    ``-``, so the task name ends at the first ``-`` and the version at the last.
+    The hash (joblib's, hexadecimal) has no ``-``. Task names are Python dotted paths, which
+    have none either, except flytekit's map tasks (``<name>-arraynode``); so the task name ends
+    at the first ``-`` (after ``-arraynode``) and the version at the last. A key is still stored
+    whole; only the name and version shown in listings depend on this.
     """
-    name, _, rest = key.partition("-")
-    version, _, _ = rest.rpartition("-")
+    rest, _, _ = key.rpartition("-")
+    marker = "-arraynode-"
+    if marker in rest:
+        name, _, version = rest.partition(marker)
+        return name + marker[:-1], version
+    name, _, version = rest.partition("-")
     return name, version
