@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from _cli import as_json, fails, int_literal, new_db, ok, put_inline, put_uri, run
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
-from test_cli import as_json, fails, int_literal, new_db, ok, put_inline, put_uri, run
 
 from flytecache import CacheStore
 from flytecache.errors import InvalidArgumentError, NotFoundError, SchemaError
-from flytecache.store import admin
-from flytecache.store.timeutil import us_to_datetime
+from flytecache.store import admin, opening
+from flytecache.timeutil import us_to_datetime
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -221,7 +221,7 @@ def test_import_is_atomic(populated: CacheStore) -> None:
 
 
 def test_check_database(url: str) -> None:
-    engine = admin.open_engine(url)
+    engine = opening.open_engine(url)
     try:
         items = {item.name: item.status for item in admin.check_database(engine)}
     finally:
@@ -282,15 +282,15 @@ def test_cli_on_postgres(migrated_pg_url: str, tmp_path: Path) -> None:
 def test_open_store_never_creates_a_database(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
     with pytest.raises(InvalidArgumentError, match="does not exist"):
-        admin.open_store(str(path))
+        opening.open_store(str(path), must_exist=True, migrate=False)
     with pytest.raises(InvalidArgumentError, match="does not exist"):
-        admin.open_engine(str(path))
+        opening.open_engine(str(path))
     assert not path.exists()
     path.touch()
     with pytest.raises(SchemaError, match="db upgrade"):
-        admin.open_store(str(path))
-    admin.open_store(str(path), migrate=True).close()
-    admin.open_store(str(path)).close()
+        opening.open_store(str(path), must_exist=True, migrate=False)
+    opening.open_store(str(path), must_exist=True, migrate=True).close()
+    opening.open_store(str(path), must_exist=True, migrate=False).close()
 
 
 def test_iso_utc() -> None:
@@ -323,7 +323,7 @@ def test_listings_read_one_snapshot(url: str, store: CacheStore) -> None:
         first_entry, first_lease = next(entries), next(leases)
         for i in range(10):
             writer.delete(f"k{i}")
-            writer.release(f"r{i}", "o")
+            writer.release_reservation(f"r{i}", "o")
         put_uri(writer, "later")
         assert [first_entry.key, *(e.key for e in entries)] == [f"k{i}" for i in range(9, -1, -1)]
         assert [first_lease.key, *(r.key for r in leases)] == [f"r{i}" for i in range(10)]

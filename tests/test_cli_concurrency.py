@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import as_json, bulk_insert, new_db, ok, open_store, run
+from _cli import as_json, bulk_insert, new_db, ok, open_store, run
 
 CTX = multiprocessing.get_context("spawn")
 BUSY_TIMEOUT = 5.0  # StoreSettings' default, which the writers use

@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_cli import (
+from _cli import (
     BACKENDS,
     as_json,
     connect,
@@ -222,7 +222,7 @@ def test_check_fails_on_a_large_wal(db: str) -> None:
 
 
 def test_check_names_a_network_filesystem(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for module in ("engine", "admin"):
+    for module in ("filesystem", "admin"):
         monkeypatch.setattr(f"flytecache.store.{module}.network_filesystem_type", lambda *_: "nfs4")
     assert "network filesystem (nfs4)" in fails(run(db, "entries", "ls"))
     result = run(db, "db", "check", "--json")

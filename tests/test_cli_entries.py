@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from flyteidl2.core import literals_pb2
-from test_cli import (
+from _cli import (
     BACKENDS,
     OUTPUTS,
     Clock,
@@ -25,6 +24,7 @@ from test_cli import (
     put_uri,
     run,
 )
+from flyteidl2.core import literals_pb2
 
 DAY = timedelta(days=1)
 

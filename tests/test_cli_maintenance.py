@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from flyteidl2.core import literals_pb2
-from test_cli import (
+from _cli import (
     BACKENDS,
     Clock,
     as_json,
@@ -29,6 +28,7 @@ from test_cli import (
     put_uri,
     run,
 )
+from flyteidl2.core import literals_pb2
 
 
 @pytest.fixture(params=BACKENDS)

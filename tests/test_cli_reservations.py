@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_cli import BACKENDS, Clock, as_json, fails, new_db_on, ok, open_store, run
+from _cli import BACKENDS, Clock, as_json, fails, new_db_on, ok, open_store, run
+
+from flytecache import CacheStore
 
 
 @pytest.fixture(params=BACKENDS)
@@ -76,6 +78,64 @@ def test_ls_for_people(db: str) -> None:
     assert "expired 1m 4" in out  # old-2: taken 2 minutes ago for 15s
     empty = ok(run(db, "reservations", "ls", "--owner", "nobody"))
     assert empty.stdout == "" and "no reservations" in empty.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ls_held_since_restarts_on_take_over_only(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, clock
+) -> None:
+    """``created_at`` ("held since") is when the current owner first took the lease: another
+    owner taking it over starts it afresh, the same owner extending it (even late) keeps it."""
+    path = new_db_on(backend, request, tmp_path)
+
+    def held_since() -> tuple[str, datetime]:
+        [lease] = as_json(run(path, "reservations", "ls", "--json"))
+        return lease["owner_id"], datetime.fromisoformat(lease["created_at"])
+
+    hb = timedelta(seconds=1)  # the lease lasts 3 s after each claim
+    with CacheStore.open(path, clock=clock) as store:
+        first = clock.now
+        store.get_or_extend_reservation("k", "owner-a", hb)
+        clock.advance(timedelta(seconds=2))
+        store.get_or_extend_reservation("k", "owner-a", hb)
+        assert held_since() == ("owner-a", first)
+        clock.advance(timedelta(minutes=1))  # owner-a's lease expired, and it comes back
+        store.get_or_extend_reservation("k", "owner-a", hb)
+        assert held_since() == ("owner-a", first)
+        taken = clock.advance(timedelta(seconds=3))
+        store.get_or_extend_reservation("k", "owner-b", hb)
+        assert held_since() == ("owner-b", taken)
+        clock.advance(timedelta(seconds=1))
+        store.get_or_extend_reservation("k", "owner-b", hb)
+        assert held_since() == ("owner-b", taken)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ls_counts_a_lease_expired_exactly_at_its_expiry(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, clock
+) -> None:
+    """At ``expires_at == now`` ``ls`` lists the lease as expired, the same instant the store
+    lets another owner take it over. Driven through ``admin.iter_reservations``, which ``ls``
+    calls, because only the store's injected clock can land on that microsecond."""
+    from flytecache.store import admin
+
+    path = new_db_on(backend, request, tmp_path)
+    with CacheStore.open(path, clock=clock) as store:
+
+        def listed(state: admin.ReservationState) -> list[str]:
+            return [lease.key for lease in admin.iter_reservations(store, state=state)]
+
+        store.get_or_extend_reservation("k", "owner-a", timedelta(seconds=1))
+        clock.advance(timedelta(seconds=3, microseconds=-1))
+        [lease] = admin.iter_reservations(store)
+        assert lease.as_json()["active"] is True
+        assert (listed("active"), listed("expired")) == (["k"], [])
+        clock.advance(timedelta(microseconds=1))
+        [lease] = admin.iter_reservations(store)
+        assert lease.expires_at == store.now_us()
+        assert lease.as_json()["active"] is False and lease.as_json()["expires_in"] == 0
+        assert (listed("active"), listed("expired")) == ([], ["k"])
+        assert store.get_or_extend_reservation("k", "owner-b").owner_id == "owner-b"
 
 
 def test_release(db: str) -> None:

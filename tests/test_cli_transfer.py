@@ -18,11 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flyteidl2.cacheservice import cacheservice_pb2 as cs
-from flyteidl2.core import identifier_pb2, literals_pb2
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from test_cli import (
+from _cli import (
     BACKENDS,
     ENTRIES,
     OUTPUTS,
@@ -40,6 +36,10 @@ from test_cli import (
     put_uri,
     run,
 )
+from flyteidl2.cacheservice import cacheservice_pb2 as cs
+from flyteidl2.core import identifier_pb2, literals_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flytecache.store import admin
 

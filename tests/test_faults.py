@@ -64,10 +64,9 @@ def test_disk_full_is_resource_exhausted_and_recoverable(tmp_path: Path) -> None
 
 def test_page_limit_is_resource_exhausted(sqlite_store: CacheStore) -> None:
     """The same fault via SQLite's own size cap (works without root)."""
-    conn = sqlite_store._pool.acquire()
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    conn.execute(f"PRAGMA max_page_count = {pages + 8}")
-    sqlite_store._pool.release(conn)
+    with sqlite_store.dbapi_connection() as conn:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 8}")
     with pytest.raises(ResourceExhaustedError):
         for i in range(1000):
             sqlite_store.put(f"k{i}", _blob_output(16 * 1024, i))

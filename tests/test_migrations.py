@@ -11,7 +11,8 @@ from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flytecache import CacheStore, StoreSettings
 from flytecache.errors import SchemaError
 from flytecache.store import migrate
-from flytecache.store.engine import create_store_engine, normalize_url
+from flytecache.store.engine import create_store_engine
+from flytecache.store.urls import normalize_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -60,13 +60,9 @@ def test_lock_held_too_long_is_storage_busy(migrated_pg_url: str) -> None:
 
 
 def test_connection_budget_is_bounded(migrated_pg_url: str) -> None:
-    settings = StoreSettings(pool_size=1, max_overflow=0)
+    settings = StoreSettings(pool_size=1, max_overflow=0, pool_timeout=timedelta(milliseconds=200))
     with CacheStore.open(migrated_pg_url, settings=settings) as store:
-        held = store._pool.acquire()
-        store._pool._wait = 0.2
-        try:
-            with pytest.raises(StorageBusyError, match="connections"):
-                store.get_or_extend_reservation("k", "o")
-        finally:
-            store._pool.release(held)
+        # Holding the only connection the budget allows, the next call waits pool_timeout.
+        with store.dbapi_connection(), pytest.raises(StorageBusyError, match="connections"):
+            store.get_or_extend_reservation("k", "o")
         store.get_or_extend_reservation("k", "o")

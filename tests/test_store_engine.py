@@ -15,29 +15,21 @@ from flytecache.errors import StorageBusyError
 
 def test_pragmas_on_every_connection(db_path: str) -> None:
     settings = StoreSettings(synchronous="FULL", busy_timeout=timedelta(seconds=2))
-    with CacheStore.open(db_path, settings=settings) as store:
-        conn = store._pool.acquire()
-        try:
-            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2000
-        finally:
-            store._pool.release(conn)
-    with CacheStore.open(db_path) as store:
-        conn = store._pool.acquire()
-        try:
-            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-        finally:
-            store._pool.release(conn)
+    with CacheStore.open(db_path, settings=settings) as store, store.dbapi_connection() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2000
+    with CacheStore.open(db_path) as store, store.dbapi_connection() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
 def test_reservation_runs_inside_begin_immediate(sqlite_store: CacheStore) -> None:
     store = sqlite_store
     statements: list[str] = []
-    conn = store._pool.acquire()
-    conn.set_trace_callback(statements.append)
-    store._pool.release(conn)  # LIFO: the next operation on this thread uses it
+    with store.dbapi_connection() as conn:
+        conn.set_trace_callback(statements.append)
+    # The pool is LIFO: the next operation on this thread uses that connection.
     store.get_or_extend_reservation("k", "owner")
     conn.set_trace_callback(None)
     assert statements[0] == "BEGIN IMMEDIATE"
@@ -49,9 +41,8 @@ def test_reservation_runs_inside_begin_immediate(sqlite_store: CacheStore) -> No
 def test_put_runs_inside_begin_immediate(sqlite_store: CacheStore) -> None:
     store = sqlite_store
     statements: list[str] = []
-    conn = store._pool.acquire()
-    conn.set_trace_callback(statements.append)
-    store._pool.release(conn)
+    with store.dbapi_connection() as conn:
+        conn.set_trace_callback(statements.append)
     store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
     conn.set_trace_callback(None)
     assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
@@ -94,15 +85,15 @@ def test_reads_do_not_wait_for_a_writer(db_path: str) -> None:
 def test_forked_child_never_reuses_parent_connections(db_path: str) -> None:
     with CacheStore.open(db_path) as store:
         store.put("parent", cs.CachedOutput(output_uri="s3://b/p"))
-        parent_conn = store._pool._idle[-1]
+        with store.dbapi_connection() as parent_conn:  # the one the put used (LIFO)
+            pass
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
             status = 1
             try:
-                fresh = store._pool.acquire()
-                ok = fresh is not parent_conn
-                store._pool.release(fresh)
+                with store.dbapi_connection() as fresh:
+                    ok = fresh is not parent_conn
                 store.put("child", cs.CachedOutput(output_uri="s3://b/c"))
                 status = 0 if ok and store.get("parent").output_uri == "s3://b/p" else 2
             finally:
@@ -114,7 +105,8 @@ def test_forked_child_never_reuses_parent_connections(db_path: str) -> None:
         os.close(write_end)
         # The parent's connection still works after the child exited.
         assert store.get("child").output_uri == "s3://b/c"
-        assert store._pool._idle[-1] is parent_conn
+        with store.dbapi_connection() as conn:
+            assert conn is parent_conn
 
 
 def test_wal_switch_waits_for_another_opener(tmp_path) -> None:
@@ -124,7 +116,7 @@ def test_wal_switch_waits_for_another_opener(tmp_path) -> None:
     import threading
     import time
 
-    from flytecache.store.engine import _switch_to_wal
+    from flytecache.store.engine import _switch_to_wal  # the race is only reachable here
 
     path = str(tmp_path / "fresh.db")
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

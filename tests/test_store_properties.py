@@ -344,14 +344,14 @@ def test_reservations_follow_the_decision_table(
             now += op[1]
             prop_clock.now += op[1] * US
         elif op[0] == "release":
-            released = prop_store.release(key, op[1])
+            released = prop_store.release_reservation(key, op[1])
             assert released == (held is not None and held[0] == op[1])
             if released:
                 held = None
         else:
             _, owner, requested = op
-            got, outcome = prop_store.reserve(
-                key, owner, None if requested is None else requested * US
+            got, outcome = prop_store.get_or_extend_reservation(
+                key, owner, None if requested is None else requested * US, with_outcome=True
             )
             hb = requested if requested is not None and 0 < requested < max_hb else max_hb
             if held is None:

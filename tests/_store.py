@@ -1,0 +1,74 @@
+"""Builders and readers shared by the store tests (``test_store_*``, ``test_settings``...)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import datetime, timedelta
+from typing import Any
+
+from flyteidl2.cacheservice import cacheservice_pb2 as cs
+from flyteidl2.core import literals_pb2
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from flytecache import CacheStore
+from flytecache.errors import FlyteCacheError
+
+US = timedelta(microseconds=1)
+MAX_HB = timedelta(seconds=10)  # StoreSettings defaults (Flyte's)
+GRACE = 3
+
+
+def ts(dt: datetime) -> Timestamp:
+    out = Timestamp()
+    out.FromDatetime(dt)
+    return out
+
+
+def dur(delta: timedelta) -> Duration:
+    out = Duration()
+    out.FromTimedelta(delta)
+    return out
+
+
+def int_literal(value: int) -> literals_pb2.Literal:
+    return literals_pb2.Literal(
+        scalar=literals_pb2.Scalar(primitive=literals_pb2.Primitive(integer=value))
+    )
+
+
+def uri_output(uri: str, metadata: cs.Metadata | None = None) -> cs.CachedOutput:
+    return cs.CachedOutput(output_uri=uri, metadata=metadata)
+
+
+def inline_output(
+    literals: dict[str, literals_pb2.Literal], metadata: cs.Metadata | None = None
+) -> cs.CachedOutput:
+    return cs.CachedOutput(
+        output_literals=literals_pb2.LiteralMap(literals=literals), metadata=metadata
+    )
+
+
+def check_error(error: BaseException, code: str) -> None:
+    assert isinstance(error, FlyteCacheError)
+    assert error.code == code
+
+
+def query(target: str | CacheStore, sql: str) -> list[tuple[Any, ...]]:
+    """Read the database directly, bypassing the store (a SQLite path, or a store's engine)."""
+    if isinstance(target, CacheStore):
+        with target.engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql).fetchall()]
+    with contextlib.closing(sqlite3.connect(target)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def lease_rows(target: str | CacheStore) -> list[tuple[Any, ...]]:
+    return query(target, "SELECT * FROM reservations ORDER BY key")
+
+
+def lease(key: str, owner: str, hb: timedelta, expires: datetime) -> cs.Reservation:
+    return cs.Reservation(
+        key=key, owner_id=owner, heartbeat_interval=dur(hb), expires_at=ts(expires)
+    )

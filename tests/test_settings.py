@@ -1,0 +1,124 @@
+"""``StoreSettings``: Flyte's defaults, validation at construction, ``FLYTECACHE_*`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from _store import US, check_error
+
+from flytecache import CacheStore, StoreSettings
+from flytecache.errors import InvalidArgumentError
+
+
+def test_settings_defaults_are_flytes():
+    settings = StoreSettings()
+    assert settings.max_heartbeat == timedelta(seconds=10)
+    assert settings.grace_multiplier == 3
+    assert settings.synchronous == "NORMAL"
+    assert settings.allow_network_filesystem is False
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        StoreSettings().max_heartbeat = timedelta(seconds=1)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_heartbeat": timedelta(0)},
+        {"max_heartbeat": timedelta(seconds=-1)},
+        {"max_heartbeat": 10},
+        {"busy_timeout": timedelta(0)},
+        {"busy_timeout": -US},
+        {"grace_multiplier": 0},
+        {"grace_multiplier": -1},
+        {"grace_multiplier": 1001},
+        {"grace_multiplier": "3"},
+        {"grace_multiplier": True},
+        {"grace_multiplier": float("nan")},
+        {"synchronous": "OFF"},
+        {"synchronous": "normal"},
+        {"allow_network_filesystem": "yes"},
+        {"pool_size": 0},
+        {"max_overflow": -1},
+    ],
+    ids=repr,
+)
+def test_settings_validation(changes: dict[str, Any]):
+    with pytest.raises(InvalidArgumentError) as info:
+        StoreSettings(**changes)
+    check_error(info.value, "INVALID_ARGUMENT")
+    with pytest.raises(InvalidArgumentError):
+        StoreSettings().replace(**changes)
+
+
+def test_grace_multiplier_accepts_its_maximum_and_nothing_past_it():
+    assert StoreSettings(grace_multiplier=1000).grace_multiplier == 1000
+    assert StoreSettings.from_env({"FLYTECACHE_GRACE_MULTIPLIER": "1000"}).grace_multiplier == 1000
+    with pytest.raises(InvalidArgumentError, match=re.escape("(0, 1000]")):
+        StoreSettings(grace_multiplier=math.nextafter(1000, math.inf))
+
+
+def test_settings_from_env():
+    environ = {
+        "FLYTECACHE_MAX_HEARTBEAT": "15s",
+        "FLYTECACHE_GRACE_MULTIPLIER": "2.5",
+        "FLYTECACHE_BUSY_TIMEOUT": "250ms",
+        "FLYTECACHE_SYNCHRONOUS": "full",
+        "FLYTECACHE_ALLOW_NETWORK_FILESYSTEM": "yes",
+        "FLYTECACHE_POOL_SIZE": "3",
+        "FLYTECACHE_MAX_OVERFLOW": "0",
+        "FLYTECACHE_UNRELATED": "ignored",
+        "MAX_HEARTBEAT": "1s",
+    }
+    assert StoreSettings.from_env(environ) == StoreSettings(
+        max_heartbeat=timedelta(seconds=15),
+        grace_multiplier=2.5,
+        busy_timeout=timedelta(milliseconds=250),
+        synchronous="FULL",
+        allow_network_filesystem=True,
+        pool_size=3,
+        max_overflow=0,
+    )
+
+
+def test_settings_from_env_overrides_win_and_empty_env_gives_defaults():
+    environ = {"FLYTECACHE_MAX_HEARTBEAT": "15s", "FLYTECACHE_GRACE_MULTIPLIER": "4"}
+    settings = StoreSettings.from_env(environ, max_heartbeat=timedelta(seconds=2))
+    assert settings.max_heartbeat == timedelta(seconds=2)
+    assert settings.grace_multiplier == 4
+    assert StoreSettings.from_env({}) == StoreSettings()
+
+
+def test_settings_from_process_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FLYTECACHE_MAX_HEARTBEAT", "1m")
+    assert StoreSettings.from_env().max_heartbeat == timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("FLYTECACHE_MAX_HEARTBEAT", "soon"),
+        ("FLYTECACHE_MAX_HEARTBEAT", "0s"),
+        ("FLYTECACHE_BUSY_TIMEOUT", "-1s"),
+        ("FLYTECACHE_GRACE_MULTIPLIER", "three"),
+        ("FLYTECACHE_GRACE_MULTIPLIER", "0"),
+        ("FLYTECACHE_SYNCHRONOUS", "off"),
+        ("FLYTECACHE_ALLOW_NETWORK_FILESYSTEM", "maybe"),
+        ("FLYTECACHE_POOL_SIZE", "many"),
+    ],
+)
+def test_settings_from_env_rejects_bad_values(var: str, value: str):
+    with pytest.raises(InvalidArgumentError):
+        StoreSettings.from_env({var: value})
+
+
+def test_open_rejects_settings_of_the_wrong_type(db_path: str):
+    with pytest.raises(InvalidArgumentError):
+        CacheStore.open(db_path, settings={"max_heartbeat": 5})  # type: ignore[arg-type]
