@@ -90,3 +90,10 @@ def duration_to_timedelta(duration: Duration, *, field: str) -> timedelta:
         return timedelta(seconds=duration.seconds, microseconds=duration.nanos // 1000)
     except OverflowError:
         raise InvalidArgumentError(f"{field} is out of range", field=field) from None
+
+
+def iso_utc(us: int | None) -> str | None:
+    """Microseconds since the epoch as ISO-8601 UTC (``2026-01-01T00:00:00.123456Z``)."""
+    if us is None:
+        return None
+    return us_to_datetime(us).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -12,9 +12,10 @@ from _cli import as_json, fails, int_literal, new_db, ok, put_inline, put_uri, r
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
 from flytecache import CacheStore
+from flytecache.cli import _present as present
 from flytecache.errors import InvalidArgumentError, NotFoundError, SchemaError
 from flytecache.store import admin, opening
-from flytecache.timeutil import us_to_datetime
+from flytecache.timeutil import iso_utc, us_to_datetime
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -103,7 +104,7 @@ def test_paging_with_equal_timestamps(store: CacheStore) -> None:
 
 def test_entry_summary_and_detail(populated: CacheStore) -> None:
     entry = next(admin.iter_entries(populated, admin.EntryFilter(project="beta")))
-    assert entry.as_json() == {
+    assert present.entry_json(entry) == {
         "key": "old-b",
         "project": "beta",
         "domain": "production",
@@ -119,7 +120,8 @@ def test_entry_summary_and_detail(populated: CacheStore) -> None:
     }
     detail = admin.get_entry(populated, "inline")
     assert detail.entry.inline and detail.key_map == {}
-    assert [(o.name, o.type, o.value) for o in detail.outputs or []] == [
+    described = [present.describe_literal(name, raw) for name, raw in detail.outputs or []]
+    assert [(o.name, o.type, o.value) for o in described] == [
         ("x", "integer", 1),
         ("y", "integer", 2),
     ]
@@ -158,7 +160,7 @@ def test_reservations(populated: CacheStore) -> None:
     assert set(leases) == {"expired", "live"}
     live = leases["live"]
     assert live.active and live.expires_in == 15.0 and live.heartbeat_interval == 5_000_000
-    assert live.as_json()["expires_at"] == "2026-01-01T00:00:15.000000Z"
+    assert present.reservation_json(live)["expires_at"] == "2026-01-01T00:00:15.000000Z"
     assert not leases["expired"].active
     assert [r.key for r in admin.iter_reservations(populated, state="active", now_us=NOW)] == [
         "live"
@@ -236,10 +238,10 @@ def test_check_database(url: str) -> None:
 def test_postgres_rejects_sqlite_only_operations(migrated_pg_url: str, tmp_path: Path) -> None:
     with CacheStore.open(migrated_pg_url) as store:
         for operation in (
-            lambda: admin.backup(store, tmp_path / "b.db"),
-            lambda: admin.checkpoint(store),
-            lambda: admin.vacuum(store),
-            lambda: admin.sqlite_files(store),
+            lambda: admin.backup(store.engine, tmp_path / "b.db"),
+            lambda: admin.checkpoint(store.engine),
+            lambda: admin.vacuum(store.engine),
+            lambda: admin.sqlite_files(store.engine),
         ):
             with pytest.raises(
                 InvalidArgumentError, match="SQLite-only; this database is postgresql"
@@ -294,11 +296,11 @@ def test_open_store_never_creates_a_database(tmp_path: Path) -> None:
 
 
 def test_iso_utc() -> None:
-    assert admin.iso_utc(None) is None
-    assert admin.iso_utc(0) == "1970-01-01T00:00:00.000000Z"
-    assert admin.iso_utc(-1) == "1969-12-31T23:59:59.999999Z"
+    assert iso_utc(None) is None
+    assert iso_utc(0) == "1970-01-01T00:00:00.000000Z"
+    assert iso_utc(-1) == "1969-12-31T23:59:59.999999Z"
     low = us(datetime(1, 1, 1, tzinfo=UTC))
-    assert admin.iso_utc(low) == "0001-01-01T00:00:00.000000Z"
+    assert iso_utc(low) == "0001-01-01T00:00:00.000000Z"
     assert us_to_datetime(us(T0)) == T0
 
 
@@ -307,9 +309,9 @@ def test_describe_literal_of_an_unset_scalar() -> None:
 
     literal = literals_pb2.Literal()
     literal.scalar.SetInParent()
-    assert admin.describe_literal("x", literal.SerializeToString()).type == "scalar"
-    assert admin.resource_type_name(99) == "99"
-    assert admin.resource_type_name(None) is None
+    assert present.describe_literal("x", literal.SerializeToString()).type == "scalar"
+    assert present.resource_type_name(99) == "99"
+    assert present.resource_type_name(None) is None
 
 
 def test_listings_read_one_snapshot(url: str, store: CacheStore) -> None:

@@ -222,7 +222,7 @@ def test_check_fails_on_a_large_wal(db: str) -> None:
 
 
 def test_check_names_a_network_filesystem(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for module in ("filesystem", "admin"):
+    for module in ("filesystem", "admin.checks"):
         monkeypatch.setattr(f"flytecache.store.{module}.network_filesystem_type", lambda *_: "nfs4")
     assert "network filesystem (nfs4)" in fails(run(db, "entries", "ls"))
     result = run(db, "db", "check", "--json")

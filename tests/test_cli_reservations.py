@@ -9,6 +9,7 @@ import pytest
 from _cli import BACKENDS, Clock, as_json, fails, new_db_on, ok, open_store, run
 
 from flytecache import CacheStore
+from flytecache.cli import _present as present
 
 
 @pytest.fixture(params=BACKENDS)
@@ -128,12 +129,15 @@ def test_ls_counts_a_lease_expired_exactly_at_its_expiry(
         store.get_or_extend_reservation("k", "owner-a", timedelta(seconds=1))
         clock.advance(timedelta(seconds=3, microseconds=-1))
         [lease] = admin.iter_reservations(store)
-        assert lease.as_json()["active"] is True
+        assert present.reservation_json(lease)["active"] is True
         assert (listed("active"), listed("expired")) == (["k"], [])
         clock.advance(timedelta(microseconds=1))
         [lease] = admin.iter_reservations(store)
         assert lease.expires_at == store.now_us()
-        assert lease.as_json()["active"] is False and lease.as_json()["expires_in"] == 0
+        assert (
+            present.reservation_json(lease)["active"] is False
+            and present.reservation_json(lease)["expires_in"] == 0
+        )
         assert (listed("active"), listed("expired")) == ([], ["k"])
         assert store.get_or_extend_reservation("k", "owner-b").owner_id == "owner-b"
 

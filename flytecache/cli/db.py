@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
     DbOption,
@@ -180,7 +181,7 @@ def check(
             engine.dispose()
         failed = [item for item in items if item.status == "fail"]
         if json:
-            print_json({"ok": not failed, "checks": [item.as_json() for item in items]})
+            print_json({"ok": not failed, "checks": [present.check_json(item) for item in items]})
         else:
             from rich.table import Table
             from rich.text import Text

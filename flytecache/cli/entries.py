@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
     DbOption,
@@ -116,7 +117,7 @@ def list_entries(
             # here, so its connection goes back to the pool before the store is closed.
             with contextlib.closing(rows):
                 if json:
-                    print_json_list(entry.as_json() for entry in capped())
+                    print_json_list(present.entry_json(entry) for entry in capped())
                 else:
                     from rich.table import Table
 
@@ -161,7 +162,7 @@ def show(
             detail = admin.get_entry(store, key)
             now = store.now_us()
         if json:
-            print_json(detail.as_json())
+            print_json(present.detail_json(detail))
             return
         from rich.table import Table
 
@@ -173,7 +174,7 @@ def show(
         info.add_row("key", entry.key)
         for label in ("project", "domain", "name", "version", "org"):
             info.add_row(label, getattr(entry, label) or "-")
-        info.add_row("resource type", admin.resource_type_name(entry.resource_type) or "-")
+        info.add_row("resource type", present.resource_type_name(entry.resource_type) or "-")
         info.add_row(
             "created", f"{human_time(entry.created_at)} ({human_age(entry.created_at, now)})"
         )
@@ -196,7 +197,8 @@ def show(
                 console.print("no outputs")
                 return
             outputs = Table("output", "type", "size", "value", box=None, pad_edge=False)
-            for output in detail.outputs:
+            for name, raw in detail.outputs:
+                output = present.describe_literal(name, raw)
                 value = "" if output.value is None else _show_value(output.value)
                 outputs.add_row(output.name, output.type, human_bytes(output.size), value)
             console.print(outputs)
@@ -293,6 +295,6 @@ def prune(
                         store, where, now_us=now, batch_size=batch_size, on_batch=advance
                     )
         if json:
-            print_json(result.as_json())
+            print_json(present.prune_json(result))
         verb = "would remove" if dry_run else "removed"
         err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({result.bytes} bytes)")

@@ -95,7 +95,7 @@ def vacuum(db: DbOption = DEFAULT_DB, verbose: VerboseOption = False) -> None:
 
         admin.require_sqlite(normalize_url(db), "vacuum")
         with open_store(db) as store:
-            result = admin.vacuum(store)
+            result = admin.vacuum(store.engine)
         err(f"vacuumed: {human_bytes(result.bytes_before)} -> {human_bytes(result.bytes_after)}")
 
 
@@ -108,7 +108,7 @@ def checkpoint(db: DbOption = DEFAULT_DB, verbose: VerboseOption = False) -> Non
 
         admin.require_sqlite(normalize_url(db), "checkpoint")
         with open_store(db) as store:
-            result = admin.checkpoint(store, "TRUNCATE")
+            result = admin.checkpoint(store.engine, "TRUNCATE")
         if result.busy:
             raise StorageBusyError(
                 f"the checkpoint could not complete ({result.checkpointed_frames} of "

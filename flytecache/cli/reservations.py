@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
     DbOption,
@@ -62,7 +63,7 @@ def list_reservations(
             ) as leases,
         ):
             if json:
-                print_json_list(lease.as_json() for lease in leases)
+                print_json_list(present.reservation_json(lease) for lease in leases)
                 return
             from rich.table import Table
 

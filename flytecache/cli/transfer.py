@@ -11,6 +11,7 @@ from typing import IO, Annotated, cast
 
 import typer
 
+from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
     DbOption,
@@ -154,7 +155,7 @@ def import_(
                 store, source, overwrite=overwrite, dry_run=dry_run, progress=update
             )
         if json:
-            print_json(result.as_json())
+            print_json(present.import_json(result))
         existing = (
             f"{result.replaced} replaced" if overwrite else f"{result.skipped} skipped (present)"
         )

@@ -1,0 +1,88 @@
+"""Operator queries, one module per subject: entries (list, show, delete, prune), reservations,
+statistics, export/import, health checks and SQLite file maintenance.
+
+Everything here is portable SQLAlchemy Core on the mapped tables and runs on SQLite and
+PostgreSQL alike; the few SQLite-only operations check the dialect first and raise
+:class:`~flytecache.errors.InvalidArgumentError` on another database. Queries about the cache
+take a :class:`~flytecache.CacheStore` (its clock decides ages); checks and file maintenance take
+an ``Engine``, since they must work on a database whose schema is not (yet) the store's. Results
+are plain dataclasses or dicts, never ORM rows; how they are shown is the CLI's business.
+"""
+
+from flytecache.store.admin._base import BATCH, require_sqlite
+from flytecache.store.admin.checks import CheckItem, check_database
+from flytecache.store.admin.entries import (
+    DeleteResult,
+    EntryDetail,
+    EntryFilter,
+    EntrySummary,
+    PruneResult,
+    count_entries,
+    delete_entries,
+    get_entry,
+    iter_entries,
+    prune,
+)
+from flytecache.store.admin.maintenance import (
+    BackupResult,
+    CheckpointResult,
+    VacuumResult,
+    backup,
+    checkpoint,
+    sqlite_files,
+    vacuum,
+)
+from flytecache.store.admin.reservations import (
+    ReservationInfo,
+    ReservationState,
+    count_reservations,
+    gc_reservations,
+    get_reservation,
+    iter_reservations,
+)
+from flytecache.store.admin.stats import stats
+from flytecache.store.admin.transfer import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    ExportStream,
+    ImportResult,
+    export_entries,
+    import_entries,
+)
+
+__all__ = [
+    "BATCH",
+    "EXPORT_FORMAT",
+    "EXPORT_VERSION",
+    "BackupResult",
+    "CheckItem",
+    "CheckpointResult",
+    "DeleteResult",
+    "EntryDetail",
+    "EntryFilter",
+    "EntrySummary",
+    "ExportStream",
+    "ImportResult",
+    "PruneResult",
+    "ReservationInfo",
+    "ReservationState",
+    "VacuumResult",
+    "backup",
+    "check_database",
+    "checkpoint",
+    "count_entries",
+    "count_reservations",
+    "delete_entries",
+    "export_entries",
+    "gc_reservations",
+    "get_entry",
+    "get_reservation",
+    "import_entries",
+    "iter_entries",
+    "iter_reservations",
+    "prune",
+    "require_sqlite",
+    "sqlite_files",
+    "stats",
+    "vacuum",
+]

@@ -1,0 +1,107 @@
+"""What the admin modules share: the tables, batch size, timestamp range, the clock, one
+snapshot per listing, keyset paging, and the SQLite-only guard."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from flytecache.errors import (
+    InvalidArgumentError,
+)
+from flytecache.store.cache import CacheStore
+from flytecache.store.engine import read_connection
+from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
+from flytecache.store.urls import is_sqlite
+from flytecache.timeutil import (
+    MAX_TS_SECONDS,
+    MIN_TS_SECONDS,
+    US,
+)
+
+BATCH = 500
+"""Rows per write transaction for bulk deletes and per statement for import staging."""
+
+ENTRIES = cast(sa.Table, Entry.__table__)
+OUTPUTS = cast(sa.Table, Output.__table__)
+RESERVATIONS = cast(sa.Table, Reservation.__table__)
+
+ENTRY_COLUMNS = ENTRY_DATA_COLUMNS
+MIN_US = MIN_TS_SECONDS * US
+MAX_US = MAX_TS_SECONDS * US + US - 1
+SHORT_TEXT = 255  # project, domain and org are VARCHAR(255) on PostgreSQL
+
+
+def now_us_of(store: CacheStore, now_us: int | None) -> int:
+    """``now_us`` if given, else the store's clock (microseconds since the epoch)."""
+    if now_us is not None:
+        return now_us
+    return store.now_us()
+
+
+_POSTGRES_INSTEAD = {
+    "backup": "back it up with pg_dump (or `flytecache export`)",
+    "checkpoint": "the server checkpoints on its own (or run CHECKPOINT as a superuser)",
+    "vacuum": "autovacuum reclaims space (or run VACUUM on the server)",
+}
+
+
+def require_sqlite(url: URL, operation: str) -> Path:
+    """The SQLite file at ``url``; :class:`InvalidArgumentError` naming ``operation`` otherwise
+    (a URL, so that commands can refuse before connecting to another database)."""
+    if not is_sqlite(url):
+        instead = _POSTGRES_INSTEAD.get(operation, "use the database server's own tools")
+        raise InvalidArgumentError(
+            f"{operation} is SQLite-only; this database is {url.get_backend_name()}: {instead}",
+            field="db",
+        )
+    return Path(str(url.database))
+
+
+@contextlib.contextmanager
+def snapshot(engine: Engine) -> Iterator[sa.Connection]:
+    """A read transaction whose statements all see one snapshot.
+
+    SQLite's read transactions already do; PostgreSQL's default READ COMMITTED takes a new
+    snapshot per statement, so a paged listing or export could skip or repeat rows that a
+    concurrent writer changes between pages. REPEATABLE READ holds one snapshot, and a
+    read-only transaction there never fails with a serialization error.
+    """
+    with read_connection(engine) as conn:
+        if not is_sqlite(engine):
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield conn
+
+
+def keyset_pages(
+    conn: sa.Connection,
+    page: Callable[[Any], sa.Select[Any]],
+    cursor: Callable[[Any], Any],
+    *,
+    limit: int | None,
+    page_size: int,
+) -> Iterator[Any]:
+    """The rows of a keyset-paginated listing, at most ``limit`` (``None``: all).
+
+    ``page(after)`` is the ordered query for the rows after the cursor ``after`` (``None``
+    for the first page) and ``cursor(row)`` the cursor a row leaves; memory stays at one page
+    however many rows there are.
+    """
+    remaining = limit
+    after: Any = None
+    while True:
+        size = page_size if remaining is None else min(page_size, remaining)
+        rows = conn.execute(page(after).limit(size)).all()
+        yield from rows
+        if len(rows) < size:
+            return
+        if remaining is not None:
+            remaining -= len(rows)
+            if remaining <= 0:
+                return
+        after = cursor(rows[-1])

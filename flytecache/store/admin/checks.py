@@ -1,0 +1,155 @@
+"""The health checks of ``flytecache db check``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy.engine import Engine
+
+from flytecache.config import StoreSettings
+from flytecache.errors import (
+    FlyteCacheError,
+)
+from flytecache.store import migrate
+from flytecache.store.admin.maintenance import sqlite_files
+from flytecache.store.engine import read_connection
+from flytecache.store.filesystem import network_filesystem_type
+from flytecache.store.opening import describe_url
+from flytecache.store.urls import is_sqlite
+
+
+@dataclass(frozen=True, slots=True)
+class CheckItem:
+    """One item of ``db check``: ``status`` is ``ok``, ``warn``, ``fail`` or ``skip``."""
+
+    name: str
+    status: Literal["ok", "warn", "fail", "skip"]
+    detail: str
+
+
+def check_database(
+    engine: Engine,
+    *,
+    max_wal_bytes: int = 128 * 1024**2,
+    quick: bool = False,
+    settings: StoreSettings | None = None,
+) -> list[CheckItem]:
+    """Run every health check; a failing check never stops the others.
+
+    Items, in this order: ``filesystem`` (not a network filesystem), ``connect``, ``schema``
+    (at head), ``models`` (the models match the migrations), ``integrity`` (``PRAGMA
+    integrity_check`` or ``quick_check``, plus ``foreign_key_check``) and ``wal`` (WAL file at
+    most ``max_wal_bytes``). The same items on every backend, so scripts can rely on them:
+    ``filesystem``, ``integrity`` and ``wal`` are SQLite-only and reported as ``skip`` (not
+    applicable) on PostgreSQL, whose server looks after its own storage.
+    """
+    settings = settings or StoreSettings()
+    items: list[CheckItem] = []
+    sqlite = is_sqlite(engine)
+    not_applicable = f"not applicable: SQLite-only (this database is {engine.dialect.name})"
+
+    def run(name: str, check: Callable[[], CheckItem]) -> CheckItem:
+        try:
+            item = check()
+        except FlyteCacheError as error:
+            item = CheckItem(name, "fail", str(error))
+        items.append(item)
+        return item
+
+    def connect() -> CheckItem:
+        with read_connection(engine) as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return CheckItem("connect", "ok", describe_url(engine))
+
+    def filesystem() -> CheckItem:
+        path = Path(str(engine.url.database))
+        fstype = network_filesystem_type(path.parent)
+        if fstype is None:
+            return CheckItem("filesystem", "ok", "local filesystem")
+        if settings.allow_network_filesystem:
+            return CheckItem(
+                "filesystem", "warn", f"network filesystem ({fstype}), allowed by settings"
+            )
+        return CheckItem(
+            "filesystem",
+            "fail",
+            f"{path} is on a network filesystem ({fstype}) where SQLite locking is unsafe",
+        )
+
+    def sqlite_only(name: str, check: Callable[[], CheckItem]) -> None:
+        if sqlite:
+            run(name, check)
+        else:
+            items.append(CheckItem(name, "skip", not_applicable))
+
+    sqlite_only("filesystem", filesystem)
+    if run("connect", connect).status != "ok":
+        for name in ("schema", "models", "integrity", "wal"):
+            reason = not_applicable if name in ("integrity", "wal") and not sqlite else None
+            items.append(CheckItem(name, "skip", reason or "cannot connect"))
+        return items
+
+    head = migrate.head_revision()
+
+    def schema() -> CheckItem:
+        with read_connection(engine) as conn:
+            current = migrate.current_revision(conn)
+        if current == head:
+            return CheckItem("schema", "ok", f"at head {head}")
+        return CheckItem(
+            "schema",
+            "fail",
+            f"at {current or '(empty)'}, head is {head}; run `flytecache db upgrade`",
+        )
+
+    def models() -> CheckItem:
+        diffs = migrate.check_models_match(engine)
+        if not diffs:
+            return CheckItem("models", "ok", "models match the migrations")
+        shown = "; ".join(str(d) for d in diffs[:3])
+        return CheckItem("models", "fail", f"{len(diffs)} difference(s): {shown}")
+
+    def integrity() -> CheckItem:
+        pragma = "quick_check" if quick else "integrity_check"
+        with read_connection(engine) as conn:
+            # Rows may hold several newline-separated problems under a "*** in database" title.
+            problems = [
+                line.strip()
+                for row in conn.exec_driver_sql(f"PRAGMA {pragma}")
+                for line in str(row[0]).splitlines()
+                if line.strip() not in ("", "ok") and not line.startswith("***")
+            ]
+            orphans = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            return CheckItem("integrity", "fail", f"{problems[0]}{more}")
+        if orphans:
+            return CheckItem(
+                "integrity",
+                "fail",
+                f"{len(orphans)} row(s) violate foreign keys, e.g. {orphans[0]}",
+            )
+        return CheckItem("integrity", "ok", f"{pragma}: ok")
+
+    def wal() -> CheckItem:
+        size = sqlite_files(engine)["wal"]
+        if size > max_wal_bytes:
+            return CheckItem(
+                "wal",
+                "fail",
+                f"WAL is {size} bytes (limit {max_wal_bytes}); a reader may be blocking "
+                "checkpoints: run `flytecache checkpoint`",
+            )
+        return CheckItem("wal", "ok", f"{size} bytes")
+
+    schema_ok = run("schema", schema).status == "ok"
+    if schema_ok:
+        run("models", models)
+    else:
+        items.append(CheckItem("models", "skip", "schema is not at head"))
+    sqlite_only("integrity", integrity)
+    sqlite_only("wal", wal)
+    return items

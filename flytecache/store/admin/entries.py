@@ -1,0 +1,305 @@
+"""Listing, showing, deleting and pruning entries."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from flytecache.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+)
+from flytecache.store.admin._base import (
+    BATCH,
+    ENTRIES,
+    OUTPUTS,
+    keyset_pages,
+    now_us_of,
+    snapshot,
+)
+from flytecache.store.cache import CacheStore
+from flytecache.store.engine import read_connection, write_connection
+from flytecache.timeutil import (
+    timedelta_to_us,
+)
+from flytecache.validation import check_text
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFilter:
+    """Which entries a listing or prune selects; ``None`` fields do not filter.
+
+    Ages compare ``last_updated_at`` with now, strictly: ``older_than=30d`` selects entries
+    last written more than 30 days ago, ``newer_than=1h`` those written less than an hour ago.
+    """
+
+    project: str | None = None
+    domain: str | None = None
+    name: str | None = None
+    version: str | None = None
+    older_than: timedelta | None = None
+    newer_than: timedelta | None = None
+
+    def clauses(self, now_us: int) -> list[sa.ColumnElement[bool]]:
+        """SQL conditions for this filter, with ages measured from ``now_us``."""
+        where: list[sa.ColumnElement[bool]] = []
+        for column in ("project", "domain", "name", "version"):
+            value = getattr(self, column)
+            if value is not None:
+                where.append(ENTRIES.c[column] == value)
+        if self.older_than is not None:
+            where.append(ENTRIES.c.last_updated_at < now_us - timedelta_to_us(self.older_than))
+        if self.newer_than is not None:
+            where.append(ENTRIES.c.last_updated_at > now_us - timedelta_to_us(self.newer_than))
+        return where
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySummary:
+    """One entry's columns (timestamps in microseconds since the epoch, UTC)."""
+
+    key: str
+    resource_type: int | None
+    project: str
+    domain: str
+    name: str
+    version: str
+    org: str
+    created_at: int
+    last_updated_at: int
+    output_uri: str | None
+    size: int
+    """Payload bytes: serialized inline literals, or the URI's length."""
+
+    @property
+    def inline(self) -> bool:
+        """Whether the outputs are stored inline (no URI)."""
+        return self.output_uri is None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryDetail:
+    """An entry with its key map and (when inline) its outputs."""
+
+    entry: EntrySummary
+    key_map: dict[str, str]
+    outputs: list[tuple[str, bytes]] | None
+    """``(name, serialized flyteidl2.core.Literal)`` by name; None when the outputs live at
+    ``entry.output_uri``."""
+
+
+_SUMMARY_COLUMNS = (
+    ENTRIES.c.key,
+    ENTRIES.c.resource_type,
+    ENTRIES.c.project,
+    ENTRIES.c.domain,
+    ENTRIES.c.name,
+    ENTRIES.c.version,
+    ENTRIES.c.org,
+    ENTRIES.c.created_at,
+    ENTRIES.c.last_updated_at,
+    ENTRIES.c.output_uri,
+    ENTRIES.c.size,
+)
+
+
+def _summary(row: Any) -> EntrySummary:
+    return EntrySummary(
+        key=row.key,
+        resource_type=row.resource_type,
+        project=row.project,
+        domain=row.domain,
+        name=row.name,
+        version=row.version,
+        org=row.org,
+        created_at=row.created_at,
+        last_updated_at=row.last_updated_at,
+        output_uri=row.output_uri,
+        size=row.size,
+    )
+
+
+def iter_entries(
+    store: CacheStore,
+    where: EntryFilter | None = None,
+    *,
+    limit: int | None = None,
+    now_us: int | None = None,
+    page_size: int = BATCH,
+) -> Generator[EntrySummary, None, None]:
+    """Entries matching ``where``, most recently updated first, streamed page by page.
+
+    One read transaction (a consistent snapshot); keyset pagination on
+    ``(last_updated_at, id)`` keeps memory constant however many entries there are. The
+    generator holds a pooled connection until it is exhausted or closed: close it
+    (``contextlib.closing``) when you stop early, before closing the store.
+    """
+    if limit is not None and limit <= 0:
+        return
+    clauses = (where or EntryFilter()).clauses(now_us_of(store, now_us))
+
+    def page(after: tuple[int, int] | None) -> sa.Select[Any]:
+        query = sa.select(ENTRIES.c.id, *_SUMMARY_COLUMNS).where(*clauses)
+        if after is not None:
+            query = query.where(
+                sa.or_(
+                    ENTRIES.c.last_updated_at < after[0],
+                    sa.and_(ENTRIES.c.last_updated_at == after[0], ENTRIES.c.id < after[1]),
+                )
+            )
+        return query.order_by(ENTRIES.c.last_updated_at.desc(), ENTRIES.c.id.desc())
+
+    with snapshot(store.engine) as conn:
+        rows = keyset_pages(
+            conn,
+            page,
+            lambda row: (row.last_updated_at, row.id),
+            limit=limit,
+            page_size=page_size,
+        )
+        for row in rows:
+            yield _summary(row)
+
+
+def count_entries(
+    store: CacheStore, where: EntryFilter | None = None, *, now_us: int | None = None
+) -> tuple[int, int]:
+    """(number of entries, payload bytes) matching ``where``."""
+    clauses = (where or EntryFilter()).clauses(now_us_of(store, now_us))
+    with read_connection(store.engine) as conn:
+        row = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(ENTRIES.c.size), 0)).where(
+                *clauses
+            )
+        ).one()
+    return int(row[0]), int(row[1])
+
+
+def get_entry(store: CacheStore, key: str) -> EntryDetail:
+    """One entry with its key map and outputs; NotFoundError if there is none."""
+    check_text(key, "key")
+    with snapshot(store.engine) as conn:
+        row = conn.execute(
+            sa.select(ENTRIES.c.id, ENTRIES.c.key_map, *_SUMMARY_COLUMNS).where(
+                ENTRIES.c.key == key
+            )
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(f'cache entry "{key}" not found', key=key)
+        outputs: list[tuple[str, bytes]] | None = None
+        if row.output_uri is None:
+            outputs = [
+                (name, bytes(literal))
+                for name, literal in conn.execute(
+                    sa.select(OUTPUTS.c.name, OUTPUTS.c.literal)
+                    .where(OUTPUTS.c.entry_id == row.id)
+                    .order_by(OUTPUTS.c.name)
+                )
+            ]
+    try:
+        key_map = json.loads(row.key_map) if row.key_map else {}
+    except ValueError:
+        key_map = {"(unreadable)": row.key_map}
+    return EntryDetail(entry=_summary(row), key_map=key_map, outputs=outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    """What :func:`delete_entries` removed."""
+
+    removed: list[str]
+    missing: list[str]
+    bytes: int
+
+
+def delete_entries(store: CacheStore, keys: Iterable[str]) -> DeleteResult:
+    """Delete the entries under ``keys`` (and their outputs) in one write transaction."""
+    wanted = list(dict.fromkeys(check_text(k, "key") for k in keys))
+    removed: set[str] = set()
+    total = 0
+    with write_connection(store.engine) as conn:
+        for start in range(0, len(wanted), BATCH):
+            chunk = wanted[start : start + BATCH]
+            for key, size in conn.execute(
+                sa.delete(ENTRIES)
+                .where(ENTRIES.c.key.in_(chunk))
+                .returning(ENTRIES.c.key, ENTRIES.c.size)
+            ):
+                removed.add(key)
+                total += size
+    return DeleteResult(
+        removed=[k for k in wanted if k in removed],
+        missing=[k for k in wanted if k not in removed],
+        bytes=total,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What :func:`prune` removed (or would remove, with ``dry_run``)."""
+
+    entries: int
+    bytes: int
+    batches: int
+    dry_run: bool
+    longest_batch_seconds: float = 0.0
+    """Longest time one batch held the write lock."""
+
+
+def prune(
+    store: CacheStore,
+    where: EntryFilter,
+    *,
+    now_us: int | None = None,
+    dry_run: bool = False,
+    batch_size: int = BATCH,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PruneResult:
+    """Delete the entries matching ``where`` (which must set ``older_than``) in batches.
+
+    Each batch of ``batch_size`` entries is its own short write transaction, and after each
+    the pruner sleeps about as long as it held the lock, so concurrent writers (whose busy
+    handlers poll for the lock) get in between batches instead of waiting for the whole prune.
+    The age cut-off is fixed when the prune starts: entries written meanwhile are never touched.
+    ``on_batch(entries, bytes)`` is called after each batch (for progress bars).
+    """
+    if where.older_than is None:
+        raise InvalidArgumentError("prune needs an age (older_than)", field="older_than")
+    if batch_size < 1:
+        raise InvalidArgumentError("batch_size must be at least 1", field="batch_size")
+    now = now_us_of(store, now_us)
+    if dry_run:
+        count, size = count_entries(store, where, now_us=now)
+        return PruneResult(entries=count, bytes=size, batches=0, dry_run=True)
+    engine = store.engine
+    clauses = where.clauses(now)
+    victims = sa.select(ENTRIES.c.id).where(*clauses).limit(batch_size)
+    statement = sa.delete(ENTRIES).where(ENTRIES.c.id.in_(victims)).returning(ENTRIES.c.size)
+    entries = total = batches = 0
+    longest = 0.0
+    while True:
+        with write_connection(engine) as conn:
+            started = time.monotonic()
+            sizes = conn.execute(statement).scalars().all()
+        held = time.monotonic() - started
+        if not sizes:
+            break
+        batches += 1
+        longest = max(longest, held)
+        entries += len(sizes)
+        removed = int(sum(sizes))
+        total += removed
+        if on_batch is not None:
+            on_batch(len(sizes), removed)
+        # Writers poll for the lock with backoff; leaving it free about half the time lets them
+        # in between batches, so their wait is bounded by one batch, not the whole prune.
+        time.sleep(min(max(held, 0.002), 0.05))
+    return PruneResult(
+        entries=entries, bytes=total, batches=batches, dry_run=False, longest_batch_seconds=longest
+    )
