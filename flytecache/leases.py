@@ -46,7 +46,7 @@ def check_heartbeat(heartbeat_interval: object, field: str = "heartbeat_interval
 
 class LeaseHolder(Protocol):
     """What a :class:`Lease` extends and releases: one key's reservations (a
-    :class:`~flytecache.client.CacheSlot`)."""
+    :class:`~flytecache.slots.CacheSlot`)."""
 
     def get_or_extend_reservation(
         self, owner_id: str, heartbeat_interval: timedelta | None = None

@@ -8,7 +8,7 @@ same task and inputs land on the same stored key, so each is a hit for the other
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
@@ -17,7 +17,14 @@ from flytecache.validation import check_text
 if TYPE_CHECKING:
     from flytecache.store import CacheStore, ReservationOutcome
 
-__all__ = ["RESERVATION_PREFIX", "Scope", "ScopedStore", "reservation_key", "scoped_key"]
+__all__ = [
+    "RESERVATION_PREFIX",
+    "Scope",
+    "ScopedStore",
+    "reservation_key",
+    "scope_of",
+    "scoped_key",
+]
 
 
 class Scope(NamedTuple):
@@ -29,6 +36,12 @@ class Scope(NamedTuple):
 
 
 RESERVATION_PREFIX = "reservation:"
+
+
+def scope_of(identifier: Any) -> Scope:
+    """The scope of a request or task: the ``org``/``project``/``domain`` of ``identifier`` (a
+    cache service v2 ``Identifier`` or a ``flyteidl2.core.Identifier``)."""
+    return Scope(org=identifier.org, project=identifier.project, domain=identifier.domain)
 
 
 def scoped_key(project: str, domain: str, key: str) -> str:

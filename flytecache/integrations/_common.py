@@ -1,7 +1,7 @@
 """What every SDK integration shares: where the cache is, which SDK versions are supported, the
 settings of the reservation protocol, undoable patches, and one cached task call's life (claim,
 store, release). The wait loop and the heartbeat themselves are
-:meth:`flytecache.client.CacheSlot.claim` and :class:`flytecache.client.Lease`, which
+:meth:`flytecache.slots.CacheSlot.claim` and :class:`flytecache.leases.Lease`, which
 ``get_or_compute`` uses too.
 """
 

@@ -23,7 +23,7 @@ from flytecache.errors import (
     InvalidArgumentError,
     StorageBusyError,
 )
-from flytecache.scoping import Scope, ScopedStore
+from flytecache.scoping import ScopedStore, scope_of
 from flytecache.server.metrics import Metrics
 from flytecache.server.threads import StoreThreads
 from flytecache.store import CacheStore
@@ -40,10 +40,6 @@ rpc_outcome: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "flytecache_rpc_outcome", default=None
 )
 """Set by the app around each RPC; the service appends the Connect code it answered."""
-
-
-def _scope(identifier: v2.Identifier) -> Scope:
-    return Scope(org=identifier.org, project=identifier.project, domain=identifier.domain)
 
 
 class StoreCacheService:
@@ -130,12 +126,12 @@ class StoreCacheService:
     # -- the calls (run on the store threads) ----------------------------------------------
 
     def _get(self, request: v2.GetCacheRequest) -> cs.GetCacheResponse:
-        output = self._store.get(_scope(request.identifier), request.base_request.key)
+        output = self._store.get(scope_of(request.identifier), request.base_request.key)
         return cs.GetCacheResponse(output=output)
 
     def _put(self, request: v2.PutCacheRequest) -> cs.PutCacheResponse:
         base = request.base_request
-        scope = _scope(request.identifier)
+        scope = scope_of(request.identifier)
         ScopedStore.key(scope, base.key)  # the key is named first when both are wrong
         if not base.HasField("output"):
             raise InvalidArgumentError("output is required", field="output")
@@ -150,14 +146,14 @@ class StoreCacheService:
         return cs.PutCacheResponse()
 
     def _delete(self, request: v2.DeleteCacheRequest) -> cs.DeleteCacheResponse:
-        self._store.delete(_scope(request.identifier), request.base_request.key)
+        self._store.delete(scope_of(request.identifier), request.base_request.key)
         return cs.DeleteCacheResponse()
 
     def _reserve(
         self, request: v2.GetOrExtendReservationRequest
     ) -> cs.GetOrExtendReservationResponse:
         base = request.base_request
-        scope = _scope(request.identifier)
+        scope = scope_of(request.identifier)
         ScopedStore.key(scope, base.key)  # the key is named first when both are wrong
         heartbeat = (
             duration_to_timedelta(base.heartbeat_interval, field="heartbeat_interval")
@@ -172,6 +168,6 @@ class StoreCacheService:
 
     def _release(self, request: v2.ReleaseReservationRequest) -> cs.ReleaseReservationResponse:
         base = request.base_request
-        if self._store.release_reservation(_scope(request.identifier), base.key, base.owner_id):
+        if self._store.release_reservation(scope_of(request.identifier), base.key, base.owner_id):
             self._metrics.reservation("released")
         return cs.ReleaseReservationResponse()
