@@ -111,9 +111,9 @@ def put_args(sql: Any, key: str, output: cs.CachedOutput, *, overwrite: bool) ->
 
     Flattened ahead of timing so the raw baseline does only the database work.
     """
-    from flytecache.store.cache import _entry_params
+    from flytecache.store.codec import entry_params
 
-    params, literals = _entry_params(key, output)
+    params, literals = entry_params(key, output)
     now = time.time_ns() // 1000
     params.update(
         request_created_at=None,

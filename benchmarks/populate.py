@@ -4,7 +4,7 @@ A store database is created with the store's own schema (``CacheStore.open`` run
 migrations), then filled with raw sqlite3 ``executemany`` in one transaction per table through
 INSERT statements compiled from the store's models, with journaling off while building. Every
 row is what ``CacheStore.put(entry_key(i), stored_output(i))`` writes: the store's own
-``_entry_params`` flattens each of the 1024 distinct payloads once (``stored_output(i)`` is
+``entry_params`` flattens each of the 1024 distinct payloads once (``stored_output(i)`` is
 ``typical_output(i % 1024)``), so a million rows cost a million tuple copies, not a million
 protobuf round trips. N entries come with N/10 leases left behind by crashed owners (all
 expired), which is what a long-lived cache accumulates between prunes.
@@ -88,12 +88,12 @@ def _entry_rows(
 ) -> Iterator[tuple[tuple[Any, ...], list[tuple[int, str, bytes]]]]:
     """Per entry, the row ``CacheStore.put(entry_key(i), stored_output(i))`` writes.
 
-    The store's own ``_entry_params`` flattens each of the PAYLOADS distinct outputs once;
+    The store's own ``entry_params`` flattens each of the PAYLOADS distinct outputs once;
     each entry then takes its payload's values with its own key, id and timestamps.
     """
-    from flytecache.store.cache import _entry_params
+    from flytecache.store.codec import entry_params
 
-    payloads = [_entry_params("", stored_output(j)) for j in range(PAYLOADS)]
+    payloads = [entry_params("", stored_output(j)) for j in range(PAYLOADS)]
     at = {name: columns.index(name) for name in ("key", "id", "created_at", "last_updated_at")}
     templates = []
     for params, literals in payloads:
@@ -147,10 +147,10 @@ def _entry_columns() -> list[str]:
     """The entry columns a put binds (whatever the model holds today), plus id and writes."""
     import sqlalchemy as sa
 
-    from flytecache.store.cache import _entry_params
+    from flytecache.store.codec import entry_params
     from flytecache.store.models import Entry
 
-    params, _ = _entry_params("probe", stored_output(0))
+    params, _ = entry_params("probe", stored_output(0))
     bound = {"id", "writes", "created_at", "last_updated_at", *params}
     # In table order, which is the order the compiled INSERT binds them.
     return [c.name for c in cast(sa.Table, Entry.__table__).columns if c.name in bound]

@@ -38,22 +38,19 @@ from benchmarks._common import (
     typical_output,
 )
 from flytecache import CacheStore
-from flytecache.store import cache as _cache
-from flytecache.store.cache import _entry_params
+from flytecache.store import codec
+from flytecache.store.codec import entry_params
 
 SIZE = 1_000
 
 
 def _cached_output(rows: list[Any]) -> Any:
-    """The rows → CachedOutput step of ``CacheStore.get``, whichever path the store takes.
-
-    Follows the store's private helpers: the wire-assembly path when the row carries the
-    serialized metadata (``_assemble_cached_output``), else the field-by-field rebuild.
-    """
-    assemble = getattr(_cache, "_assemble_cached_output", None)
-    if assemble is not None and len(rows[0]) > 13 and rows[0][13] is not None:
-        return assemble(rows)
-    return _cache._cached_output(rows)
+    """The rows → CachedOutput step of ``CacheStore.get``, whichever path the store takes:
+    the wire-assembly path when the row carries the serialized metadata, else the
+    field-by-field rebuild (both in ``flytecache.store.codec``)."""
+    if len(rows[0]) > 13 and rows[0][13] is not None:
+        return codec.cached_output(rows)
+    return codec.rows_to_cached_output(rows)
 
 
 def _per_call_us(n: int, fn: Callable[[int], Any]) -> float:
@@ -90,7 +87,7 @@ def breakdown(directory: Path, n: int, repeats: int) -> dict[str, dict[str, floa
         "put": {
             "total": lambda i: store.put(next_key(i), output),
             "sql": lambda i: raw_put(raw, sql, (*head, next_key(i), *tail), literals),
-            "protobuf_to_rows": lambda i: _entry_params(keys[i & 4095], output),
+            "protobuf_to_rows": lambda i: entry_params(keys[i & 4095], output),
         },
     }
     # Every call is timed on its own and the medians are compared: robust to load spikes on a
