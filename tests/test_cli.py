@@ -179,7 +179,10 @@ def test_missing_database_is_not_created(tmp_path: Path) -> None:
 
 def test_bad_db_paths_give_one_line(tmp_path: Path) -> None:
     assert "does not exist" in fails(run("/nonexistent/x.db", "entries", "ls"))
-    assert "does not exist" in fails(run("/nonexistent/x.db", "db", "upgrade"))
+    in_a_file = tmp_path / "a-file"
+    in_a_file.write_text("")
+    # `db upgrade` creates a missing directory, so only an impossible one is an error.
+    assert "cannot create the directory" in fails(run(str(in_a_file / "x.db"), "db", "upgrade"))
     assert "directory" in fails(run(str(tmp_path), "entries", "ls"))
     assert "unsupported database" in fails(run("mysql://u@h/db", "stats"))
     assert "non-empty" in fails(run(None, "stats", "--db", ""))

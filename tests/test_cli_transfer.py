@@ -707,3 +707,31 @@ def test_export_and_import_memory_does_not_grow_with_the_cache(tmp_path: Path) -
     # Ten times the entries must not mean (anywhere near) ten times the memory.
     assert large[0] < 1.5 * small[0], peaks
     assert large[1] < 1.5 * small[1], peaks
+
+
+def test_export_keeps_an_existing_file_unless_overwrite(db: str, tmp_path: Path) -> None:
+    target = tmp_path / "dump.jsonl"
+    target.write_text("precious")
+    assert "pass --overwrite" in fails(run(db, "export", str(target)))
+    assert target.read_text() == "precious"
+    ok(run(db, "export", str(target), "--overwrite"))
+    assert _lines(target)[0]["format"] == "flytecache-export"
+    missing = tmp_path / "nodir" / "x.jsonl.gz"
+    line = fails(run(db, "export", str(missing)))
+    assert str(missing) in line and "does not exist" in line and ".partial" not in line
+
+
+def test_the_readme_move_sequence_creates_what_it_needs(db: str, tmp_path: Path) -> None:
+    """export, `db upgrade` into a directory that does not exist yet, import; and import alone
+    into a database that does not exist yet (it is created and migrated)."""
+    dump_file = tmp_path / "cache.jsonl.gz"
+    ok(run(db, "export", str(dump_file)))
+    other = tmp_path / "other" / "flytecache.db"
+    ok(run(str(other), "db", "upgrade"))
+    imported = ok(run(str(other), "import", str(dump_file)))
+    assert "imported 2 entries: 2 new" in imported.stderr
+    fresh = tmp_path / "new" / "place" / "new.db"
+    assert "does not exist" in fails(run(str(fresh), "import", str(dump_file), "--dry-run"))
+    assert not fresh.exists()
+    ok(run(str(fresh), "import", str(dump_file)))
+    assert dump(str(fresh)) == dump(db)

@@ -122,3 +122,20 @@ def test_settings_from_env_rejects_bad_values(var: str, value: str):
 def test_open_rejects_settings_of_the_wrong_type(db_path: str):
     with pytest.raises(InvalidArgumentError):
         CacheStore.open(db_path, settings={"max_heartbeat": 5})  # type: ignore[arg-type]
+
+
+def test_cachestore_open_reads_the_environment_like_the_cli(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flytecache import CacheStore
+
+    monkeypatch.setenv("FLYTECACHE_SYNCHRONOUS", "FULL")
+    monkeypatch.setenv("FLYTECACHE_BUSY_TIMEOUT", "2s")
+    with CacheStore.open(tmp_path / "c.db") as store:
+        assert store.settings.synchronous == "FULL"
+        with store.dbapi_connection() as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2000
+    explicit = StoreSettings(synchronous="NORMAL")
+    with CacheStore.open(tmp_path / "c.db", settings=explicit) as store:
+        assert store.settings.synchronous == "NORMAL"  # an explicit setting wins

@@ -33,7 +33,8 @@ def upgrade(
 ) -> None:
     """Create the database if needed and migrate it to REVISION (default: the newest).
 
-    On PostgreSQL the database itself must exist (CREATE DATABASE); this creates the tables.
+    A SQLite file's directory is created too. On PostgreSQL the database itself must exist
+    (CREATE DATABASE); this creates the tables.
     """
     with cli_errors(verbose):
         from flytecache.errors import InvalidArgumentError, SchemaError
@@ -50,6 +51,7 @@ def upgrade(
                 raise SchemaError(
                     f"unknown revision {revision!r}; see `flytecache db history`"
                 ) from None
+        opening.create_parent_directory(db)
         engine = open_engine(db, must_exist=False)
         try:
             migrate.upgrade(engine, revision)

@@ -69,8 +69,25 @@ def _reader(path: str) -> Iterator[IO[bytes]]:
             yield raw
 
 
+def _check_output_path(target: Path, *, overwrite: bool) -> None:
+    """Refuse before any work: an existing file without ``overwrite``, a missing directory."""
+    from flytecache.errors import AlreadyExistsError, InvalidArgumentError
+
+    if target.is_dir():
+        raise InvalidArgumentError(f"cannot write the export to {target}: it is a directory")
+    if target.exists() and not overwrite:
+        raise AlreadyExistsError(f"{target} already exists (pass --overwrite to replace it)")
+    if not target.parent.is_dir():
+        raise InvalidArgumentError(
+            f"cannot write the export to {target}: directory {target.parent} does not exist"
+        )
+
+
 def export(
     path: Annotated[str, typer.Argument(help="Output file (.gz to compress), or - for stdout.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace PATH if it exists.")
+    ] = False,
     db: DbOption = DEFAULT_DB,
     verbose: VerboseOption = False,
 ) -> None:
@@ -78,10 +95,13 @@ def export(
 
     Reads one consistent snapshot without blocking writers, in constant memory. Inline
     outputs are base64-encoded serialized Literals; timestamps are microseconds since the epoch.
+    An existing PATH is kept unless --overwrite (as for `db backup`).
     """
     with cli_errors(verbose):
         from flytecache.store import admin
 
+        if path != "-":
+            _check_output_path(Path(path).expanduser(), overwrite=overwrite)
         with (
             open_store(db) as store,
             admin.export_entries(store) as stream,
@@ -132,7 +152,8 @@ def import_(
     """Import an export file: every line is validated first; a bad line imports nothing.
 
     Existing keys are skipped (and counted) unless --overwrite, so importing the same file
-    twice changes nothing. With --from-flytekit-cache DIR, import the cache of flytekit's local
+    twice changes nothing. A database that does not exist yet is created and migrated (not on
+    a dry run). With --from-flytekit-cache DIR, import the cache of flytekit's local
     executions instead, so that they keep hitting once they cache through flytecache.
     """
     if (path is None) == (from_flytekit_cache is None):
@@ -144,10 +165,12 @@ def import_(
             )
             return
         assert path is not None
-        from flytecache.store import admin
+        from flytecache.store import admin, opening
 
+        if not dry_run:  # moving a cache to a new machine: create and migrate the database
+            opening.create_parent_directory(db)
         with (
-            open_store(db) as store,
+            open_store(db, migrate=not dry_run) as store,
             _reader(path) as source,
             progress("validating") as update,
         ):

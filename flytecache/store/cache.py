@@ -195,9 +195,11 @@ class CacheStore:
         """Open (and by default create or migrate) the database at ``url_or_path``.
 
         ``url_or_path`` is a file path, ``sqlite:///path`` or ``postgresql+psycopg://...``.
-        ``clock`` returns an aware datetime; every timestamp the store writes or compares comes
-        from it (default: the system clock). With ``migrate=False`` a database that is not at
-        the current schema raises :class:`~flytecache.errors.SchemaError`.
+        ``settings`` default to :meth:`StoreSettings.from_env` (the ``FLYTECACHE_*``
+        variables, as for every command). ``clock`` returns an aware datetime; every timestamp
+        the store writes or compares comes from it (default: the system clock). With
+        ``migrate=False`` a database that is not at the current schema raises
+        :class:`~flytecache.errors.SchemaError`.
         """
         from flytecache.store.opening import open_store
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Engine",
     "SchemaState",
+    "create_parent_directory",
     "describe_url",
     "open_engine",
     "open_store",
@@ -51,6 +52,23 @@ def require_database(url: URL) -> None:
         )
 
 
+def create_parent_directory(url_or_path: str | os.PathLike[str]) -> None:
+    """For a SQLite database, create the directory it goes in (and its parents), as a user
+    moving a cache to a new place expects; :class:`InvalidArgumentError` naming the path when
+    that is impossible (a file in the way, no permission). Nothing for PostgreSQL."""
+    url = normalize_url(url_or_path)
+    if not is_sqlite(url) or not url.database:
+        return
+    parent = Path(url.database).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"cannot create the directory {parent} for the database: {error.strerror}",
+            field="db",
+        ) from None
+
+
 def _engine(url: URL, settings: StoreSettings, *, read_only: bool = False) -> Engine:
     try:
         return create_store_engine(url, settings, read_only=read_only)
@@ -67,13 +85,14 @@ def open_engine(
     *,
     must_exist: bool = True,
 ) -> Engine:
-    """An engine for admin work (migrations, checks); with ``must_exist`` a missing SQLite file
-    is an :class:`InvalidArgumentError` instead of a new empty database. A missing driver is an
+    """An engine for admin work (migrations, checks), with ``settings`` (default: from the
+    ``FLYTECACHE_*`` variables); with ``must_exist`` a missing SQLite file is an
+    :class:`InvalidArgumentError` instead of a new empty database. A missing driver is an
     :class:`UnavailableError` naming what to install."""
     url = normalize_url(url_or_path)
     if must_exist:
         require_database(url)
-    return _engine(url, settings or StoreSettings())
+    return _engine(url, settings or StoreSettings.from_env())
 
 
 def open_store(
@@ -86,15 +105,16 @@ def open_store(
 ) -> CacheStore:
     """Open a :class:`~flytecache.CacheStore` (``CacheStore.open`` is this function).
 
-    ``migrate`` creates or migrates the schema; without it a database not at the current
-    schema raises :class:`~flytecache.errors.SchemaError`. ``must_exist`` refuses to create a
-    SQLite file. A SQLite file whose directory cannot be written (so no WAL can be made) is
-    opened read-only: reads work, writes fail clearly. Errors name the database.
+    ``settings`` default to :meth:`StoreSettings.from_env` (the ``FLYTECACHE_*`` variables), as
+    for every command. ``migrate`` creates or migrates the schema; without it a database not at
+    the current schema raises :class:`~flytecache.errors.SchemaError`. ``must_exist`` refuses
+    to create a SQLite file. A SQLite file whose directory cannot be written (so no WAL can be
+    made) is opened read-only: reads work, writes fail clearly. Errors name the database.
     """
     from flytecache.store.cache import CacheStore
 
     if settings is None:
-        settings = StoreSettings()
+        settings = StoreSettings.from_env()
     elif not isinstance(settings, StoreSettings):
         raise InvalidArgumentError("settings must be a StoreSettings", field="settings")
     if clock is not None and not callable(clock):

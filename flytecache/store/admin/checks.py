@@ -46,7 +46,7 @@ def check_database(
     ``filesystem``, ``integrity`` and ``wal`` are SQLite-only and reported as ``skip`` (not
     applicable) on PostgreSQL, whose server looks after its own storage.
     """
-    settings = settings or StoreSettings()
+    settings = settings or StoreSettings.from_env()
     items: list[CheckItem] = []
     sqlite = is_sqlite(engine)
     not_applicable = f"not applicable: SQLite-only (this database is {engine.dialect.name})"
