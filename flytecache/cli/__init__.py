@@ -6,6 +6,7 @@ Heavy imports (SQLAlchemy, protobuf) happen inside the commands so ``--help`` is
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -15,9 +16,36 @@ app = typer.Typer(
     name="flytecache",
     help="Flyte's cache and reservation store on one SQLite file (or PostgreSQL).",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        typer.echo(f"flytecache {metadata.version('flytecache')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_version,
+            is_eager=True,
+            metavar="",
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Flyte's cache and reservation store on one SQLite file (or PostgreSQL)."""
+
+
 app.add_typer(db.app, name="db")
 app.add_typer(entries.app, name="entries")
 app.add_typer(reservations.app, name="reservations")

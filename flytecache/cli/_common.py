@@ -39,12 +39,18 @@ VerboseOption = Annotated[
         "--verbose",
         "-v",
         envvar="FLYTECACHE_VERBOSE",
+        metavar="",
         help="On error, show the full traceback instead of one line.",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON to stdout (for scripts).")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", metavar="", help="Print JSON to stdout (for scripts).")
+]
 YesOption = Annotated[
-    bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required when not a TTY).")
+    bool,
+    typer.Option(
+        "--yes", "-y", metavar="", help="Do not ask for confirmation (required when not a TTY)."
+    ),
 ]
 
 EXIT_ERROR = 1
@@ -224,13 +230,15 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
         transient=True,
         disable=not console.is_terminal,
     ) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, visible=total != 0)
 
         def update(done: int, total: int | None = None) -> None:
             if total is not None:
                 bar.update(task, completed=done, total=total)
             else:
                 bar.update(task, completed=done)
+            # Nothing to do is said by the command's own line, not by an empty 0/0 bar.
+            bar.update(task, visible=bar.tasks[0].total != 0)
 
         yield update
 

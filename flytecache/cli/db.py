@@ -159,7 +159,8 @@ def check(
         str, typer.Option(help="Fail when the WAL file is larger than this (e.g. 64MiB).")
     ] = "128MiB",
     quick: Annotated[
-        bool, typer.Option("--quick", help="PRAGMA quick_check instead of integrity_check.")
+        bool,
+        typer.Option("--quick", metavar="", help="PRAGMA quick_check instead of integrity_check."),
     ] = False,
     json: JsonOption = False,
     verbose: VerboseOption = False,
@@ -206,7 +207,7 @@ def backup(
     path: Annotated[str, typer.Argument(help="Where to write the backup (a new SQLite file).")],
     db: DbOption = DEFAULT_DB,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace PATH if it exists.")
+        bool, typer.Option("--overwrite", metavar="", help="Replace PATH if it exists.")
     ] = False,
     json: JsonOption = False,
     verbose: VerboseOption = False,

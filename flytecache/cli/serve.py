@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flytecache.cli._common import DEFAULT_DB, DbOption, cli_errors
+from flytecache.cli._common import DEFAULT_DB, DbOption, VerboseOption, cli_errors
 
 _PORT = re.compile(r"^(?:\w+://)?(?:[^:]*:)?(\d{1,5})$")
 
@@ -74,9 +74,11 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 envvar="FLYTECACHE_LOG_LEVEL",
-                help="critical, error, warning, info or debug (debug logs every request).",
+                help="critical, error, warning, info, debug (logs every request) or trace "
+                "(also the HTTP protocol).",
             ),
         ] = "info",
+        verbose: VerboseOption = False,
     ) -> None:
         """Serve Flyte 2's CacheService (Connect RPC) over the database, migrating it first.
 
@@ -102,7 +104,7 @@ def register(app: typer.Typer) -> None:
             )
         except InvalidArgumentError as error:
             raise typer.BadParameter(str(error)) from None
-        with cli_errors():
+        with cli_errors(verbose):
             run_server(
                 db,
                 settings,

@@ -86,7 +86,7 @@ def _check_output_path(target: Path, *, overwrite: bool) -> None:
 def export(
     path: Annotated[str, typer.Argument(help="Output file (.gz to compress), or - for stdout.")],
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace PATH if it exists.")
+        bool, typer.Option("--overwrite", metavar="", help="Replace PATH if it exists.")
     ] = False,
     db: DbOption = DEFAULT_DB,
     verbose: VerboseOption = False,
@@ -140,10 +140,11 @@ def import_(
         str, typer.Option(help="With --from-flytekit-cache: the domain to scope entries by.")
     ] = "development",
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace entries whose keys already exist.")
+        bool,
+        typer.Option("--overwrite", metavar="", help="Replace entries whose keys already exist."),
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and count; write nothing.")
+        bool, typer.Option("--dry-run", metavar="", help="Validate and count; write nothing.")
     ] = False,
     db: DbOption = DEFAULT_DB,
     json: JsonOption = False,
@@ -172,7 +173,7 @@ def import_(
         with (
             open_store(db, migrate=not dry_run) as store,
             _reader(path) as source,
-            progress("validating") as update,
+            progress("importing") as update,
         ):
             result = admin.import_entries(
                 store, source, overwrite=overwrite, dry_run=dry_run, progress=update
