@@ -8,14 +8,17 @@ DB ?= ./flytecache.db
 .PHONY: serve test test-slow bench bench-quick lint docs clean
 
 $(BIN)/python:
+	@echo "make: creating $(VENV) (first run only)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	@echo "make: installing flytecache into $(VENV) (about a minute the first time)"
 	$(BIN)/python -m pip install -q -e .
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	@echo "make: installing flytecache with its test extras, the Flyte 2 SDK and flytekit into $(VENV) (a few minutes the first time)"
 	$(BIN)/python -m pip install -q -e '.[test,postgres,flyte,flytekit]'
 	@touch $@ $(VENV)/.installed-base
 

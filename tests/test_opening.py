@@ -26,7 +26,7 @@ def test_a_missing_postgresql_driver_is_a_clear_error_from_cachestore_open() -> 
     )
     assert done.returncode == 0, done.stderr
     assert "UnavailableError: the driver for postgresql+psycopg is not installed" in done.stdout
-    assert "install flytecache[postgres]" in done.stdout
+    assert "pip install 'psycopg[binary]'" in done.stdout
 
 
 def test_schema_state_of_a_new_and_a_migrated_database(tmp_path) -> None:

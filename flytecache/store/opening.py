@@ -74,8 +74,9 @@ def _engine(url: URL, settings: StoreSettings, *, read_only: bool = False) -> En
         return create_store_engine(url, settings, read_only=read_only)
     except ImportError as error:
         raise UnavailableError(
-            f"the driver for {url.drivername} is not installed ({error}); "
-            "for PostgreSQL install flytecache[postgres]"
+            f"the driver for {url.drivername} is not installed ({error}); for PostgreSQL, "
+            "install psycopg: `pip install 'psycopg[binary]'` (in this repository: "
+            "`.venv/bin/pip install -e '.[postgres]'`, which `make test` does)"
         ) from error
 
 
