@@ -54,6 +54,17 @@ def parse_size(text: str | int, *, name: str = "size") -> int:
     return int(number) * _SIZE_UNITS[(unit or "b")[0].lower()]
 
 
+def format_size(size: int) -> str:
+    """A byte count as people read it, the one way flytecache prints sizes: ``275 B``,
+    ``1.5 KiB``, ``883.3 MiB`` (the inverse of :func:`parse_size`; JSON output keeps bytes)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
 def _env_bool(value: str, name: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:

@@ -267,13 +267,10 @@ def plural(count: int, one: str, many: str) -> str:
 
 
 def human_bytes(size: int) -> str:
-    """``1536`` → ``1.5 KiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
+    """``1536`` → ``1.5 KiB`` (:func:`flytecache.config.format_size`)."""
+    from flytecache.config import format_size
+
+    return format_size(size)
 
 
 def human_seconds(seconds: float) -> str:

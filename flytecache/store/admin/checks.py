@@ -9,7 +9,7 @@ from typing import Literal
 
 from sqlalchemy.engine import Engine
 
-from flytecache.config import StoreSettings
+from flytecache.config import StoreSettings, format_size
 from flytecache.errors import (
     FlyteCacheError,
 )
@@ -140,10 +140,10 @@ def check_database(
             return CheckItem(
                 "wal",
                 "fail",
-                f"WAL is {size} bytes (limit {max_wal_bytes}); a reader may be blocking "
-                "checkpoints: run `flytecache checkpoint`",
+                f"WAL is {format_size(size)} (limit {format_size(max_wal_bytes)}); a reader may "
+                "be blocking checkpoints: run `flytecache checkpoint`",
             )
-        return CheckItem("wal", "ok", f"{size} bytes")
+        return CheckItem("wal", "ok", format_size(size))
 
     schema_ok = run("schema", schema).status == "ok"
     if schema_ok:
