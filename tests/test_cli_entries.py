@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,9 @@ from _cli import (
     run,
 )
 from flyteidl2.core import literals_pb2
+from test_cli_listing import flyte_key, reads_as
+
+from flytecache.cli._listing import ELLIPSIS
 
 DAY = timedelta(days=1)
 
@@ -119,12 +123,108 @@ def test_ls_pages_through_many_entries(db: str) -> None:
 
 
 def test_ls_table_for_people(populated: str) -> None:
-    out = ok(run(populated, "entries", "ls", COLUMNS="200")).stdout
+    # The table is what a terminal gets; --table asks for it here, where stdout is a pipe.
+    out = ok(run(populated, "entries", "ls", "--table", COLUMNS="200")).stdout
     for text in ("new-a", "alpha", "s3://bucket/new-a", "inline", "ago", "key", "size"):
         assert text in out
     empty = ok(run(populated, "entries", "ls", "--project", "none"))
     assert empty.stdout == "" and "no entries" in empty.stderr
     assert as_json(run(populated, "entries", "ls", "--json", "--project", "none")) == []
+
+
+def test_ls_piped_prints_one_plain_line_per_entry(populated: str) -> None:
+    result = ok(run(populated, "entries", "ls"))
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [
+        "new-a",
+        "new-inline",
+        "mid-a",
+        "old-b",
+        "old-a",
+    ]  # no header
+    new_a, inline = lines[0].split("\t"), lines[1].split("\t")
+    assert new_a[:5] == ["new-a", "alpha", "development", "train", "v2"]
+    assert new_a[5].endswith(" ago") and new_a[6:] == ["s3://bucket/new-a", "17 B"]
+    assert inline[1:5] == ["", "", "", ""] and inline[6] == "inline"
+    assert result.stderr == ""
+
+
+def _long_keys(db: str, count: int) -> list[str]:
+    """``count`` entries with keys shaped like Flyte's, newest first (as ls lists them)."""
+    with open_store(db) as store:
+        for i in range(count):
+            put_uri(store, flyte_key(i), project="flytesnacks", name="workflows.pipeline.train")
+    return [flyte_key(i) for i in reversed(range(count))]
+
+
+def test_ls_fits_an_80_column_terminal(db: str) -> None:
+    # More entries than a chunk (200), so the layout outlives its first rows.
+    expected = _long_keys(db, 230)
+    result = ok(run(db, "entries", "ls", "--limit", "0", "--table", COLUMNS="80"))
+    header, *lines = result.stdout.splitlines()
+    assert header.startswith("key ") and len(lines) == 230
+    assert all(len(line) <= 80 for line in [header, *lines])
+    shown = [line.split()[0] for line in lines]
+    assert len(set(shown)) == 230
+    assert all(
+        ELLIPSIS in short and reads_as(short, key)
+        for short, key in zip(shown, expected, strict=True)
+    )
+
+
+def test_ls_wide_and_keys_give_the_full_keys(db: str) -> None:
+    expected = _long_keys(db, 12)
+    wide = ok(run(db, "entries", "ls", "--wide", COLUMNS="80")).stdout.splitlines()
+    assert len(wide) == 13 and ELLIPSIS not in "".join(wide)
+    assert [line.split()[0] for line in wide[1:]] == expected
+    full = ok(run(db, "entries", "ls", "--full-keys", "--table")).stdout.splitlines()
+    assert [line.split()[0] for line in full[1:]] == expected
+    keys = ok(run(db, "entries", "ls", "--keys")).stdout
+    assert keys == "".join(f"{key}\n" for key in expected)
+    # Each line is a key `entries show` takes as it is, and shows in full on one line.
+    for key in keys.splitlines()[:3]:
+        assert as_json(run(db, "entries", "show", key, "--json"))["key"] == key
+        shown = ok(run(db, "entries", "show", key, COLUMNS="80")).stdout.splitlines()
+        assert shown[0].split() == ["key", key]
+        assert f"output URI     s3://bucket/{key}" in shown
+    plain = ok(run(db, "entries", "ls", "--plain")).stdout.splitlines()
+    assert [line.split("\t")[0] for line in plain] == expected
+
+
+def test_ls_jsonl_is_the_json_listing_one_per_line(populated: str) -> None:
+    listed = as_json(run(populated, "entries", "ls", "--json"))
+    lines = ok(run(populated, "entries", "ls", "--jsonl")).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == listed
+    assert ok(run(populated, "entries", "ls", "--jsonl", "--project", "none")).stdout == ""
+    limited = run(populated, "entries", "ls", "--jsonl", "--limit", "2")
+    assert len(ok(limited).stdout.splitlines()) == 2
+    assert "showing the newest 2 of 5 entries" in limited.stderr
+
+
+def test_ls_keys_with_control_characters_stay_on_one_line(db: str) -> None:
+    odd = ["tab\there", "two\nlines", '"quoted"', "\x1b[2Jclear"]
+    with open_store(db) as store:
+        for key in odd:
+            put_uri(store, key)
+    for form in ("--keys", "--plain", "--table"):
+        lines = ok(run(db, "entries", "ls", form)).stdout.splitlines()
+        keys = [line.split("\t")[0] for line in lines]
+        if form == "--table":
+            keys = [line.split("  ")[0].rstrip() for line in lines[1:]]
+        assert len(keys) == 4 and "\x1b" not in "".join(lines), form
+        assert sorted(json.loads(key) for key in keys) == sorted(odd), form
+
+
+def test_ls_output_forms_are_exclusive(populated: str) -> None:
+    for pair in (
+        ("--keys", "--json"),
+        ("--json", "--jsonl"),
+        ("--plain", "--wide"),
+        ("--keys", "--table"),
+    ):
+        line = fails(run(populated, "entries", "ls", *pair), code=2)
+        assert line == f"error: {pair[0]} and {pair[1]} cannot be used together"
+    assert "new-a" in ok(run(populated, "entries", "ls", "--table", "--wide")).stdout
 
 
 def test_ls_rejects_bad_durations(populated: str) -> None:

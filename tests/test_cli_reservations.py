@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from _cli import BACKENDS, Clock, as_json, fails, new_db_on, ok, open_store, run
+from test_cli_listing import flyte_key, reads_as
 
 from flytecache import CacheStore
 from flytecache.cli import _present as present
@@ -79,6 +81,51 @@ def test_ls_for_people(db: str) -> None:
     assert "expired 1m 4" in out  # old-2: taken 2 minutes ago for 15s
     empty = ok(run(db, "reservations", "ls", "--owner", "nobody"))
     assert empty.stdout == "" and "no reservations" in empty.stderr
+
+
+def test_ls_piped_table_keys_and_jsonl(db: str) -> None:
+    lines = ok(run(db, "reservations", "ls")).stdout.splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [
+        ["live-1", "owner-a"],
+        ["live-2", "owner-b"],
+        ["old-1", "owner-a"],
+        ["old-2", "owner-c"],
+    ]  # no header
+    assert all(len(line.split("\t")) == 5 for line in lines)
+    table = ok(run(db, "reservations", "ls", "--table", COLUMNS="80")).stdout.splitlines()
+    assert table[0].split() == ["key", "owner", "state", "heartbeat", "held", "since"]
+    assert len(table) == 5
+    assert ok(run(db, "reservations", "ls", "--keys", "--expired")).stdout == "old-1\nold-2\n"
+    listed = as_json(run(db, "reservations", "ls", "--json"))
+    jsonl = ok(run(db, "reservations", "ls", "--jsonl")).stdout.splitlines()
+    assert [json.loads(line)["key"] for line in jsonl] == [lease["key"] for lease in listed]
+    assert fails(run(db, "reservations", "ls", "--keys", "--jsonl"), code=2) == (
+        "error: --keys and --jsonl cannot be used together"
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ls_long_keys_at_80_columns(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    path = new_db_on(backend, request, tmp_path)
+    with open_store(path) as store:
+        for i in range(40):
+            key = "reservation:" + flyte_key(i)
+            store.get_or_extend_reservation(key, f"flyte-executor-{i % 3}-a1b2c3d4e5f6")
+    # In the database's order (its collation's, on PostgreSQL).
+    keys = [lease["key"] for lease in as_json(run(path, "reservations", "ls", "--json"))]
+    assert sorted(keys) == sorted("reservation:" + flyte_key(i) for i in range(40))
+    table = ok(run(path, "reservations", "ls", "--table", COLUMNS="80")).stdout
+    header, *lines = table.splitlines()
+    assert header.startswith("key ") and len(lines) == 40
+    assert all(len(line) <= 80 for line in [header, *lines])
+    shown = [line.split()[0] for line in lines]
+    assert len(set(shown)) == 40
+    assert all(reads_as(short, key) for short, key in zip(shown, keys, strict=True))
+    wide = ok(run(path, "reservations", "ls", "--wide", COLUMNS="80")).stdout.splitlines()
+    assert [line.split()[0] for line in wide[1:]] == keys
+    assert ok(run(path, "reservations", "ls", "--keys")).stdout.splitlines() == keys
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,13 +26,23 @@ from flytecache.cli._common import (
     parse_duration_option,
     plural,
     print_json,
-    print_json_list,
     progress,
     stdout_console,
 )
+from flytecache.cli._listing import (
+    Column,
+    JsonlOption,
+    KeysOption,
+    Listing,
+    TableOption,
+    WideOption,
+    choose_format,
+    print_rows,
+    printable,
+)
 
 if TYPE_CHECKING:
-    from flytecache.store.admin import EntryFilter
+    from flytecache.store.admin import EntryFilter, EntrySummary
 
 app = typer.Typer(help="Inspect and manage entries.", no_args_is_help=True)
 
@@ -79,6 +90,34 @@ def _filter(
     )
 
 
+def _entry_cells(now: int) -> Callable[[EntrySummary], tuple[str, ...]]:
+    def cells(entry: EntrySummary) -> tuple[str, ...]:
+        return (
+            entry.key,
+            entry.project,
+            entry.domain,
+            entry.name,
+            entry.version,
+            human_age(entry.last_updated_at, now),
+            "inline" if entry.inline else entry.output_uri or "",
+            human_bytes(entry.size),
+        )
+
+    return cells
+
+
+_COLUMNS = (
+    Column("key", min_width=28),
+    Column("project", min_width=7, drop=5),
+    Column("domain", min_width=7, drop=6),
+    Column("name", min_width=12, drop=3, cut="start"),
+    Column("version", min_width=7, drop=4),
+    Column("updated", reserve=len("23h 59m ago"), drop=1),
+    Column("output", min_width=12, drop=7, cut="middle"),
+    Column("size", reserve=len("999.9 KiB"), drop=2, right=True),
+)
+
+
 @app.command("ls")
 def list_entries(
     project: ProjectOption = None,
@@ -91,10 +130,28 @@ def list_entries(
         int, typer.Option(min=0, help="Show at most N entries, newest first (0: no limit).")
     ] = 100,
     db: DbOption = DEFAULT_DB,
+    table: TableOption = None,
+    wide: WideOption = False,
+    keys: KeysOption = False,
     json: JsonOption = False,
+    jsonl: JsonlOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """List entries, most recently updated first."""
+    """List entries, most recently updated first.
+
+    On a terminal: a table fitted to its width, one line per entry. Long keys are shortened in
+    the middle ("…") but never so far that two nearby rows read alike; columns that do not fit
+    are left out. --wide shows every column, with the keys in full.
+
+    Piped or redirected: one line per entry and no header, the fields in full, separated by
+    tabs: key, project, domain, name, version, updated, output, size. (A value holding a tab,
+    newline or other control character is printed as a JSON string.)
+
+    --keys prints only the keys; --json prints a JSON array and --jsonl one JSON object per
+    line, with timestamps in ISO 8601 and sizes in bytes. Every form is printed as the entries
+    are read, in constant memory.
+    """
+    form = choose_format(table=table, wide=wide, keys=keys, json=json, jsonl=jsonl)
     with cli_errors(verbose):
         from flytecache.store import admin
 
@@ -105,7 +162,7 @@ def list_entries(
             rows = admin.iter_entries(store, where, limit=limit + 1 if limit else None, now_us=now)
             truncated = False
 
-            def capped() -> Any:
+            def capped() -> Iterator[EntrySummary]:
                 nonlocal truncated
                 for index, entry in enumerate(rows):
                     if limit and index >= limit:
@@ -116,32 +173,14 @@ def list_entries(
             # Stopping after `limit` rows leaves the listing's read transaction open: close it
             # here, so its connection goes back to the pool before the store is closed.
             with contextlib.closing(rows):
-                if json:
-                    print_json_list(present.entry_json(entry) for entry in capped())
-                else:
-                    from rich.table import Table
-
-                    table = Table()
-                    table.add_column("key", overflow="fold")
-                    for column in ("project", "domain", "name", "version", "updated"):
-                        table.add_column(column)
-                    table.add_column("output", overflow="fold")
-                    table.add_column("size", justify="right")
-                    for entry in capped():
-                        table.add_row(
-                            entry.key,
-                            entry.project,
-                            entry.domain,
-                            entry.name,
-                            entry.version,
-                            human_age(entry.last_updated_at, now),
-                            "inline" if entry.inline else entry.output_uri,
-                            human_bytes(entry.size),
-                        )
-                    if table.row_count:
-                        stdout_console().print(table)
-                    else:
-                        err("no entries")
+                listing = Listing(
+                    noun="entries",
+                    columns=_COLUMNS,
+                    cells=_entry_cells(now),
+                    key=lambda entry: entry.key,
+                    as_json=present.entry_json,
+                )
+                print_rows(capped(), listing, form)
             if truncated:
                 total, _ = admin.count_entries(store, where, now_us=now)
                 err(f"showing the newest {limit} of {total} entries; use --limit 0 for all")
@@ -165,26 +204,31 @@ def show(
             print_json(present.detail_json(detail))
             return
         from rich.table import Table
+        from rich.text import Text
 
         console = stdout_console()
         entry = detail.entry
-        info = Table.grid(padding=(0, 2))
-        info.add_column(style="bold")
-        info.add_column()
-        info.add_row("key", entry.key)
-        for label in ("project", "domain", "name", "version", "org"):
-            info.add_row(label, getattr(entry, label) or "-")
-        info.add_row("resource type", present.resource_type_name(entry.resource_type) or "-")
-        info.add_row(
-            "created", f"{human_time(entry.created_at)} ({human_age(entry.created_at, now)})"
-        )
-        info.add_row(
-            "last updated",
-            f"{human_time(entry.last_updated_at)} ({human_age(entry.last_updated_at, now)})",
-        )
-        info.add_row("size", human_bytes(entry.size))
-        info.add_row("output URI", entry.output_uri or "- (inline outputs)")
-        console.print(info)
+        info = [
+            ("key", entry.key),
+            *(
+                (label, getattr(entry, label) or "-")
+                for label in ("project", "domain", "name", "version", "org")
+            ),
+            ("resource type", present.resource_type_name(entry.resource_type) or "-"),
+            ("created", f"{human_time(entry.created_at)} ({human_age(entry.created_at, now)})"),
+            (
+                "last updated",
+                f"{human_time(entry.last_updated_at)} ({human_age(entry.last_updated_at, now)})",
+            ),
+            ("size", human_bytes(entry.size)),
+            ("output URI", entry.output_uri or "- (inline outputs)"),
+        ]
+        labels = max(len(label) for label, _ in info)
+        for label, value in info:
+            # Each value whole on its line (the terminal may wrap it): a key or URI cut short
+            # with "…" could not be copied.
+            line = Text.assemble((label.ljust(labels), "bold"), "  ", printable(value))
+            console.print(line, soft_wrap=True)
         if detail.key_map:
             key_map = Table("key map", "value", box=None, pad_edge=False)
             for name, value in sorted(detail.key_map.items()):

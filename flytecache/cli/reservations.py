@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,10 +22,21 @@ from flytecache.cli._common import (
     open_store,
     plural,
     print_json,
-    print_json_list,
-    stdout_console,
     usage_error,
 )
+from flytecache.cli._listing import (
+    Column,
+    JsonlOption,
+    KeysOption,
+    Listing,
+    TableOption,
+    WideOption,
+    choose_format,
+    print_rows,
+)
+
+if TYPE_CHECKING:
+    from flytecache.store.admin import ReservationInfo
 
 app = typer.Typer(help="Inspect and manage reservations.", no_args_is_help=True)
 
@@ -34,6 +45,31 @@ def _expiry(expires_in: float) -> str:
     if expires_in > 0:
         return f"expires in {human_seconds(expires_in)}"
     return f"expired {human_seconds(-expires_in)} ago"
+
+
+def _lease_cells(lease: ReservationInfo) -> tuple[str, ...]:
+    return (
+        lease.key,
+        lease.owner_id,
+        _expiry(lease.expires_in),
+        human_seconds(lease.heartbeat_interval / 1_000_000),
+        human_age(lease.created_at, lease.now),
+    )
+
+
+_LISTING = Listing(
+    noun="reservations",
+    columns=(
+        Column("key", min_width=28),
+        Column("owner", min_width=12, drop=2, cut="middle"),
+        Column("state", reserve=len("expired 23h 59m ago")),
+        Column("heartbeat", drop=3),
+        Column("held since", reserve=len("23h 59m ago"), drop=1),
+    ),
+    cells=_lease_cells,
+    key=lambda lease: lease.key,
+    as_json=present.reservation_json,
+)
 
 
 @app.command("ls")
@@ -45,12 +81,30 @@ def list_reservations(
         int, typer.Option(min=0, help="Show at most N leases, by key (0: no limit).")
     ] = 0,
     db: DbOption = DEFAULT_DB,
+    table: TableOption = None,
+    wide: WideOption = False,
+    keys: KeysOption = False,
     json: JsonOption = False,
+    jsonl: JsonlOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """List reservations (default: all), with who holds them and until when."""
+    """List reservations (default: all), with who holds them and until when.
+
+    On a terminal: a table fitted to its width, one line per lease. Long keys are shortened in
+    the middle ("…") but never so far that two nearby rows read alike; columns that do not fit
+    are left out. --wide shows every column, with the keys in full.
+
+    Piped or redirected: one line per lease and no header, the fields in full, separated by
+    tabs: key, owner, state, heartbeat, held since. (A value holding a tab, newline or other
+    control character is printed as a JSON string.)
+
+    --keys prints only the keys; --json prints a JSON array and --jsonl one JSON object per
+    line, with timestamps in ISO 8601 and durations in seconds. Every form is printed as the
+    leases are read, in constant memory.
+    """
     if active and expired:
         raise usage_error("--active and --expired are mutually exclusive")
+    form = choose_format(table=table, wide=wide, keys=keys, json=json, jsonl=jsonl)
     with cli_errors(verbose):
         from flytecache.store import admin
 
@@ -62,28 +116,7 @@ def list_reservations(
                 admin.iter_reservations(store, state=state, owner=owner, limit=limit or None)
             ) as leases,
         ):
-            if json:
-                print_json_list(present.reservation_json(lease) for lease in leases)
-                return
-            from rich.table import Table
-
-            table = Table()
-            table.add_column("key", overflow="fold")
-            table.add_column("owner", overflow="fold")
-            for column in ("state", "heartbeat", "held since"):
-                table.add_column(column)
-            for lease in leases:
-                table.add_row(
-                    lease.key,
-                    lease.owner_id,
-                    _expiry(lease.expires_in),
-                    human_seconds(lease.heartbeat_interval / 1_000_000),
-                    human_age(lease.created_at, lease.now),
-                )
-            if table.row_count:
-                stdout_console().print(table)
-            else:
-                err("no reservations")
+            print_rows(leases, _LISTING, form)
 
 
 @app.command()
