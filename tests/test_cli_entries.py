@@ -345,7 +345,22 @@ def test_show_entry_with_no_outputs_and_undecodable_literal(db: str) -> None:
 
 
 def test_show_missing(populated: str) -> None:
-    assert fails(run(populated, "entries", "show", "nope")) == 'error: cache entry "nope" not found'
+    line = fails(run(populated, "entries", "show", "nope"))
+    assert line.startswith('error: cache entry "nope" not found (')
+    assert '"<project>-<domain>-<key>"' in line and "--project and --domain" in line
+
+
+def test_show_and_rm_take_an_unscoped_key_with_its_scope(populated: str) -> None:
+    with open_store(populated) as store:
+        put_uri(store, "flytesnacks-development-abc")
+    scope = ["--project", "flytesnacks", "--domain", "development"]
+    shown = as_json(ok(run(populated, "entries", "show", "abc", *scope, "--json")))
+    assert shown["key"] == "flytesnacks-development-abc"
+    line = fails(run(populated, "entries", "show", "abd", *scope))
+    assert 'cache entry "flytesnacks-development-abd" not found' in line
+    assert 'project "flytesnacks", domain "development"' in line
+    ok(run(populated, "entries", "rm", "abc", *scope, "-y"))
+    assert "flytesnacks-development-abc" not in keys(run(populated, "entries", "ls", "--json"))
 
 
 def test_rm(populated: str) -> None:
@@ -353,7 +368,7 @@ def test_rm(populated: str) -> None:
     removed = as_json(result)
     assert removed["removed"] == ["old-a", "new-inline"] and removed["missing"] == []
     assert removed["bytes"] == len("s3://bucket/old-a") + len(int_literal(5).SerializeToString())
-    assert f"removed 2 entries ({removed['bytes']} bytes)" in result.stderr
+    assert f"removed 2 entries ({removed['bytes']} B)" in result.stderr
     assert keys(run(populated, "entries", "ls", "--json")) == ["new-a", "mid-a", "old-b"]
     with connect(populated) as conn:
         orphans = conn.execute(sa.select(sa.func.count()).select_from(OUTPUTS)).scalar_one()
@@ -363,10 +378,9 @@ def test_rm(populated: str) -> None:
 def test_rm_reports_missing_keys_and_removes_the_rest(populated: str) -> None:
     result = run(populated, "entries", "rm", "old-a", "ghost", "old-a", "-y")
     assert result.exit_code == 1
-    assert result.stderr.splitlines() == [
-        "removed 1 entry (17 bytes)",
-        'error: no entry for "ghost"',
-    ]
+    first, second = result.stderr.splitlines()
+    assert first == "removed 1 entry (17 B)"
+    assert second.startswith('error: no entry for "ghost" (')
     assert "old-a" not in keys(run(populated, "entries", "ls", "--json"))
 
 
@@ -384,7 +398,7 @@ def test_prune_dry_run_then_for_real(populated: str) -> None:
     result = ok(run(populated, "entries", "prune", "--older-than", "30d", "--yes", "--json"))
     report = as_json(result)
     assert report["entries"] == 2 and report["bytes"] == size and report["batches"] == 1
-    assert result.stderr.strip().endswith(f"removed 2 entries ({size} bytes)")
+    assert result.stderr.strip().endswith(f"removed 2 entries ({size} B)")
     assert keys(run(populated, "entries", "ls", "--json")) == ["new-a", "new-inline", "mid-a"]
 
 
@@ -413,7 +427,7 @@ def test_prune_with_filters_and_small_batches(populated: str) -> None:
 
 def test_prune_nothing_needs_no_confirmation(populated: str) -> None:
     result = ok(run(populated, "entries", "prune", "--older-than", "2w", "--project", "gamma"))
-    assert "removed 0 entries (0 bytes)" in result.stderr
+    assert "removed 0 entries (0 B)" in result.stderr
 
 
 def test_prune_requires_an_age(populated: str) -> None:

@@ -53,10 +53,17 @@ Format = Literal["table", "wide", "plain", "keys", "json", "jsonl"]
 
 KeysOption = Annotated[
     bool,
-    typer.Option("--keys", help="Print only the keys, in full, one per line (for xargs, scripts)."),
+    typer.Option(
+        "--keys",
+        metavar="",
+        help="Print only the keys, in full, one per line (for xargs, scripts).",
+    ),
 ]
 JsonlOption = Annotated[
-    bool, typer.Option("--jsonl", help="Print JSON Lines: one JSON object per line (for scripts).")
+    bool,
+    typer.Option(
+        "--jsonl", metavar="", help="Print JSON Lines: one JSON object per line (for scripts)."
+    ),
 ]
 WideOption = Annotated[
     bool,
@@ -64,6 +71,7 @@ WideOption = Annotated[
         "--wide",
         "--full-keys",
         "-w",
+        metavar="",
         help="A table of every column in full, keys included (lines may exceed the terminal).",
     ),
 ]
@@ -71,6 +79,7 @@ TableOption = Annotated[
     bool | None,
     typer.Option(
         "--table/--plain",
+        metavar="",
         show_default=False,
         help="A table fitted to the terminal, or plain tab-separated lines "
         "(default: a table on a terminal, plain lines otherwise).",

@@ -186,19 +186,68 @@ def list_entries(
                 err(f"showing the newest {limit} of {total} entries; use --limit 0 for all")
 
 
+ScopeProject = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        help="With --domain: KEY is the unscoped cache key of this project, as Flyte sends it.",
+        show_default=False,
+    ),
+]
+ScopeDomain = Annotated[
+    str | None,
+    typer.Option(
+        "--domain",
+        help="With --project: KEY is the unscoped cache key of this domain.",
+        show_default=False,
+    ),
+]
+
+
+def _stored_key(key: str, project: str | None, domain: str | None) -> str:
+    """The key as stored: scoped ``<project>-<domain>-<key>`` when a scope is given."""
+    if project is None and domain is None:
+        return key
+    from flytecache.scoping import scoped_key
+
+    return scoped_key(project or "", domain or "", key)
+
+
+def _not_found_hint(project: str | None, domain: str | None) -> str:
+    if project is None and domain is None:
+        return (
+            "entries written through `flytecache serve` or the SDK integrations are stored as "
+            '"<project>-<domain>-<key>": give that key, or --project and --domain with yours'
+        )
+    return f'looked up as "<project>-<domain>-<key>" with project "{project or ""}", domain ' + (
+        f'"{domain or ""}"'
+    )
+
+
 @app.command()
 def show(
-    key: Annotated[str, typer.Argument(help="The entry's key (as stored).")],
+    key: Annotated[
+        str,
+        typer.Argument(help="The entry's key as stored (unscoped with --project/--domain)."),
+    ],
+    project: ScopeProject = None,
+    domain: ScopeDomain = None,
     db: DbOption = DEFAULT_DB,
     json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Show one entry: metadata, key map and its output URI or inline outputs."""
     with cli_errors(verbose):
+        from flytecache.errors import NotFoundError
         from flytecache.store import admin
 
+        stored = _stored_key(key, project, domain)
         with open_store(db) as store:
-            detail = admin.get_entry(store, key)
+            try:
+                detail = admin.get_entry(store, stored)
+            except NotFoundError as error:
+                hint = _not_found_hint(project, domain)
+                raise NotFoundError(f"{error.message} ({hint})", key=stored) from None
             now = store.now_us()
         if json:
             print_json(present.detail_json(detail))
@@ -256,7 +305,11 @@ def _show_value(value: Any) -> str:
 
 @app.command("rm")
 def remove(
-    keys: Annotated[list[str], typer.Argument(help="Keys of the entries to remove.")],
+    keys: Annotated[
+        list[str], typer.Argument(help="Keys of the entries to remove (as stored, or unscoped).")
+    ],
+    project: ScopeProject = None,
+    domain: ScopeDomain = None,
     db: DbOption = DEFAULT_DB,
     yes: YesOption = False,
     json: JsonOption = False,
@@ -269,6 +322,7 @@ def remove(
     with cli_errors(verbose):
         from flytecache.store import admin
 
+        keys = [_stored_key(key, project, domain) for key in keys]
         with open_store(db) as store:
             confirm(f"remove {plural(len(keys), 'entry', 'entries')}", yes=yes)
             result = admin.delete_entries(store, keys)
@@ -276,11 +330,12 @@ def remove(
             print_json(
                 {"removed": result.removed, "missing": result.missing, "bytes": result.bytes}
             )
-        err(f"removed {plural(len(result.removed), 'entry', 'entries')} ({result.bytes} bytes)")
+        removed = plural(len(result.removed), "entry", "entries")
+        err(f"removed {removed} ({human_bytes(result.bytes)})")
         if result.missing:
             shown = ", ".join(f'"{k}"' for k in result.missing[:3])
             more = f" and {len(result.missing) - 3} more" if len(result.missing) > 3 else ""
-            err(f"error: no entry for {shown}{more}")
+            err(f"error: no entry for {shown}{more} ({_not_found_hint(project, domain)})")
             raise typer.Exit(1)
 
 
@@ -299,7 +354,7 @@ def prune(
     name: NameOption = None,
     version: VersionOption = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only count what would be removed.")
+        bool, typer.Option("--dry-run", metavar="", help="Only count what would be removed.")
     ] = False,
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Entries removed per write transaction.")
@@ -341,4 +396,4 @@ def prune(
         if json:
             print_json(present.prune_json(result))
         verb = "would remove" if dry_run else "removed"
-        err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({result.bytes} bytes)")
+        err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({human_bytes(result.bytes)})")

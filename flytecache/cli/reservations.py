@@ -74,8 +74,10 @@ _LISTING = Listing(
 
 @app.command("ls")
 def list_reservations(
-    active: Annotated[bool, typer.Option("--active", help="Only live leases.")] = False,
-    expired: Annotated[bool, typer.Option("--expired", help="Only expired leases.")] = False,
+    active: Annotated[bool, typer.Option("--active", metavar="", help="Only live leases.")] = False,
+    expired: Annotated[
+        bool, typer.Option("--expired", metavar="", help="Only expired leases.")
+    ] = False,
     owner: Annotated[str | None, typer.Option(help="Only leases held by this owner.")] = None,
     limit: Annotated[
         int, typer.Option(min=0, help="Show at most N leases, by key (0: no limit).")
@@ -152,7 +154,7 @@ def release(
 def gc(
     db: DbOption = DEFAULT_DB,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only count the expired leases.")
+        bool, typer.Option("--dry-run", metavar="", help="Only count the expired leases.")
     ] = False,
     yes: YesOption = False,
     json: JsonOption = False,
