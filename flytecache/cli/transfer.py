@@ -69,20 +69,6 @@ def _reader(path: str) -> Iterator[IO[bytes]]:
             yield raw
 
 
-def _check_output_path(target: Path, *, overwrite: bool) -> None:
-    """Refuse before any work: an existing file without ``overwrite``, a missing directory."""
-    from flytecache.errors import AlreadyExistsError, InvalidArgumentError
-
-    if target.is_dir():
-        raise InvalidArgumentError(f"cannot write the export to {target}: it is a directory")
-    if target.exists() and not overwrite:
-        raise AlreadyExistsError(f"{target} already exists (pass --overwrite to replace it)")
-    if not target.parent.is_dir():
-        raise InvalidArgumentError(
-            f"cannot write the export to {target}: directory {target.parent} does not exist"
-        )
-
-
 def export(
     path: Annotated[str, typer.Argument(help="Output file (.gz to compress), or - for stdout.")],
     overwrite: Annotated[
@@ -101,7 +87,9 @@ def export(
         from flytecache.store import admin
 
         if path != "-":
-            _check_output_path(Path(path).expanduser(), overwrite=overwrite)
+            admin.check_output_path(
+                Path(path).expanduser().absolute(), overwrite=overwrite, what="the export"
+            )
         with (
             open_store(db) as store,
             admin.export_entries(store) as stream,

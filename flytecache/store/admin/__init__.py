@@ -9,7 +9,7 @@ an ``Engine``, since they must work on a database whose schema is not (yet) the 
 are plain dataclasses or dicts, never ORM rows; how they are shown is the CLI's business.
 """
 
-from flytecache.store.admin._base import BATCH, require_sqlite
+from flytecache.store.admin._base import BATCH, check_output_path, require_sqlite
 from flytecache.store.admin.checks import CheckItem, check_database
 from flytecache.store.admin.entries import (
     DeleteResult,
@@ -69,6 +69,7 @@ __all__ = [
     "VacuumResult",
     "backup",
     "check_database",
+    "check_output_path",
     "checkpoint",
     "count_entries",
     "count_reservations",

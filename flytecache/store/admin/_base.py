@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from flytecache.errors import (
+    AlreadyExistsError,
     InvalidArgumentError,
 )
 from flytecache.store.cache import CacheStore
@@ -105,3 +106,17 @@ def keyset_pages(
             if remaining <= 0:
                 return
         after = cursor(rows[-1])
+
+
+def check_output_path(target: Path, *, overwrite: bool, what: str) -> None:
+    """Refuse to write ``what`` (``"the backup"``, ``"the export"``) to ``target`` before any
+    work: a directory, an existing file without ``overwrite``, a missing directory — one policy
+    for every file flytecache writes."""
+    if target.is_dir():
+        raise InvalidArgumentError(f"cannot write {what} to {target}: it is a directory")
+    if target.exists() and not overwrite:
+        raise AlreadyExistsError(f"{target} already exists (pass --overwrite to replace it)")
+    if not target.parent.is_dir():
+        raise InvalidArgumentError(
+            f"cannot write {what} to {target}: directory {target.parent} does not exist"
+        )

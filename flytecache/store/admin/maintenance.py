@@ -11,13 +11,10 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from flytecache.errors import (
-    AlreadyExistsError,
     InvalidArgumentError,
     StorageBusyError,
 )
-from flytecache.store.admin._base import (
-    require_sqlite,
-)
+from flytecache.store.admin._base import check_output_path, require_sqlite
 from flytecache.store.driver_errors import translate_errors
 
 
@@ -60,14 +57,7 @@ def backup(
     path = Path(dest).expanduser().absolute()
     if path.exists() and path.resolve() == source.resolve():
         raise InvalidArgumentError("the backup must not overwrite the database itself")
-    if path.is_dir():
-        raise InvalidArgumentError(f"cannot write the backup to {path}: it is a directory")
-    if path.exists() and not overwrite:
-        raise AlreadyExistsError(f"{path} already exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise InvalidArgumentError(
-            f"cannot write the backup to {path}: directory {path.parent} does not exist"
-        )
+    check_output_path(path, overwrite=overwrite, what="the backup")
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     started = time.monotonic()
     try:
