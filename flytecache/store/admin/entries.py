@@ -147,11 +147,12 @@ def iter_entries(
     def page(after: tuple[int, int] | None) -> sa.Select[Any]:
         query = sa.select(ENTRIES.c.id, *_SUMMARY_COLUMNS).where(*clauses)
         if after is not None:
+            # The same rows as "(updated, id) < after", written so the index on
+            # last_updated_at bounds the scan: with a bare OR, SQLite scans from the top for
+            # every page and a 1M-entry listing slows quadratically.
             query = query.where(
-                sa.or_(
-                    ENTRIES.c.last_updated_at < after[0],
-                    sa.and_(ENTRIES.c.last_updated_at == after[0], ENTRIES.c.id < after[1]),
-                )
+                ENTRIES.c.last_updated_at <= after[0],
+                sa.or_(ENTRIES.c.last_updated_at < after[0], ENTRIES.c.id < after[1]),
             )
         return query.order_by(ENTRIES.c.last_updated_at.desc(), ENTRIES.c.id.desc())
 
