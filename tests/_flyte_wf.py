@@ -107,17 +107,11 @@ async def call(name: str, x: int, verbose: int) -> str:
 
 
 def main(db: str, steps: list[str]) -> None:
+    from _sdk_runs import install_from_argv
+
     from flytecache.integrations import flyte_sdk
 
-    if db == "install+uninstall":
-        flyte_sdk.install("unused.db")
-        flyte_sdk.uninstall()
-    elif db != "-":
-        flyte_sdk.install(
-            db,
-            heartbeat=timedelta(seconds=float(os.environ.get("FC_HEARTBEAT", "5"))),
-            poll=timedelta(milliseconds=50),
-        )
+    install_from_argv(flyte_sdk, db)
     flyte.init()
     for step in steps:
         name, *args = step.split(":")

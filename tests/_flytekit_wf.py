@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -93,17 +92,11 @@ WORKFLOWS["serialized"] = serialized_wf
 
 
 def main(db: str, steps: list[str]) -> None:
+    from _sdk_runs import install_from_argv
+
     from flytecache.integrations import flytekit as fc_flytekit
 
-    if db == "install+uninstall":
-        fc_flytekit.install("unused.db")
-        fc_flytekit.uninstall()
-    elif db != "-":
-        fc_flytekit.install(
-            db,
-            heartbeat=timedelta(seconds=float(os.environ.get("FC_HEARTBEAT", "5"))),
-            poll=timedelta(milliseconds=50),
-        )
+    install_from_argv(fc_flytekit, db)
     for step in steps:
         name, *args = step.split(":")
         inputs = {"x": int(args[0])}

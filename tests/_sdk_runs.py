@@ -17,7 +17,9 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from flytecache import CacheStore
 
@@ -84,6 +86,21 @@ class Runs:
         if not self.log.exists():
             return Counter()
         return Counter(line.split()[0] for line in self.log.read_text().splitlines())
+
+
+def install_from_argv(integration: Any, db: str) -> None:
+    """What a workflow file's DB argument asks of ``integration`` (``flyte_sdk`` or
+    ``flytekit``): ``-`` the SDK's own cache, ``install+uninstall`` installed then removed,
+    anything else installed with ``FC_HEARTBEAT`` and a 50 ms poll."""
+    if db == "install+uninstall":
+        integration.install("unused.db")
+        integration.uninstall()
+    elif db != "-":
+        integration.install(
+            db,
+            heartbeat=timedelta(seconds=float(os.environ.get("FC_HEARTBEAT", "5"))),
+            poll=timedelta(milliseconds=50),
+        )
 
 
 def results(output: str) -> list[tuple[str, str]]:

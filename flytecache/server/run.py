@@ -148,7 +148,7 @@ def serve(
     if auth_token_file is not None:
         settings = settings.replace(auth_token=load_token(auth_token_file))
     with _StopRequest() as stop:
-        store = CacheStore.open(db, settings=store_settings or StoreSettings(), migrate=True)
+        store = CacheStore.open(db, settings=store_settings, migrate=True)
         # SQLite: one writer thread (see threads.py); PostgreSQL takes concurrent writers.
         threads = StoreThreads(
             readers=settings.threads, writers=1 if store.is_sqlite else settings.threads
