@@ -18,11 +18,15 @@ from typer.testing import CliRunner, Result
 
 from flytecache import CacheStore, StoreSettings
 from flytecache.cli import app
-from flytecache.store.models import Entry, Output
+from flytecache.store import codec
+from flytecache.store.admin import _base as admin_base
+from flytecache.store.models import Entry
 
 ENTRIES = cast(sa.Table, Entry.__table__)
-OUTPUTS = cast(sa.Table, Output.__table__)
 BACKENDS = ["sqlite", "postgresql"]
+WITH_PAYLOAD = admin_base.WITH_PAYLOAD
+OUTPUTS_TABLE = admin_base.OUTPUTS
+PAYLOAD = admin_base.PAYLOAD
 
 runner = CliRunner()
 
@@ -100,6 +104,11 @@ def put_inline(store: CacheStore, key: str, literals: dict[str, literals_pb2.Lit
     store.put(key, cs.CachedOutput(output_literals=literal_map), overwrite=True)
 
 
+def inline_size(literals: dict[str, literals_pb2.Literal]) -> int:
+    """An inline entry's size: its serialized literal map."""
+    return int(literals_pb2.LiteralMap(literals=literals).ByteSize())
+
+
 def int_literal(value: int) -> literals_pb2.Literal:
     literal = literals_pb2.Literal()
     literal.scalar.primitive.integer = value
@@ -159,23 +168,23 @@ def bulk_insert(
                 "name": f"task-{i % 7}",
                 "version": "v1",
                 "org": "",
-                "key_map": "{}",
                 "created_at": updated_us,
                 "last_updated_at": updated_us,
                 "output_uri": uri,
                 "size": len(literal) if uri is None else len(uri),
+                "payload": codec.payload_from_parts(
+                    output_uri=uri,
+                    literals=[] if uri else [("o", literal)],
+                    metadata=codec.metadata_from_columns(
+                        1, "bulk", "development", f"task-{i % 7}", "v1", "", None
+                    ),
+                    created_at=updated_us,
+                    last_updated_at=updated_us,
+                ),
             }
         )
     with connect(db) as conn:
         conn.execute(sa.insert(ENTRIES), rows)
-        conn.execute(
-            sa.insert(OUTPUTS).from_select(
-                ["entry_id", "name", "literal"],
-                sa.select(ENTRIES.c.id, sa.literal("o"), sa.literal(literal, sa.LargeBinary)).where(
-                    ENTRIES.c.output_uri.is_(None), ENTRIES.c.key.like(f"{prefix}-%")
-                ),
-            )
-        )
 
 
 def new_db(tmp_path: Path) -> str:

@@ -20,6 +20,7 @@ from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import literals_pb2
 
 from flytecache import CacheStore
+from flytecache.store.codec import literal_map_entries
 
 OUTPUTS_PER_ENTRY = 3
 
@@ -85,11 +86,17 @@ def audit(path: str, workdir: Path, pattern: str = "ack-*.log") -> dict[str, int
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        partial = conn.execute(
-            "SELECT e.key, count(o.name) FROM entries e LEFT JOIN outputs o ON o.entry_id = e.id "
-            "WHERE e.output_uri IS NULL GROUP BY e.id HAVING count(o.name) != ?",
-            (OUTPUTS_PER_ENTRY,),
-        ).fetchall()
+        # An entry is one row (its payload, or for a large one the outputs row written in
+        # the same transaction): each must hold every output.
+        partial = [
+            key
+            for key, payload in conn.execute(
+                "SELECT e.key, coalesce(e.payload, o.payload) FROM entries e "
+                "LEFT JOIN outputs o ON o.entry_id = e.id AND e.payload IS NULL "
+                "WHERE e.output_uri IS NULL"
+            )
+            if payload is None or len(literal_map_entries(payload)) != OUTPUTS_PER_ENTRY
+        ]
         assert partial == [], f"entries without all their outputs: {partial[:5]}"
         bad_leases = conn.execute(
             "SELECT key FROM reservations WHERE owner_id = '' OR expires_at <= updated_at "

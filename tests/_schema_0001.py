@@ -263,10 +263,10 @@ def populate(conn: sa.Connection, n: int = 0, *, batch: int = 5_000) -> list[Cas
     for case in rows():
         pending.append(case)
         if len(pending) >= batch:
-            _write(conn, pending)
+            write_cases(conn, pending)
             pending = []
     if pending:
-        _write(conn, pending)
+        write_cases(conn, pending)
     conn.execute(
         RESERVATIONS.insert(),
         [
@@ -293,7 +293,8 @@ def populate(conn: sa.Connection, n: int = 0, *, batch: int = 5_000) -> list[Cas
     return catalogue
 
 
-def _write(conn: sa.Connection, cases_: list[Case]) -> None:
+def write_cases(conn: sa.Connection, cases_: list[Case]) -> None:
+    """Insert ``cases_`` (new keys) as 0001's put would have written them."""
     rows = [_entry_row(case) for case in cases_]
     ids = {
         key: entry_id

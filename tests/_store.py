@@ -38,6 +38,12 @@ def int_literal(value: int) -> literals_pb2.Literal:
     )
 
 
+def string_literal(value: str) -> literals_pb2.Literal:
+    return literals_pb2.Literal(
+        scalar=literals_pb2.Scalar(primitive=literals_pb2.Primitive(string_value=value))
+    )
+
+
 def uri_output(uri: str, metadata: cs.Metadata | None = None) -> cs.CachedOutput:
     return cs.CachedOutput(output_uri=uri, metadata=metadata)
 

@@ -80,7 +80,7 @@ def _dangling_inline_entries(path: str) -> int:
     try:
         return int(
             conn.execute(
-                "select count(*) from entries e where e.output_uri is null and not exists "
+                "select count(*) from entries e where e.payload is null and not exists "
                 "(select 1 from outputs o where o.entry_id = e.id)"
             ).fetchone()[0]
         )

@@ -29,7 +29,7 @@ from _cli import (
 )
 from typer.testing import Result
 
-HEAD = "0001_initial"
+HEAD = "0002_payload"
 SQLITE_ONLY = ("filesystem", "integrity", "wal")
 
 
@@ -111,14 +111,16 @@ def test_history(any_db: str) -> None:
     rows = as_json(run(db, "db", "history", "--json"))
     assert rows[0] == {
         "revision": HEAD,
-        "down_revision": None,
+        "down_revision": "0001_initial",
         "message": rows[0]["message"],
         "head": True,
         "current": True,
     }
-    assert "initial schema" in rows[0]["message"]
+    assert "payload" in rows[0]["message"]
+    assert rows[-1]["revision"] == "0001_initial" and rows[-1]["down_revision"] is None
+    assert "initial schema" in rows[-1]["message"]
     text = ok(run(db, "db", "history")).stdout
-    assert f"<base> -> {HEAD} (head, current)" in text
+    assert f"0001_initial -> {HEAD} (head, current)" in text
     ok(run(db, "db", "downgrade", "base", "--yes"))
     assert as_json(run(db, "db", "history", "--json"))[0]["current"] is False
 

@@ -11,12 +11,14 @@ import pytest
 import sqlalchemy as sa
 from _cli import (
     BACKENDS,
-    OUTPUTS,
+    ENTRIES,
+    OUTPUTS_TABLE,
     Clock,
     as_json,
     bulk_insert,
     connect,
     fails,
+    inline_size,
     int_literal,
     new_db_on,
     ok,
@@ -29,6 +31,7 @@ from flyteidl2.core import literals_pb2
 from test_cli_listing import flyte_key, reads_as
 
 from flytecache.cli._listing import ELLIPSIS
+from flytecache.store import codec
 
 DAY = timedelta(days=1)
 
@@ -325,7 +328,9 @@ def test_show_inline_outputs_with_types_and_small_values(db: str) -> None:
     }
     sizes = {o["name"]: o["size"] for o in detail["outputs"]}
     assert sizes == {name: len(lit.SerializeToString()) for name, lit in outputs.items()}
-    assert detail["size"] == sum(sizes.values())
+    # An entry's size is its serialized literal map: the literals with their names and framing.
+    stored = literals_pb2.LiteralMap(literals=outputs).ByteSize()
+    assert detail["size"] == stored > sum(sizes.values())
     assert [o.get("hash") for o in detail["outputs"] if o["name"] == "hashed"] == ["abc123"]
     text = ok(run(db, "entries", "show", "k")).stdout
     for fragment in ("integer", "-42", "hello", "collection[3]", "union[string]", "inline"):
@@ -337,7 +342,19 @@ def test_show_entry_with_no_outputs_and_undecodable_literal(db: str) -> None:
         put_inline(store, "none", {})
         put_inline(store, "bad", {"o": int_literal(1)})
     with connect(db) as conn:
-        conn.execute(sa.update(OUTPUTS).values(literal=b"\xff\xff\xff\xff"))
+        conn.execute(
+            sa.update(ENTRIES)
+            .where(ENTRIES.c.key == "bad")
+            .values(
+                payload=codec.payload_from_parts(
+                    output_uri=None,
+                    literals=[("o", b"\xff\xff\xff\xff")],
+                    metadata=codec.metadata_from_columns(None, "", "", "", "", "", None),
+                    created_at=0,
+                    last_updated_at=0,
+                )
+            )
+        )
     assert as_json(run(db, "entries", "show", "none", "--json"))["outputs"] == []
     assert "no outputs" in ok(run(db, "entries", "show", "none")).stdout
     bad = as_json(run(db, "entries", "show", "bad", "--json"))["outputs"]
@@ -367,11 +384,11 @@ def test_rm(populated: str) -> None:
     result = ok(run(populated, "entries", "rm", "old-a", "new-inline", "--yes", "--json"))
     removed = as_json(result)
     assert removed["removed"] == ["old-a", "new-inline"] and removed["missing"] == []
-    assert removed["bytes"] == len("s3://bucket/old-a") + len(int_literal(5).SerializeToString())
+    assert removed["bytes"] == len("s3://bucket/old-a") + inline_size({"x": int_literal(5)})
     assert f"removed 2 entries ({removed['bytes']} B)" in result.stderr
     assert keys(run(populated, "entries", "ls", "--json")) == ["new-a", "mid-a", "old-b"]
     with connect(populated) as conn:
-        orphans = conn.execute(sa.select(sa.func.count()).select_from(OUTPUTS)).scalar_one()
+        orphans = conn.execute(sa.select(sa.func.count()).select_from(OUTPUTS_TABLE)).scalar_one()
     assert orphans == 0  # the inline outputs went with their entry
 
 

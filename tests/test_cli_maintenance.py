@@ -18,6 +18,7 @@ from _cli import (
     Clock,
     as_json,
     fails,
+    inline_size,
     int_literal,
     is_postgres,
     new_db,
@@ -58,7 +59,7 @@ def test_stats_json(any_db: str) -> None:
         store.get_or_extend_reservation("old-1", "o")
         store.get_or_extend_reservation("old-2", "o")
     data = as_json(run(db, "stats", "--json"))
-    inline_bytes = 2 * len(int_literal(1).SerializeToString())
+    inline_bytes = inline_size({"x": int_literal(1), "y": int_literal(2)})
     uri_bytes = sum(len(f"s3://bucket/{k}") for k in ("a0", "a1", "a2", "b0"))
     assert data["entries"] == 5
     assert data["entries_inline"] == 1 and data["entries_uri"] == 4

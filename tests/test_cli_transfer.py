@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from _cli import (
     BACKENDS,
     ENTRIES,
-    OUTPUTS,
+    PAYLOAD,
+    WITH_PAYLOAD,
     as_json,
     bulk_insert,
     connect,
@@ -41,7 +42,7 @@ from flyteidl2.core import identifier_pb2, literals_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flytecache.store import admin
+from flytecache.store import admin, codec
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -59,26 +60,24 @@ def fresh(template: str, directory: str | Path, name: str) -> str:
 
 
 def dump(db: str) -> list[tuple[Any, ...]]:
-    """Every entry (its data columns) with its outputs, by key (either backend).
+    """Every entry (its data columns) with its key map and outputs, by key (either backend).
 
-    Left out: the surrogate id, the overwrite counter and ``metadata_pb`` (the put path's
-    pre-serialized metadata; imports leave it NULL and reads rebuild it from the columns —
-    the entries compare equal through ``CacheStore.get``, checked separately).
-    Sorted in Python: PostgreSQL may collate keys differently from SQLite's byte order.
+    The payload is shown decoded: inline literals as stored (bytes) and the key map; the
+    surrogate id is left out. Sorted in Python: PostgreSQL may collate keys differently from
+    SQLite's byte order.
     """
     with connect(db) as conn:
-        entries = conn.execute(
+        rows = conn.execute(
             sa.select(
-                *(c for c in ENTRIES.c if c.name not in ("id", "writes", "metadata_pb")),
-                ENTRIES.c.id,
-            )
+                *(c for c in ENTRIES.c if c.name not in ("id", "payload")), PAYLOAD
+            ).select_from(WITH_PAYLOAD)
         ).all()
-        outputs: dict[int, list[tuple[str, bytes]]] = {}
-        for entry_id, name, literal in conn.execute(
-            sa.select(OUTPUTS.c.entry_id, OUTPUTS.c.name, OUTPUTS.c.literal)
-        ):
-            outputs.setdefault(entry_id, []).append((name, bytes(literal)))
-    return sorted((*row[:-1], tuple(sorted(outputs.get(row[-1], [])))) for row in entries)
+    out = []
+    for row in rows:
+        payload = bytes(row[-1])
+        key_map = tuple(sorted(codec.stored_message(payload).metadata.key_map.values.items()))
+        out.append((*row[:-1], key_map, tuple(sorted(codec.literal_map_entries(payload)))))
+    return sorted(out)
 
 
 def staging_leftovers(db: str) -> list[str]:
@@ -453,7 +452,7 @@ def test_export_format(db: str, tmp_path: Path) -> None:
     assert result.stdout == "" and "exported 2 entries to" in result.stderr
     header, *entries = _lines(target)
     assert header["format"] == "flytecache-export" and header["version"] == 1
-    assert header["entries"] == 2 and header["schema"] == "0001_initial"
+    assert header["entries"] == 2 and header["schema"] == "0002_payload"
     assert header["exported_at"].endswith("Z")
     by_key = {e["key"]: e for e in entries}
     uri = by_key["uri-key"]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
 from flytecache import CacheStore, StoreSettings
 from flytecache.errors import StorageBusyError
+from flytecache.store.codec import SPILL_BYTES
 
 
 def test_pragmas_on_every_connection(db_path: str) -> None:
@@ -24,28 +27,63 @@ def test_pragmas_on_every_connection(db_path: str) -> None:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
-def test_reservation_runs_inside_begin_immediate(sqlite_store: CacheStore) -> None:
-    store = sqlite_store
+def _traced(store: CacheStore) -> tuple[Any, list[str]]:
     statements: list[str] = []
     with store.dbapi_connection() as conn:
         conn.set_trace_callback(statements.append)
     # The pool is LIFO: the next operation on this thread uses that connection.
-    store.get_or_extend_reservation("k", "owner")
+    return conn, statements
+
+
+def test_reservation_is_one_write_statement(sqlite_store: CacheStore) -> None:
+    """Acquisition is one upsert in autocommit: SQLite takes the write lock when a write
+    statement starts, before it reads, so it decides exactly as inside BEGIN IMMEDIATE."""
+    conn, statements = _traced(sqlite_store)
+    sqlite_store.get_or_extend_reservation("k", "owner")
+    sqlite_store.release_reservation("k", "owner")
     conn.set_trace_callback(None)
-    assert statements[0] == "BEGIN IMMEDIATE"
-    assert statements[1].startswith("INSERT INTO reservations")
-    assert "ON CONFLICT" in statements[1] and "RETURNING" in statements[1]
-    assert statements[-1] == "COMMIT"
+    assert len(statements) == 2
+    assert statements[0].startswith("INSERT INTO reservations")
+    assert "ON CONFLICT" in statements[0] and "RETURNING" in statements[0]
+    assert statements[1].startswith("DELETE FROM reservations")
 
 
-def test_put_runs_inside_begin_immediate(sqlite_store: CacheStore) -> None:
-    store = sqlite_store
-    statements: list[str] = []
-    with store.dbapi_connection() as conn:
-        conn.set_trace_callback(statements.append)
-    store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+def test_holder_is_read_only_when_the_upsert_was_refused(sqlite_store: CacheStore) -> None:
+    sqlite_store.get_or_extend_reservation("k", "holder")
+    conn, statements = _traced(sqlite_store)
+    lease = sqlite_store.get_or_extend_reservation("k", "other")
+    conn.set_trace_callback(None)
+    assert lease.owner_id == "holder"
+    assert [s.split()[0] for s in statements] == ["INSERT", "SELECT"]
+
+
+def test_put_is_one_statement_and_a_large_put_one_immediate_transaction(
+    sqlite_store: CacheStore,
+) -> None:
+    conn, statements = _traced(sqlite_store)
+    sqlite_store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+    assert len(statements) == 1 and statements[0].startswith("INSERT INTO entries")
+    statements.clear()
+    sqlite_store.put("large", cs.CachedOutput(output_uri="s3://b/" + "x" * SPILL_BYTES))
     conn.set_trace_callback(None)
     assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    assert [s.split()[0] for s in statements[1:-1]] == ["INSERT", "INSERT"]
+
+
+def test_a_write_statement_waits_for_the_lock_instead_of_failing(db_path: str) -> None:
+    """Unlike a deferred transaction upgrading to a writer (SQLITE_BUSY at once, SPEC §7), an
+    autocommit write statement waits for the lock through the busy handler."""
+    with CacheStore.open(db_path) as store:
+        blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        timer = threading.Timer(0.3, blocker.commit)
+        timer.start()
+        try:
+            assert store.get_or_extend_reservation("k", "owner").owner_id == "owner"
+            store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+        finally:
+            timer.join()
+            blocker.close()
 
 
 def test_lock_held_past_busy_timeout_raises_storage_busy(db_path: str) -> None:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from flytecache import CacheStore
 from flytecache.errors import AlreadyExistsError
 from flytecache.store import ReservationOutcome
+from flytecache.store.codec import literal_map_entries
 
 PROPERTY_SETTINGS = settings(
     max_examples=100,
@@ -168,13 +169,14 @@ def metadatas(draw: st.DrawFn) -> cs.Metadata:
 
 
 def _raw_outputs(db_path: str, key: str) -> dict[str, bytes]:
+    """The inline literals exactly as stored (entry row or spilled payload), by name."""
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        rows = conn.execute(
-            "SELECT o.name, o.literal FROM outputs o JOIN entries e ON e.id = o.entry_id "
-            "WHERE e.key = ?",
+        (payload,) = conn.execute(
+            "SELECT coalesce(e.payload, o.payload) FROM entries e "
+            "LEFT JOIN outputs o ON o.entry_id = e.id WHERE e.key = ?",
             (key,),
-        ).fetchall()
-    return {name: bytes(literal) for name, literal in rows}
+        ).fetchone()
+    return dict(literal_map_entries(payload))
 
 
 def _expected_metadata(sent: cs.Metadata, now: Timestamp) -> cs.Metadata:

@@ -14,7 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from _store import US, check_error, inline_output, int_literal, lease_rows, query, ts, uri_output
+from _store import (
+    US,
+    check_error,
+    inline_output,
+    int_literal,
+    lease_rows,
+    query,
+    string_literal,
+    ts,
+    uri_output,
+)
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import identifier_pb2, literals_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +32,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from flytecache import CacheStore
 from flytecache.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from flytecache.store import ReservationOutcome
+from flytecache.store.codec import SPILL_BYTES
 
 # -- Get ----------------------------------------------------------------------------------------
 
@@ -127,22 +138,53 @@ def test_store_applies_no_age_limit_on_get(store: CacheStore, clock):
     assert store.get("k").output_uri == "s3://b/o"
 
 
-def test_rows_without_a_metadata_blob_read_the_same(store: CacheStore) -> None:
-    """Rows written without ``metadata_pb`` (imports) are rebuilt from the columns, identically."""
-    output = cs.CachedOutput(
-        output_literals=literals_pb2.LiteralMap(literals={"a": int_literal(1), "b": int_literal(2)})
-    )
+def _large(text_bytes: int) -> cs.CachedOutput:
+    output = inline_output({"a": int_literal(1), "big": string_literal("x" * text_bytes)})
     output.metadata.source_identifier.CopyFrom(
         identifier_pb2.Identifier(resource_type=1, project="p", domain="d", name="n", version="v")
     )
     output.metadata.key_map.values.update({"task-version": "v", "exec-node": "n0"})
-    store.put("blob", output)
-    store.put("uri", cs.CachedOutput(output_uri="s3://b/u", metadata=output.metadata))
-    fast = {key: store.get(key) for key in ("blob", "uri")}
-    with store.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE entries SET metadata_pb = NULL")
-    for key, expected in fast.items():
-        assert store.get(key) == expected
+    return output
+
+
+def test_large_payloads_live_in_outputs_and_read_the_same(store: CacheStore) -> None:
+    """A payload over SPILL_BYTES moves to ``outputs``; get, overwrite and delete see no
+    difference, and no outputs row outlives its entry's version."""
+    small, large = _large(10), _large(SPILL_BYTES)
+    store.put("k", large)
+    assert query(store, "SELECT count(*) FROM outputs") == [(1,)]
+    assert query(store, "SELECT count(*) FROM entries WHERE payload IS NULL") == [(1,)]
+    got = store.get("k")
+    got.metadata.ClearField("created_at")
+    got.metadata.ClearField("last_updated_at")
+    assert got == large
+    store.put("k", small, overwrite=True)
+    assert query(store, "SELECT count(*) FROM outputs") == [(0,)]
+    assert store.get("k").output_literals == small.output_literals
+    store.put("k", large, overwrite=True)
+    assert store.get("k").output_literals == large.output_literals
+    with pytest.raises(AlreadyExistsError):
+        store.put("k", small)
+    assert store.get("k").output_literals == large.output_literals
+    store.delete("k")
+    assert query(store, "SELECT count(*) FROM outputs") == [(0,)]
+
+
+def test_the_payload_is_what_get_returns(store: CacheStore, clock: Any) -> None:
+    """A get parses the stored bytes and nothing else; an overwrite that keeps created_at
+    rewrites the payload's copy of it too."""
+    output = _large(10)
+    output.metadata.created_at.CopyFrom(ts(datetime(2024, 1, 1, tzinfo=UTC)))
+    store.put("k", output)
+    (payload,) = query(store, "SELECT payload FROM entries")[0]
+    assert cs.CachedOutput.FromString(bytes(payload)) == store.get("k")
+    first = store.get("k").metadata.created_at
+    clock.advance(timedelta(seconds=5))
+    store.put("k", _large(20), overwrite=True)
+    got = store.get("k")
+    assert got.metadata.created_at == first
+    (payload,) = query(store, "SELECT payload FROM entries")[0]
+    assert cs.CachedOutput.FromString(bytes(payload)) == got
 
 
 # -- Put: invalid inputs ------------------------------------------------------------------------
@@ -406,15 +448,17 @@ def test_put_never_releases_or_checks_a_reservation(store: CacheStore, clock):
 # -- Delete -------------------------------------------------------------------------------------
 
 
-def test_delete_removes_entry_and_outputs(store: CacheStore):
-    store.put("k", inline_output({"a": int_literal(1), "b": int_literal(2)}))
+def test_delete_removes_entry_and_its_large_payload(store: CacheStore):
+    store.put("k", _large(SPILL_BYTES))
     store.put("other", inline_output({"a": int_literal(3)}))
-    assert query(store, "SELECT count(*) FROM outputs") == [(3,)]
+    store.put("other-large", _large(SPILL_BYTES))
+    assert query(store, "SELECT count(*) FROM outputs") == [(2,)]
     store.delete("k")
     with pytest.raises(NotFoundError, match=re.escape('cache entry "k" not found')):
         store.get("k")
     assert query(store, "SELECT count(*) FROM outputs") == [(1,)]
     assert dict(store.get("other").output_literals.literals) == {"a": int_literal(3)}
+    assert store.get("other-large").output_literals == _large(SPILL_BYTES).output_literals
 
 
 def test_delete_missing_is_not_found(store: CacheStore):

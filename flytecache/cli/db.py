@@ -18,6 +18,7 @@ from flytecache.cli._common import (
     err,
     open_engine,
     print_json,
+    progress,
     settings,
     stdout_console,
 )
@@ -33,8 +34,9 @@ def upgrade(
 ) -> None:
     """Create the database if needed and migrate it to REVISION (default: the newest).
 
-    A SQLite file's directory is created too. On PostgreSQL the database itself must exist
-    (CREATE DATABASE); this creates the tables.
+    Entries are converted in committed batches with a progress bar; an interrupted upgrade
+    (even a kill) is finished by running it again. A SQLite file's directory is created too.
+    On PostgreSQL the database itself must exist (CREATE DATABASE); this creates the tables.
     """
     with cli_errors(verbose):
         from flytecache.errors import InvalidArgumentError, SchemaError
@@ -54,7 +56,10 @@ def upgrade(
         opening.create_parent_directory(db)
         engine = open_engine(db, must_exist=False)
         try:
-            migrate.upgrade(engine, revision)
+            # A data migration (0001 -> 0002) runs in committed batches behind this bar; if
+            # interrupted, running the command again continues where it stopped.
+            with progress("migrating entries", total=0) as update:
+                migrate.upgrade(engine, revision, progress=update)
             current = opening.schema_state(engine).current
         finally:
             engine.dispose()

@@ -20,7 +20,7 @@ from flytecache.errors import (
     NotFoundError,
     StorageError,
 )
-from flytecache.store.codec import cached_output, entry_params, rows_to_cached_output
+from flytecache.store.codec import SPILL_BYTES, cached_output, entry_params, payload
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.pool import HotPool, Sql
 from flytecache.store.urls import dialect_insert, is_sqlite
@@ -49,7 +49,13 @@ class ReservationOutcome(Enum):
 
 
 class Statements:
-    """The store's hot-path statements: portable Core, compiled once for the engine's dialect."""
+    """The store's hot-path statements: portable Core, compiled once for the engine's dialect.
+
+    Each hot operation is one statement, run on its own (autocommit) on both backends: a
+    single write statement takes SQLite's write lock before it reads anything, exactly as
+    ``BEGIN IMMEDIATE`` would, and on PostgreSQL it is one round trip. Only a put of a
+    payload over ``SPILL_BYTES`` runs two statements, inside one transaction.
+    """
 
     def __init__(self, engine: Engine) -> None:
         e = cast(sa.Table, Entry.__table__)
@@ -58,58 +64,73 @@ class Statements:
         b = sa.bindparam
         insert = dialect_insert(engine)
 
+        # One lookup: the key's index, then the row; ``outputs`` is probed only for a row
+        # whose payload was spilled (the join condition is false for the others).
         self.get = Sql.compile(
-            sa.select(
-                e.c.id,
-                e.c.resource_type,
-                e.c.project,
-                e.c.domain,
-                e.c.name,
-                e.c.version,
-                e.c.org,
-                e.c.key_map,
-                e.c.created_at,
-                e.c.last_updated_at,
-                e.c.output_uri,
-                o.c.name,
-                o.c.literal,
-                e.c.metadata_pb,
-            )
-            .select_from(e.outerjoin(o, o.c.entry_id == e.c.id))
+            sa.select(sa.func.coalesce(e.c.payload, o.c.payload))
+            .select_from(e.outerjoin(o, sa.and_(e.c.payload.is_(None), o.c.entry_id == e.c.id)))
             .where(e.c.key == b("key")),
             engine,
         )
 
-        values: dict[str, Any] = {
-            name: b(name) for name in ("writes", "metadata_pb", *ENTRY_DATA_COLUMNS)
-        }
+        values: dict[str, Any] = {name: b(name) for name in ENTRY_DATA_COLUMNS}
         upsert = insert(e).values(values)
         excluded = upsert.excluded
-        self.put = Sql.compile(
+        set_ = {
+            **{c: excluded[c] for c in values if c not in ("key", "created_at")},
+            # The writer's created_at wins; otherwise the first write's is kept.
+            "created_at": sa.func.coalesce(
+                b("request_created_at", type_=sa.BigInteger), e.c.created_at
+            ),
+        }
+        # Overwrite when asked, or when the existing entry is older than max_age (strict: an
+        # entry exactly max_age old is still fresh).
+        replaceable = sa.or_(
+            b("overwrite", type_=sa.Boolean),
+            e.c.last_updated_at < b("expired_before", type_=sa.BigInteger),
+        )
+        spilled = sa.exists().where(o.c.entry_id == e.c.id)
+        # The one-statement put: inserts, and replaces only an entry whose replacement needs
+        # nothing more (the payload's created_at is right, no spilled payload to drop).
+        # Refused otherwise (no row returned): then the put runs ``put`` in a transaction.
+        self.put_simple = Sql.compile(
             upsert.on_conflict_do_update(
                 index_elements=[e.c.key],
-                set_={
-                    **{c: excluded[c] for c in values if c not in ("key", "created_at", "writes")},
-                    "writes": e.c.writes + sa.literal_column("1"),
-                    # The writer's created_at wins; otherwise the first write's is kept.
-                    "created_at": sa.func.coalesce(
-                        b("request_created_at", type_=sa.BigInteger), e.c.created_at
+                set_=set_,
+                where=sa.and_(
+                    replaceable,
+                    sa.or_(
+                        b("request_created_at", type_=sa.BigInteger).is_not(None),
+                        e.c.created_at == b("created_at", type_=sa.BigInteger),
                     ),
-                },
-                # Overwrite when asked, or when the existing entry is older than max_age
-                # (strict: an entry exactly max_age old is still fresh).
-                where=sa.or_(
-                    b("overwrite", type_=sa.Boolean),
-                    e.c.last_updated_at < b("expired_before", type_=sa.BigInteger),
+                    ~spilled,
                 ),
-            ).returning(e.c.id, e.c.writes),
+            ).returning(e.c.id),
             engine,
         )
-        self.delete_outputs = Sql.compile(sa.delete(o).where(o.c.entry_id == b("entry_id")), engine)
-        self.insert_output = Sql.compile(
-            sa.insert(o).values(entry_id=b("entry_id"), name=b("name"), literal=b("literal")),
+        # Whether the entry has a spilled payload (the previous version's, which must go).
+        # Written out: SQLAlchemy does not correlate a subquery inside RETURNING.
+        had_spill: Any = sa.literal_column(
+            "EXISTS (SELECT 1 FROM outputs WHERE outputs.entry_id = entries.id)"
+        )
+        self.put = Sql.compile(
+            upsert.on_conflict_do_update(
+                index_elements=[e.c.key], set_=set_, where=replaceable
+            ).returning(e.c.id, e.c.created_at, had_spill),
             engine,
         )
+        # An overwrite that kept the previous created_at rewrites the payload's copy of it.
+        self.fix_payload = Sql.compile(
+            sa.update(e).where(e.c.id == b("entry_id")).values(payload=b("payload")), engine
+        )
+        spill = insert(o).values(entry_id=b("entry_id"), payload=b("payload"))
+        self.put_spill = Sql.compile(
+            spill.on_conflict_do_update(
+                index_elements=[o.c.entry_id], set_={"payload": spill.excluded.payload}
+            ),
+            engine,
+        )
+        self.drop_spill = Sql.compile(sa.delete(o).where(o.c.entry_id == b("entry_id")), engine)
         self.delete_entry = Sql.compile(sa.delete(e).where(e.c.key == b("key")), engine)
 
         lease = insert(r).values(
@@ -280,15 +301,17 @@ class CacheStore:
     # -- entries -------------------------------------------------------------------------
 
     def get(self, key: str) -> cs.CachedOutput:
-        """The entry stored under ``key``; :class:`NotFoundError` if there is none."""
+        """The entry stored under ``key``; :class:`NotFoundError` if there is none.
+
+        One statement (one round trip): the key's index, the row, and only for a payload
+        over ``SPILL_BYTES`` its ``outputs`` row; the stored bytes are parsed once.
+        """
         check_text(key, "key")
         self._check_open()
         rows = self._pool.fetchall(self._sql.get, {"key": key})
         if not rows:
             raise NotFoundError(f'cache entry "{key}" not found', key=key)
-        if rows[0][13] is None:
-            return rows_to_cached_output(rows)
-        return cached_output(rows)
+        return cached_output(rows[0][0])
 
     def put(
         self,
@@ -304,10 +327,11 @@ class CacheStore:
         ``max_age`` (strict ``>``; a zero ``max_age`` treats every entry as expired);
         otherwise :class:`AlreadyExistsError`. ``last_updated_at`` is always the store clock;
         ``created_at`` is the output's, else the existing entry's, else now. Reservations are
-        never touched.
+        never touched. One statement, unless the payload is over ``SPILL_BYTES`` or the put
+        replaces an entry whose ``created_at`` it keeps.
         """
         check_text(key, "key")
-        params, literals = entry_params(key, output)
+        params = entry_params(key, output)
         if type(overwrite) is not bool:
             raise InvalidArgumentError("overwrite must be a bool", field="overwrite")
         if max_age is not None and not isinstance(max_age, timedelta):
@@ -321,39 +345,54 @@ class CacheStore:
         else:
             expired_before = max(_MIN_BIGINT, min(_MAX_BIGINT, now - timedelta_to_us(max_age)))
         request_created = params["created_at"]
+        created = now if request_created is None else request_created
         params["request_created_at"] = request_created
-        params["created_at"] = now if request_created is None else request_created
+        params["created_at"] = created
         params["last_updated_at"] = now
         params["overwrite"] = overwrite
         params["expired_before"] = expired_before
-        params["writes"] = 0
+        params["payload"] = payload(params["head"], params["meta"], created, now)
+        if len(params["payload"]) <= SPILL_BYTES:
+            if self._pool.fetchall(self._sql.put_simple, params):
+                return
+            if not overwrite and max_age is None:
+                raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
+        # A large payload, or a replacement that keeps the entry's created_at (which the
+        # payload carries too) or drops a spilled payload: one write transaction.
+        self._put_in_transaction(params, now)
+
+    def _put_in_transaction(self, params: dict[str, Any], now: int) -> None:
         sql = self._sql
+        stored: bytes = params["payload"]
+        large = len(stored) > SPILL_BYTES
+        if large:
+            params["payload"] = None
         with self._pool.transaction(write=True) as cur:
             row = cur.execute(sql.put.text, sql.put.args(params)).fetchone()
-            if row is None:
-                raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
-            entry_id, writes = row
-            if writes:  # an overwrite: drop the previous outputs (a fresh entry has none)
-                cur.execute(
-                    sql.delete_outputs.text, sql.delete_outputs.args({"entry_id": entry_id})
-                )
-            if literals:
-                cur.executemany(
-                    sql.insert_output.text,
-                    [
-                        sql.insert_output.args({"entry_id": entry_id, "name": n, "literal": v})
-                        for n, v in literals
-                    ],
-                )
+            if row is not None:
+                entry_id, created, had_spill = row
+                if created != params["created_at"]:  # a replacement kept the first created_at
+                    stored = payload(params["head"], params["meta"], created, now)
+                    if not large:
+                        args = {"entry_id": entry_id, "payload": stored}
+                        cur.execute(sql.fix_payload.text, sql.fix_payload.args(args))
+                if large:
+                    args = {"entry_id": entry_id, "payload": stored}
+                    cur.execute(sql.put_spill.text, sql.put_spill.args(args))
+                elif had_spill:
+                    args = {"entry_id": entry_id}
+                    cur.execute(sql.drop_spill.text, sql.drop_spill.args(args))
+        # Raised after the (empty) transaction committed: a ROLLBACK would make psycopg
+        # drop its prepared statements.
+        if row is None:
+            key = params["key"]
+            raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
 
     def delete(self, key: str) -> None:
-        """Remove the entry and its outputs; :class:`NotFoundError` if there was none."""
+        """Remove the entry (and a spilled payload); :class:`NotFoundError` if there was none."""
         check_text(key, "key")
         self._check_open()
-        sql = self._sql.delete_entry
-        with self._pool.transaction(write=True) as cur:
-            deleted = cur.execute(sql.text, sql.args({"key": key})).rowcount
-        if not deleted:
+        if not self._pool.rowcount(self._sql.delete_entry, {"key": key}):
             raise NotFoundError(f'cache entry "{key}" not found', key=key)
 
     # -- reservations --------------------------------------------------------------------
@@ -403,31 +442,29 @@ class CacheStore:
         max_hb = self._max_heartbeat_us
         requested = 0 if heartbeat_interval is None else timedelta_to_us(heartbeat_interval)
         hb = requested if 0 < requested < max_hb else max_hb
+        fetchall = self._pool.fetchall
         sql = self._sql
-        # On PostgreSQL the holder may release between our upsert and the holder lookup;
-        # then the upsert is simply tried again. On SQLite the IMMEDIATE lock rules it out.
+        # The upsert decides atomically (one statement: on SQLite it holds the write lock
+        # from its start, like BEGIN IMMEDIATE). Only when another owner's live lease stopped
+        # it is the holder read, by a second statement; if that holder released in between,
+        # the upsert is simply tried again.
         for _ in range(5):
             now = self._now_us()
             expires = now + (
                 hb * self._grace if type(self._grace) is int else round(hb * self._grace)
             )
-            with self._pool.transaction(write=True) as cur:
-                row = cur.execute(
-                    sql.reserve.text,
-                    sql.reserve.args(
-                        {
-                            "key": key,
-                            "owner_id": owner_id,
-                            "heartbeat_interval": hb,
-                            "expires_at": expires,
-                            "now": now,
-                        }
-                    ),
-                ).fetchone()
-                if row is None:
-                    holder = cur.execute(sql.holder.text, sql.holder.args({"key": key})).fetchone()
-            if row is not None:
-                previous = row[0]
+            rows = fetchall(
+                sql.reserve,
+                {
+                    "key": key,
+                    "owner_id": owner_id,
+                    "heartbeat_interval": hb,
+                    "expires_at": expires,
+                    "now": now,
+                },
+            )
+            if rows:
+                previous = rows[0][0]
                 outcome = (
                     ReservationOutcome.ACQUIRED
                     if previous is None
@@ -436,9 +473,11 @@ class CacheStore:
                     else ReservationOutcome.TAKEN_OVER
                 )
                 return _reservation(key, owner_id, hb, expires), outcome
-            if holder is not None:
+            holder = fetchall(sql.holder, {"key": key})
+            if holder:
+                owner, holder_hb, holder_expires = holder[0]
                 return (
-                    _reservation(key, holder[0], holder[1], holder[2]),
+                    _reservation(key, owner, holder_hb, holder_expires),
                     ReservationOutcome.HELD_BY_OTHER,
                 )
         raise StorageError(f"reservation on {key!r} kept changing hands; retry")  # pragma: no cover
@@ -449,11 +488,7 @@ class CacheStore:
         check_text(key, "key")
         check_text(owner_id, "owner_id")
         self._check_open()
-        sql = self._sql.release
-        with self._pool.transaction(write=True) as cur:
-            return bool(
-                cur.execute(sql.text, sql.args({"key": key, "owner_id": owner_id})).rowcount
-            )
+        return bool(self._pool.rowcount(self._sql.release, {"key": key, "owner_id": owner_id}))
 
 
 def _reservation(key: str, owner: str, hb_us: int, expires_us: int) -> cs.Reservation:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +109,45 @@ def ensure_schema(engine: Engine, *, migrate: bool) -> None:
     upgrade(engine, "head")
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Upgrade to ``revision`` in one write transaction (a no-op when already there)."""
+Progress = Callable[[int, int], None]
+"""A data migration's progress: called with (rows done, rows in all)."""
+
+
+def upgrade(engine: Engine, revision: str = "head", *, progress: Progress | None = None) -> None:
+    """Upgrade to ``revision`` (a no-op when already there).
+
+    The schema change itself is one write transaction. Before it, a revision's data
+    migration may run in committed batches (0001 -> 0002 does), reporting ``progress``: an
+    interrupted upgrade (even SIGKILL) loses at most one batch of work and is simply re-run.
+    """
+    with read_connection(engine) as conn:
+        current = current_revision(conn)
+    if revision not in ("base", current) and current is not None:
+        _prepare(engine, current, revision, progress)
     with write_connection(engine) as conn:
         lock_for_migration(conn)
         _check_known(current_revision(conn))
         _run(command.upgrade, conn, revision)
+
+
+def _prepare(engine: Engine, current: str, target: str, progress: Progress | None) -> None:
+    """Run the batched ``prepare`` of each revision between ``current`` and ``target``."""
+    script = _script()
+    try:
+        revisions = list(script.iterate_revisions(target, current))
+    except Exception:
+        return  # an unknown or backward target: alembic reports it in the upgrade itself
+    for rev in reversed(revisions):
+        prepare = getattr(rev.module, "prepare", None)
+        if prepare is not None:
+            prepare(functools.partial(_migration_transaction, engine), progress)
+
+
+@contextlib.contextmanager
+def _migration_transaction(engine: Engine) -> Iterator[sa.Connection]:
+    with write_connection(engine) as conn:
+        lock_for_migration(conn)
+        yield conn
 
 
 def downgrade(engine: Engine, revision: str) -> None:

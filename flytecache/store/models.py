@@ -37,13 +37,13 @@ ENTRY_DATA_COLUMNS = (
     "name",
     "version",
     "org",
-    "key_map",
     "created_at",
     "last_updated_at",
     "output_uri",
     "size",
+    "payload",
 )
-"""The columns of ``entries`` that carry an entry's data (everything but ids and counters)."""
+"""The columns of ``entries`` that carry an entry's data (everything but the id)."""
 
 
 class Base(DeclarativeBase):
@@ -53,7 +53,11 @@ class Base(DeclarativeBase):
 
 
 class Entry(Base):
-    """One cached task result, addressed by its (scoped) cache key."""
+    """One cached task result, addressed by its (scoped) cache key.
+
+    Revision 0002 lays the hot path out for one lookup: the row carries the stored bytes
+    (``payload``) next to the columns listings filter and sort on.
+    """
 
     __tablename__ = "entries"
 
@@ -67,45 +71,42 @@ class Entry(Base):
     name: Mapped[str] = mapped_column(Text, default="", server_default="")
     version: Mapped[str] = mapped_column(Text, default="", server_default="")
     org: Mapped[str] = mapped_column(String(255), default="", server_default="")
-    key_map: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
-    """Flyte ``KeyMapMetadata.values`` as a JSON object (execution name, node, attempt...)."""
     created_at: Mapped[int] = mapped_column(BigInteger)
     """Microseconds since the epoch, UTC; kept across overwrites unless the writer sets it."""
     last_updated_at: Mapped[int] = mapped_column(BigInteger)
     """Microseconds since the epoch, UTC; always the store clock at the last put."""
     output_uri: Mapped[str | None] = mapped_column(Text)
-    """Where the outputs live; NULL when they are stored inline in ``outputs``."""
+    """Where the outputs live; NULL when they are stored inline (in the payload)."""
     size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    """Payload bytes: the serialized inline literals, or the URI's length."""
-    metadata_pb: Mapped[bytes | None] = mapped_column(LargeBinary)
-    """The writer's Flyte ``Metadata`` without its timestamps, serialized: lets ``get`` return
-    it exactly as written with one protobuf parse. NULL when the row was written without it
-    (an import): ``get`` then rebuilds the metadata from the columns above."""
-    writes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    """How many times the entry was overwritten (0: written once). Lets a put skip clearing
-    outputs of an entry it just created."""
+    """Output bytes: the serialized inline literal map, or the URI's UTF-8 length."""
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """The ``CachedOutput`` wire bytes as written, less the source identifier and the
+    timestamps (held by the columns above): see ``store/codec.py``. NULL when the payload is
+    larger than ``codec.SPILL_BYTES`` and lives in ``outputs``."""
 
-    __table_args__ = (
-        Index(None, "project", "domain", "name"),
-        Index(None, "last_updated_at"),
-    )
+    # No index on (project, domain, name): it cost a third of every put (one more b-tree
+    # page written per commit); listings filter while walking last_updated_at or the key.
+    __table_args__ = (Index(None, "last_updated_at"),)
 
 
 class Output(Base):
-    """One named inline output of an entry: a serialized ``flyteidl2.core.Literal``."""
+    """The payload of one large entry (over ``codec.SPILL_BYTES``), out of the entry row."""
 
     __tablename__ = "outputs"
 
     entry_id: Mapped[int] = mapped_column(
         Integer, ForeignKey("entries.id", ondelete="CASCADE"), primary_key=True
     )
-    name: Mapped[str] = mapped_column(Text, primary_key=True)
-    literal: Mapped[bytes] = mapped_column(LargeBinary)
-    """``Literal.SerializeToString()`` exactly as received, so outputs round-trip byte-for-byte."""
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    """The entry's payload, in the same form as ``entries.payload``."""
 
 
 class Reservation(Base):
-    """A lease on a key: the owner runs the task, others wait until it expires or is released."""
+    """A lease on a key: the owner runs the task, others wait until it expires or is released.
+
+    No secondary index: the hot path addresses leases by key only, and every index would be
+    written on each heartbeat.
+    """
 
     __tablename__ = "reservations"
 
@@ -121,8 +122,3 @@ class Reservation(Base):
     """When the lease was last written (acquired, extended or taken over)."""
     previous_owner: Mapped[str | None] = mapped_column(Text)
     """Owner before the last write (NULL when created); lets one upsert report what it did."""
-
-    __table_args__ = (
-        Index(None, "expires_at"),
-        Index(None, "owner_id"),
-    )

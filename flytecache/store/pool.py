@@ -111,7 +111,10 @@ class HotPool:
         if dbapi is None:  # pragma: no cover - only after an invalidation race
             raise StorageError("could not open a database connection")
         if not self._sqlite:
-            dbapi.autocommit = False
+            # Each hot operation is one statement: autocommit makes it one round trip (no
+            # BEGIN/COMMIT), and no ROLLBACK ever clears psycopg's prepared statements.
+            # Multi-statement work opens its transaction explicitly (see _Transaction).
+            dbapi.autocommit = True
         return dbapi
 
     def release(self, dbapi: Any, *, broken: bool = False) -> None:
@@ -152,41 +155,42 @@ class HotPool:
         self.release(dbapi, broken=broken)
 
     def fetchall(self, sql: Sql, params: dict[str, Any]) -> list[Any]:
-        """Run one read statement and return its rows (the hot path for ``get``).
+        """Run one statement on its own (autocommit) and return its rows: the hot path.
 
-        Written without context managers: on SQLite this is a third of the call's overhead.
+        A read is its own snapshot-consistent transaction; a write statement is its own
+        write transaction, which on SQLite takes the write lock before reading (as
+        ``BEGIN IMMEDIATE`` does). Written without context managers: on SQLite they were a
+        third of the call's overhead.
         """
         try:
             dbapi = self.acquire()
             try:
-                if self._sqlite:
-                    # One statement is its own (deferred, snapshot-consistent) transaction.
-                    rows: list[Any] = dbapi.execute(sql.text, sql.args(params)).fetchall()
-                else:
-                    with dbapi.cursor() as cur:
-                        rows = cur.execute(sql.text, sql.args(params)).fetchall()
-                    dbapi.commit()
+                rows: list[Any] = dbapi.execute(sql.text, sql.args(params)).fetchall()
             except BaseException:
-                if not self._sqlite:
-                    try:
-                        dbapi.rollback()
-                    except Exception:
-                        self.release(dbapi, broken=True)
-                        raise
-                self.release(dbapi)
+                self._abandon(dbapi)
                 raise
             self.release(dbapi)
             return rows
         except Exception as error:
             reraise_translated(error)
 
+    def rowcount(self, sql: Sql, params: dict[str, Any]) -> int:
+        """Run one write statement without result rows on its own; the rows it changed."""
+        try:
+            dbapi = self.acquire()
+            try:
+                count: int = dbapi.execute(sql.text, sql.args(params)).rowcount
+            except BaseException:
+                self._abandon(dbapi)
+                raise
+            self.release(dbapi)
+            return count
+        except Exception as error:
+            reraise_translated(error)
+
     @contextlib.contextmanager
     def cursor(self) -> Iterator[Any]:
-        """A DBAPI cursor for one self-contained read statement (autocommit on SQLite)."""
-        if not self._sqlite:
-            with self.transaction(write=False) as cur:
-                yield cur
-            return
+        """A DBAPI cursor for self-contained statements (autocommit on both backends)."""
         with translate_errors():
             dbapi = self.acquire()
             try:
@@ -213,9 +217,9 @@ class _Transaction:
             reraise_translated(error)
         try:
             cur = dbapi.cursor()
-            if pool._sqlite:
-                # See _on_begin: writes take the write lock before reading anything.
-                cur.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+            # See _on_begin: on SQLite writes take the write lock before reading anything.
+            # Connections are in autocommit mode on both backends, so BEGIN is explicit.
+            cur.execute("BEGIN IMMEDIATE" if self._write and pool._sqlite else "BEGIN")
         except BaseException as error:
             pool._abandon(dbapi)
             reraise_translated(error)
@@ -226,7 +230,8 @@ class _Transaction:
         dbapi, self._dbapi = self._dbapi, None
         if exc is None:
             try:
-                # sqlite3 and psycopg both COMMIT only when a transaction is open.
+                # Both drivers' commit() sends COMMIT only when a transaction is open,
+                # whatever their autocommit setting.
                 dbapi.commit()
             except BaseException as error:
                 self._pool._abandon(dbapi)

@@ -33,6 +33,12 @@ OUTPUTS = cast(sa.Table, Output.__table__)
 RESERVATIONS = cast(sa.Table, Reservation.__table__)
 
 ENTRY_COLUMNS = ENTRY_DATA_COLUMNS
+WITH_PAYLOAD = ENTRIES.outerjoin(
+    OUTPUTS, sa.and_(ENTRIES.c.payload.is_(None), OUTPUTS.c.entry_id == ENTRIES.c.id)
+)
+"""``entries`` with the spilled payload of a large entry; select :data:`PAYLOAD` from it."""
+PAYLOAD = sa.func.coalesce(ENTRIES.c.payload, OUTPUTS.c.payload).label("payload")
+"""An entry's payload wherever it is stored (in the row, or for a large one in outputs)."""
 MIN_US = MIN_TS_SECONDS * US
 MAX_US = MAX_TS_SECONDS * US + US - 1
 SHORT_TEXT = 255  # project, domain and org are VARCHAR(255) on PostgreSQL

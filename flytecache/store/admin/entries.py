@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
@@ -10,15 +9,18 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from google.protobuf.message import DecodeError
 
 from flytecache.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from flytecache.store import codec
 from flytecache.store.admin._base import (
     BATCH,
     ENTRIES,
-    OUTPUTS,
+    PAYLOAD,
+    WITH_PAYLOAD,
     keyset_pages,
     now_us_of,
     snapshot,
@@ -75,7 +77,7 @@ class EntrySummary:
     last_updated_at: int
     output_uri: str | None
     size: int
-    """Payload bytes: serialized inline literals, or the URI's length."""
+    """Output bytes: the serialized inline literal map, or the URI's length."""
 
     @property
     def inline(self) -> bool:
@@ -185,28 +187,20 @@ def count_entries(
 def get_entry(store: CacheStore, key: str) -> EntryDetail:
     """One entry with its key map and outputs; NotFoundError if there is none."""
     check_text(key, "key")
-    with snapshot(store.engine) as conn:
+    with read_connection(store.engine) as conn:
         row = conn.execute(
-            sa.select(ENTRIES.c.id, ENTRIES.c.key_map, *_SUMMARY_COLUMNS).where(
-                ENTRIES.c.key == key
-            )
+            sa.select(PAYLOAD, *_SUMMARY_COLUMNS)
+            .select_from(WITH_PAYLOAD)
+            .where(ENTRIES.c.key == key)
         ).one_or_none()
-        if row is None:
-            raise NotFoundError(f'cache entry "{key}" not found', key=key)
-        outputs: list[tuple[str, bytes]] | None = None
-        if row.output_uri is None:
-            outputs = [
-                (name, bytes(literal))
-                for name, literal in conn.execute(
-                    sa.select(OUTPUTS.c.name, OUTPUTS.c.literal)
-                    .where(OUTPUTS.c.entry_id == row.id)
-                    .order_by(OUTPUTS.c.name)
-                )
-            ]
+    if row is None:
+        raise NotFoundError(f'cache entry "{key}" not found', key=key)
+    payload = bytes(row.payload)
+    outputs = None if row.output_uri is not None else sorted(codec.literal_map_entries(payload))
     try:
-        key_map = json.loads(row.key_map) if row.key_map else {}
-    except ValueError:
-        key_map = {"(unreadable)": row.key_map}
+        key_map = dict(sorted(codec.stored_message(payload).metadata.key_map.values.items()))
+    except DecodeError:
+        key_map = {"(unreadable)": "the stored payload does not parse"}
     return EntryDetail(entry=_summary(row), key_map=key_map, outputs=outputs)
 
 

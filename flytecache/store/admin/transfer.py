@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flytecache.errors import (
     InvalidArgumentError,
 )
-from flytecache.store import migrate
+from flytecache.store import codec, migrate
 from flytecache.store.admin._base import (
     BATCH,
     ENTRIES,
@@ -89,17 +89,28 @@ def _export_lines(conn: sa.Connection, header: dict[str, Any], page_size: int) -
         if not rows:
             return
         first, after = rows[0].id, rows[-1].id
-        outputs: dict[int, dict[str, str]] = {}
-        for entry_id, name, literal in conn.execute(
-            sa.select(OUTPUTS.c.entry_id, OUTPUTS.c.name, OUTPUTS.c.literal)
-            .where(OUTPUTS.c.entry_id.between(first, after))
-            .order_by(OUTPUTS.c.entry_id, OUTPUTS.c.name)
-        ):
-            outputs.setdefault(entry_id, {})[name] = base64.b64encode(bytes(literal)).decode()
+        spilled = dict(
+            conn.execute(
+                sa.select(OUTPUTS.c.entry_id, OUTPUTS.c.payload).where(
+                    OUTPUTS.c.entry_id.between(first, after)
+                )
+            ).all()
+        )
         for row in rows:
-            record = {column: row._mapping[column] for column in ENTRY_COLUMNS}
-            record["key_map"] = json.loads(row.key_map) if row.key_map else {}
-            record["outputs"] = outputs.get(row.id, {}) if row.output_uri is None else None
+            payload = bytes(row.payload if row.payload is not None else spilled[row.id])
+            record = {column: row._mapping[column] for column in _ROW_FIELDS}
+            # Sorted, as the export always wrote it: protobuf maps have no stable order.
+            record["key_map"] = dict(
+                sorted(codec.stored_message(payload).metadata.key_map.values.items())
+            )
+            record["outputs"] = (
+                {
+                    name: base64.b64encode(literal).decode()
+                    for name, literal in sorted(codec.literal_map_entries(payload))
+                }
+                if row.output_uri is None
+                else None
+            )
             yield _dumps(record)
 
 
@@ -118,6 +129,10 @@ class ImportResult:
     dry_run: bool
 
 
+_ROW_FIELDS = tuple(c for c in ENTRY_COLUMNS if c != "payload")
+"""An export line's fields taken from the row as they are; ``key_map`` and ``outputs`` come
+from the payload (the format predates schema 0002 and is unchanged)."""
+
 _STAGE_META = sa.MetaData()
 _STAGE = sa.Table(
     "flytecache_import_entries",
@@ -130,20 +145,14 @@ _STAGE = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("version", sa.Text, nullable=False),
     sa.Column("org", sa.Text, nullable=False),
-    sa.Column("key_map", sa.Text, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("last_updated_at", sa.BigInteger, nullable=False),
     sa.Column("output_uri", sa.Text),
     sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.LargeBinary),
+    # The payload when over SPILL_BYTES (``payload`` is then NULL): it goes to outputs.
+    sa.Column("large_payload", sa.LargeBinary),
     sa.Column("existing", sa.Boolean, nullable=False, default=False),
-    prefixes=["TEMPORARY"],
-)
-_STAGE_OUTPUTS = sa.Table(
-    "flytecache_import_outputs",
-    _STAGE_META,
-    sa.Column("line", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("literal", sa.LargeBinary, nullable=False),
     prefixes=["TEMPORARY"],
 )
 # Created with the table: the merge joins and the duplicate check look keys up.
@@ -151,7 +160,7 @@ sa.Index("ix_flytecache_import_entries_key", _STAGE.c.key)
 
 _OPTIONAL_TEXT = ("project", "domain", "name", "version", "org")
 _SHORT_NAMES = frozenset(("project", "domain", "org"))
-_KNOWN_FIELDS = frozenset((*ENTRY_COLUMNS, "outputs"))
+_KNOWN_FIELDS = frozenset((*_ROW_FIELDS, "key_map", "outputs"))
 
 
 class _BadLine(Exception):
@@ -187,10 +196,8 @@ def _timestamp(record: dict[str, Any], name: str) -> int:
     return value
 
 
-def _parse_entry(
-    record: Any, *, nul_ok: bool = True
-) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
-    """Validate one decoded entry line; return its column values and inline outputs.
+def _parse_entry(record: Any, *, nul_ok: bool = True) -> dict[str, Any]:
+    """Validate one decoded entry line; return its staging row (payload built).
 
     ``nul_ok=False`` (PostgreSQL) rejects NUL characters in the text columns.
     """
@@ -227,7 +234,6 @@ def _parse_entry(
         for text in item:
             # Stored as JSON with \u escapes, so NUL is fine on every backend.
             _storable(text, "key_map", nul_ok=True)
-    row["key_map"] = json.dumps(key_map, sort_keys=True) if key_map else "{}"
     row["created_at"] = _timestamp(record, "created_at")
     row["last_updated_at"] = _timestamp(record, "last_updated_at")
     size = record.get("size", 0)
@@ -260,8 +266,27 @@ def _parse_entry(
                 raise _BadLine(f"outputs[{name!r}] is not a serialized Literal") from None
             literals.append((name, raw))
         row["output_uri"] = None
-        row["size"] = sum(len(raw) for _, raw in literals)
-    return row, literals
+        row["size"] = len(codec.literal_map_bytes(literals))
+    # An empty key map is no key map, as in every export since the first.
+    payload = codec.payload_from_parts(
+        output_uri=row["output_uri"],
+        literals=literals,
+        metadata=codec.metadata_from_columns(
+            row["resource_type"],
+            row["project"],
+            row["domain"],
+            row["name"],
+            row["version"],
+            row["org"],
+            key_map,
+        ),
+        created_at=row["created_at"],
+        last_updated_at=row["last_updated_at"],
+        nul_ok=nul_ok,
+    )
+    large = len(payload) > codec.SPILL_BYTES
+    row["payload"], row["large_payload"] = (None, payload) if large else (payload, None)
+    return row
 
 
 def _parse_header(line_no: int, record: Any) -> dict[str, Any]:
@@ -298,15 +323,11 @@ def _stage(
     entries = 0
     nul_ok = conn.dialect.name == "sqlite"
     rows: list[dict[str, Any]] = []
-    outputs: list[dict[str, Any]] = []
 
     def flush() -> None:
         if rows:
             conn.execute(sa.insert(_STAGE), rows)
             rows.clear()
-        if outputs:
-            conn.execute(sa.insert(_STAGE_OUTPUTS), outputs)
-            outputs.clear()
 
     line_no = 0
     for line_no, raw_line in enumerate(lines, start=1):
@@ -328,15 +349,14 @@ def _stage(
                 progress(0, expected)
             continue
         try:
-            row, literals = _parse_entry(record, nul_ok=nul_ok)
+            row = _parse_entry(record, nul_ok=nul_ok)
         except _BadLine as error:
             raise InvalidArgumentError(f"line {line_no}: {error}", line=line_no) from None
         row["line"] = line_no
         row["existing"] = False
         rows.append(row)
-        outputs.extend({"line": line_no, "name": n, "literal": v} for n, v in literals)
         entries += 1
-        if len(rows) >= BATCH or len(outputs) >= BATCH:
+        if len(rows) >= BATCH:
             flush()
             if progress is not None:
                 progress(entries, expected)
@@ -429,14 +449,10 @@ def import_entries(
                 )
                 conn.execute(
                     sa.insert(OUTPUTS).from_select(
-                        ("entry_id", "name", "literal"),
-                        sa.select(ENTRIES.c.id, _STAGE_OUTPUTS.c.name, _STAGE_OUTPUTS.c.literal)
-                        .select_from(
-                            _STAGE_OUTPUTS.join(
-                                _STAGE, _STAGE.c.line == _STAGE_OUTPUTS.c.line
-                            ).join(ENTRIES, ENTRIES.c.key == _STAGE.c.key)
-                        )
-                        .where(wanted),
+                        ("entry_id", "payload"),
+                        sa.select(ENTRIES.c.id, _STAGE.c.large_payload)
+                        .select_from(_STAGE.join(ENTRIES, ENTRIES.c.key == _STAGE.c.key))
+                        .where(wanted, _STAGE.c.large_payload.is_not(None)),
                     )
                 )
             return _import_result(entries, present, overwrite, dry_run=False)
