@@ -23,6 +23,8 @@ from flytecache.store.models import Entry, Output
 ENTRIES = cast(sa.Table, Entry.__table__)
 OUTPUTS = cast(sa.Table, Output.__table__)
 BACKENDS = ["sqlite", "postgresql"]
+CHECK_ITEMS = ["filesystem", "permissions", "connect", "schema", "models", "integrity", "wal"]
+"""The items of ``db check``, in order, on every backend."""
 
 runner = CliRunner()
 
