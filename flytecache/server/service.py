@@ -22,7 +22,6 @@ from flytecache.error_codes import to_connect_error
 from flytecache.errors import (
     InvalidArgumentError,
     StorageBusyError,
-    UnavailableError,
 )
 from flytecache.scoping import ScopedStore, scope_of
 from flytecache.server.metrics import Metrics
@@ -99,7 +98,8 @@ class StoreCacheService:
         schema = self._schema
         try:
             if schema is not None and schema.lost is not None:
-                raise UnavailableError(schema.lost)
+                # The message says what happened (no detail of the database is in it).
+                raise ConnectError(Code.UNAVAILABLE, schema.lost)
             if write:
                 result = await self._threads.write(
                     functools.partial(self._write, fn, request, time.monotonic())
@@ -112,8 +112,7 @@ class StoreCacheService:
                 # A table or column gone under the server fails as an internal error; say why.
                 lost = await self._threads.read(schema.check)
                 if lost is not None:
-                    error = UnavailableError(lost)
-                    connect_error = to_connect_error(error)
+                    connect_error = ConnectError(Code.UNAVAILABLE, lost)
             if outcome is not None:
                 outcome.append(connect_error.code.value)
             self._log_failure(rpc, base, error, connect_error)

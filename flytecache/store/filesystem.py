@@ -236,6 +236,7 @@ def lock_holders(
 def _command_of(pid: int) -> str:
     with contextlib.suppress(OSError):
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        text = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+        # One line whatever the arguments hold (a `python -c` script has newlines).
+        text = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
         return text if len(text) <= 80 else text[:77] + "..."
     return ""
