@@ -90,12 +90,15 @@ def test_file_mode_option_and_variable(tmp_path: Path) -> None:
 def test_bad_file_modes_are_refused_before_anything_is_written(tmp_path: Path) -> None:
     db = tmp_path / "x.db"
     for bad in ("999", "rw-------", "7777"):
-        result = run(str(db), "db", "upgrade", "--file-mode", bad)
+        result = run(str(db), "db", "upgrade", "--file-mode", bad, COLUMNS="200")
         assert result.exit_code == 2 and "not a file mode" in result.stderr
-    result = run(str(db), "db", "upgrade", "--file-mode", "400")
+    result = run(str(db), "db", "upgrade", "--file-mode", "400", COLUMNS="200")
     assert result.exit_code == 2 and "does not let the owner read and write" in result.stderr
-    from_variable = run(str(db), "db", "upgrade", FLYTECACHE_FILE_MODE="x")
-    assert from_variable.exit_code == 2 and "'x' is not a file mode" in from_variable.stderr
+    from_variable = run(str(db), "db", "upgrade", FLYTECACHE_FILE_MODE="x", COLUMNS="200")
+    assert from_variable.exit_code == 2
+    assert "'--file-mode' (env var: 'FLYTECACHE_FILE_MODE'): 'x' is not a file mode" in (
+        from_variable.stderr
+    )
     assert not db.exists()
     with pytest.raises(InvalidArgumentError, match="does not let the owner"):
         StoreSettings(file_mode=0o200)

@@ -53,11 +53,18 @@ YesOption = Annotated[
     ),
 ]
 
+
+def _check_file_mode_option(value: str) -> str:
+    file_mode_of(value)  # refused before the command runs, naming the option
+    return value
+
+
 FileModeOption = Annotated[
     str,
     typer.Option(
         "--file-mode",
         envvar="FLYTECACHE_FILE_MODE",
+        callback=_check_file_mode_option,
         help="Permission bits (octal, as for chmod) of the files this creates; the umask "
         "does not apply.",
     ),

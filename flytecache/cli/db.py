@@ -179,10 +179,13 @@ def check(
     json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Check the schema, the models, SQLite integrity, the WAL size and the filesystem.
+    """Check the schema, the models, SQLite integrity, the WAL size, the filesystem and
+    the file permissions.
 
-    On PostgreSQL the SQLite-only items (filesystem, integrity, wal) are reported as skipped.
-    Exits 1 naming the first failing item.
+    A WAL larger than FLYTECACHE_WAL_SIZE_LIMIT is a warning naming the processes whose read
+    transactions hold checkpoints back (past --max-wal, a failure); a database other users
+    can read is a warning. On PostgreSQL the SQLite-only items (filesystem, permissions,
+    integrity, wal) are reported as skipped. Exits 1 naming the first failing item.
     """
     with cli_errors(verbose):
         from flytecache.config import parse_size

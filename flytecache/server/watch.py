@@ -122,7 +122,7 @@ class Watch:
 
         try:
             self._watch_wal()
-        except FlyteCacheError as error:
+        except (FlyteCacheError, OSError) as error:
             if not self._failing:  # one line per outage, not one a second
                 log.warning("could not check the WAL: %s", error)
             self._failing = True
@@ -135,6 +135,12 @@ class Watch:
 
         engine = self._store.engine
         state = admin.wal_state(engine)
+        assert self._metrics.wal_bytes is not None
+        assert self._metrics.wal_blocked_seconds is not None
+        assert self._metrics.wal_checkpoints_blocked is not None
+        self._metrics.wal_bytes.set(state.wal_bytes)
+        if state.frames is None or state.checkpointed is None:
+            return  # SQLite's own checkpoint was running: this tick learns nothing
         now = time.monotonic()
         previous, self._previous = self._previous, (state.frames, state.checkpointed)
         # Blocked: frames are left behind and the checkpoint stopped where it stopped a tick
@@ -146,10 +152,6 @@ class Watch:
             and state.checkpointed == previous[1]
             and state.frames >= previous[0]
         )
-        assert self._metrics.wal_bytes is not None
-        assert self._metrics.wal_blocked_seconds is not None
-        assert self._metrics.wal_checkpoints_blocked is not None
-        self._metrics.wal_bytes.set(state.wal_bytes)
         if not blocked:
             if self._warned_at is not None:
                 log.warning(

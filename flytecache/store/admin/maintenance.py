@@ -148,10 +148,15 @@ def checkpoint(engine: Engine, mode: str = "TRUNCATE") -> CheckpointResult:
 
 
 def _wal_checkpoint(driver: Any, mode: str) -> tuple[int, int, int]:
+    busy, frames, done = _raw_wal_checkpoint(driver, mode)
+    # -1: another connection was checkpointing, or not in WAL mode (a read-only engine).
+    return busy, max(frames, 0), max(done, 0)
+
+
+def _raw_wal_checkpoint(driver: Any, mode: str) -> tuple[int, int, int]:
     row = driver.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
     busy, frames, done = (int(v) for v in row)
-    # -1, -1: the database is not in WAL mode (a read-only engine): nothing to checkpoint.
-    return busy, max(frames, 0), max(done, 0)
+    return busy, frames, done
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,16 +165,21 @@ class WalState:
 
     wal_bytes: int
     """Size of the ``-wal`` file."""
-    frames: int
-    """Frames (pages) in the WAL."""
-    checkpointed: int
+    frames: int | None
+    """Frames (pages) in the WAL; ``None`` when unknown: another connection was
+    checkpointing at that moment, or the database is not in WAL mode (opened read-only)."""
+    checkpointed: int | None
     """Frames of the WAL already copied into the database; fewer than ``frames`` means a
     reader still needs the rest (or a writer was appending)."""
 
     @property
     def complete(self) -> bool:
-        """Whether every frame is in the database (the WAL can restart from the top)."""
-        return self.checkpointed >= self.frames
+        """Whether every frame is known to be in the database (the WAL can restart)."""
+        return (
+            self.frames is not None
+            and self.checkpointed is not None
+            and self.checkpointed >= self.frames
+        )
 
 
 def wal_state(engine: Engine) -> WalState:
@@ -179,10 +189,15 @@ def wal_state(engine: Engine) -> WalState:
     with translate_errors():
         raw = engine.raw_connection()
         try:
-            _busy, frames, done = _wal_checkpoint(raw.driver_connection, "PASSIVE")
+            _busy, frames, done = _raw_wal_checkpoint(raw.driver_connection, "PASSIVE")
         finally:
             raw.close()
-    return WalState(wal_bytes=sqlite_files(engine)["wal"], frames=frames, checkpointed=done)
+    known = frames >= 0 and done >= 0
+    return WalState(
+        wal_bytes=sqlite_files(engine)["wal"],
+        frames=frames if known else None,
+        checkpointed=done if known else None,
+    )
 
 
 def truncate_wal_if_idle(engine: Engine, limit: int) -> bool:
