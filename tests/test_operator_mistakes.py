@@ -135,20 +135,29 @@ def test_world_readable_database_is_flagged_by_db_check_and_serve(tmp_path: Path
 
 
 @contextlib.contextmanager
-def _read_only_mount(where: Path, fill: Callable[[Path], None]) -> Iterator[Path]:
-    """A real tmpfs at ``where``, filled by ``fill(where)`` and then remounted read-only."""
-    where.mkdir()
+def _read_only_mount(
+    where: Path, fill: Callable[[Path], None], kind: str = "tmpfs"
+) -> Iterator[Path]:
+    """A directory filled by ``fill(directory)`` and then made read-only storage for real:
+    a tmpfs remounted read-only, or (``kind="bind"``) a read-only bind mount of a writable
+    directory (what a container's read-only volume is). Skipped where mounting is not allowed."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a filesystem needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(where)], capture_output=True
-    )
+    where.mkdir()
+    source = where.with_name(where.name + "-source")
+    if kind == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(where)]
+    else:
+        source.mkdir()
+        command = ["mount", "--bind", str(source), str(where)]
+    mounted = subprocess.run(command, capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount here: {mounted.stderr.strip()}")
     try:
         fill(where)
+        options = "remount,ro" if kind == "tmpfs" else "remount,bind,ro"
         remounted = subprocess.run(
-            ["mount", "-o", "remount,ro", str(where)], capture_output=True, text=True
+            ["mount", "-o", options, str(where)], capture_output=True, text=True
         )
         assert remounted.returncode == 0, remounted.stderr
         yield where
@@ -163,8 +172,9 @@ def _fill(where: Path) -> None:
     assert not Path(f"{where / 'cache.db'}-wal").exists()  # closed cleanly: no WAL left
 
 
-def test_a_database_on_a_read_only_mount_can_be_read(tmp_path: Path) -> None:
-    with _read_only_mount(tmp_path / "mnt", _fill) as mnt:
+@pytest.mark.parametrize("kind", ["tmpfs", "bind"])
+def test_a_database_on_a_read_only_mount_can_be_read(tmp_path: Path, kind: str) -> None:
+    with _read_only_mount(tmp_path / "mnt", _fill, kind) as mnt:
         db = str(mnt / "cache.db")
         with CacheStore.open(db) as store:
             assert store.get("k").output_uri == "s3://bucket/k"

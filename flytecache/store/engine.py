@@ -22,6 +22,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine
 
 from flytecache.config import StoreSettings
+from flytecache.errors import UnavailableError
 from flytecache.store.driver_errors import BUSY_MESSAGE, translate_errors
 from flytecache.store.filesystem import check_sqlite_path, create_private_file
 from flytecache.store.pool import forget_pools_after_fork
@@ -130,7 +131,14 @@ def create_store_engine(
         if not read_only and url.database not in (None, "", ":memory:"):
             # SQLite would create it with 0644 minus the umask, and give the -wal and -shm
             # files the same mode: cache outputs and keys readable by every local user.
-            create_private_file(sqlite_file(url), settings.file_mode)
+            path = sqlite_file(url)
+            try:
+                create_private_file(path, settings.file_mode)
+            except OSError as error:
+                raise UnavailableError(
+                    f"cannot create the database file {path} ({error.strerror}); check the "
+                    "path and permissions"
+                ) from None
         connect_args: dict[str, Any] = {
             "timeout": settings.busy_timeout.total_seconds(),
             "check_same_thread": False,
