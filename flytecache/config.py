@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from flytecache.errors import InvalidArgumentError
 
-__all__ = ["StoreSettings", "parse_duration", "parse_size"]
+__all__ = ["StoreSettings", "check_file_mode", "parse_duration", "parse_file_mode", "parse_size"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {
@@ -65,6 +65,39 @@ def format_size(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
+_FILE_MODE = re.compile(r"^\s*(?:0o?)?([0-7]{3})\s*$")
+
+
+def parse_file_mode(text: str | int, *, name: str = "file mode") -> int:
+    """Parse permission bits written in octal, as ``chmod`` takes them: ``600``, ``0640``,
+    ``0o644`` (an ``int`` is taken as it is and checked)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return check_file_mode(text, name=name)
+    match = _FILE_MODE.match(str(text))
+    if not match:
+        raise InvalidArgumentError(
+            f"{name}: {text!r} is not a file mode (three octal digits, as for chmod: 600, 640)",
+            field=name,
+        )
+    return check_file_mode(int(match.group(1), 8), name=name)
+
+
+def check_file_mode(mode: int, *, name: str = "file_mode") -> int:
+    """``mode`` if it is permission bits the owner can read and write (``0o600`` at least);
+    :class:`InvalidArgumentError` otherwise (SQLite must write its own files)."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise InvalidArgumentError(
+            f"{name} must be permission bits such as 0o600, got {mode!r}", field=name
+        )
+    if mode & 0o600 != 0o600:
+        raise InvalidArgumentError(
+            f"{name} {mode:04o} does not let the owner read and write the database; "
+            "use 600 or wider",
+            field=name,
+        )
+    return mode
+
+
 def _env_bool(value: str, name: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -99,6 +132,13 @@ class StoreSettings:
     pool_timeout: timedelta = timedelta(seconds=30)
     """How long a call waits for a connection when ``pool_size + max_overflow`` are all busy
     (PostgreSQL) before ``StorageBusyError``."""
+    wal_size_limit: int = 64 * 1024**2
+    """Bytes the SQLite ``-wal`` file is cut back to after each complete checkpoint
+    (``PRAGMA journal_size_limit``). It can exceed this only while a reader pins old data."""
+    file_mode: int = 0o600
+    """Permission bits of the SQLite files flytecache creates (the database, whose mode its
+    ``-wal`` and ``-shm`` inherit, backups, exports), whatever the umask. Existing files keep
+    theirs."""
 
     def __post_init__(self) -> None:
         for name in ("max_heartbeat", "busy_timeout", "pool_timeout"):
@@ -129,6 +169,16 @@ class StoreSettings:
                 raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
         if self.pool_size < 1:
             raise InvalidArgumentError(f"pool_size must be at least 1, got {self.pool_size}")
+        if (
+            isinstance(self.wal_size_limit, bool)
+            or not isinstance(self.wal_size_limit, int)
+            or self.wal_size_limit < 0
+        ):
+            raise InvalidArgumentError(
+                "wal_size_limit must be a non-negative number of bytes, "
+                f"got {self.wal_size_limit!r}"
+            )
+        check_file_mode(self.file_mode)
 
     def replace(self, **changes: Any) -> StoreSettings:
         """A copy with ``changes`` applied (and validated)."""
@@ -141,7 +191,8 @@ class StoreSettings:
         Variables: ``FLYTECACHE_MAX_HEARTBEAT``, ``FLYTECACHE_GRACE_MULTIPLIER``,
         ``FLYTECACHE_BUSY_TIMEOUT``, ``FLYTECACHE_SYNCHRONOUS``,
         ``FLYTECACHE_ALLOW_NETWORK_FILESYSTEM``, ``FLYTECACHE_POOL_SIZE``,
-        ``FLYTECACHE_MAX_OVERFLOW``, ``FLYTECACHE_POOL_TIMEOUT``.
+        ``FLYTECACHE_MAX_OVERFLOW``, ``FLYTECACHE_POOL_TIMEOUT``, ``FLYTECACHE_WAL_SIZE_LIMIT``
+        (a size: ``64MiB``), ``FLYTECACHE_FILE_MODE`` (octal: ``600``, ``0640``).
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -161,6 +212,10 @@ class StoreSettings:
                 values[field.name] = raw.strip().upper()
             elif field.name == "allow_network_filesystem":
                 values[field.name] = _env_bool(raw, var)
+            elif field.name == "wal_size_limit":
+                values[field.name] = parse_size(raw, name=var)
+            elif field.name == "file_mode":
+                values[field.name] = parse_file_mode(raw, name=var)
             else:
                 try:
                     values[field.name] = int(raw)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from _cli import (
     BACKENDS,
+    CHECK_ITEMS,
     as_json,
     connect,
     fails,
@@ -30,7 +31,7 @@ from _cli import (
 from typer.testing import Result
 
 HEAD = "0002_payload"
-SQLITE_ONLY = ("filesystem", "integrity", "wal")
+SQLITE_ONLY = ("filesystem", "permissions", "integrity", "wal")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -144,20 +145,14 @@ def test_check_passes_on_a_healthy_database(any_db: str) -> None:
     report = as_json(run(db, "db", "check", "--json"))
     assert report["ok"] is True
     # The same items, in the same order, on both backends.
-    assert [c["name"] for c in report["checks"]] == [
-        "filesystem",
-        "connect",
-        "schema",
-        "models",
-        "integrity",
-        "wal",
-    ]
+    assert [c["name"] for c in report["checks"]] == CHECK_ITEMS
     details = {c["name"]: c["detail"] for c in report["checks"]}
     assert details["schema"] == f"at head {HEAD}"
     assert details["models"] == "models match the migrations"
     if is_postgres(db):
         assert _checks_of(report) == {
             "filesystem": "skip",
+            "permissions": "skip",
             "connect": "ok",
             "schema": "ok",
             "models": "ok",
@@ -261,6 +256,7 @@ def test_check_when_postgresql_is_unreachable() -> None:
     assert line.startswith("error: db check failed: connect (connect: database unavailable: ")
     assert _checks(result) == {
         "filesystem": "skip",
+        "permissions": "skip",
         "connect": "fail",
         "schema": "skip",
         "models": "skip",
@@ -272,10 +268,12 @@ def test_check_when_postgresql_is_unreachable() -> None:
 def test_check_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"junk" * 1000)
+    path.chmod(0o600)
     result = run(str(path), "db", "check", "--json")
     assert "connect" in fails(result)
     assert _checks(result) == {
         "filesystem": "ok",
+        "permissions": "ok",
         "connect": "fail",
         "schema": "skip",
         "models": "skip",

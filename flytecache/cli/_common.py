@@ -53,6 +53,24 @@ YesOption = Annotated[
     ),
 ]
 
+
+def _check_file_mode_option(value: str) -> str:
+    file_mode_of(value)  # refused before the command runs, naming the option
+    return value
+
+
+FileModeOption = Annotated[
+    str,
+    typer.Option(
+        "--file-mode",
+        envvar="FLYTECACHE_FILE_MODE",
+        callback=_check_file_mode_option,
+        help="Permission bits (octal, as for chmod) of the files this creates; the umask "
+        "does not apply.",
+    ),
+]
+DEFAULT_FILE_MODE = "600"
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
@@ -109,14 +127,33 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def settings() -> Any:
-    """Store settings from ``FLYTECACHE_*`` environment variables."""
+def settings(file_mode: str | None = None) -> Any:
+    """Store settings from ``FLYTECACHE_*`` environment variables (and ``--file-mode``)."""
     from flytecache.config import StoreSettings
 
-    return StoreSettings.from_env()
+    return StoreSettings.from_env(file_mode=file_mode_of(file_mode))
 
 
-def open_store(db: str, *, migrate: bool = False, must_exist: bool | None = None) -> CacheStore:
+def file_mode_of(text: str | None) -> int | None:
+    """The ``--file-mode`` option's value as permission bits (a usage error if malformed)."""
+    if text is None:
+        return None
+    from flytecache.config import parse_file_mode
+    from flytecache.errors import InvalidArgumentError
+
+    try:
+        return parse_file_mode(text, name="--file-mode")
+    except InvalidArgumentError as error:
+        raise typer.BadParameter(str(error).removeprefix("--file-mode: ")) from None
+
+
+def open_store(
+    db: str,
+    *,
+    migrate: bool = False,
+    must_exist: bool | None = None,
+    file_mode: str | None = None,
+) -> CacheStore:
     """Open the store for a command: no implicit migration, and no implicit creation.
 
     A SQLite file that does not exist is an error unless ``migrate`` (or ``must_exist=False``).
@@ -125,17 +162,17 @@ def open_store(db: str, *, migrate: bool = False, must_exist: bool | None = None
 
     return open_existing(
         db,
-        settings=settings(),
+        settings=settings(file_mode),
         must_exist=(not migrate) if must_exist is None else must_exist,
         migrate=migrate,
     )
 
 
-def open_engine(db: str, *, must_exist: bool = True) -> Engine:
+def open_engine(db: str, *, must_exist: bool = True, file_mode: str | None = None) -> Engine:
     """A bare engine (no schema check) for ``db`` commands; the caller disposes it."""
     from flytecache.store.opening import open_engine as open_bare
 
-    return open_bare(db, settings(), must_exist=must_exist)
+    return open_bare(db, settings(file_mode), must_exist=must_exist)
 
 
 def err(message: str) -> None:

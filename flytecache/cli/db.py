@@ -9,7 +9,9 @@ import typer
 from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
+    DEFAULT_FILE_MODE,
     DbOption,
+    FileModeOption,
     JsonOption,
     VerboseOption,
     YesOption,
@@ -30,13 +32,15 @@ app = typer.Typer(help="Create, migrate, check and back up the database.", no_ar
 def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
     db: DbOption = DEFAULT_DB,
+    file_mode: FileModeOption = DEFAULT_FILE_MODE,
     verbose: VerboseOption = False,
 ) -> None:
     """Create the database if needed and migrate it to REVISION (default: the newest).
 
     Entries are converted in committed batches with a progress bar; an interrupted upgrade
-    (even a kill) is finished by running it again. A SQLite file's directory is created too.
-    On PostgreSQL the database itself must exist (CREATE DATABASE); this creates the tables.
+    (even a kill) is finished by running it again. A SQLite file's directory is created too,
+    and a new file gets --file-mode (its -wal and -shm files follow it). On PostgreSQL the
+    database itself must exist (CREATE DATABASE); this creates the tables.
     """
     with cli_errors(verbose):
         from flytecache.errors import InvalidArgumentError, SchemaError
@@ -54,7 +58,7 @@ def upgrade(
                     f"unknown revision {revision!r}; see `flytecache db history`"
                 ) from None
         opening.create_parent_directory(db)
-        engine = open_engine(db, must_exist=False)
+        engine = open_engine(db, must_exist=False, file_mode=file_mode)
         try:
             # A data migration (0001 -> 0002) runs in committed batches behind this bar; if
             # interrupted, running the command again continues where it stopped.
@@ -73,13 +77,23 @@ def downgrade(
     yes: YesOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Migrate the database back to REVISION (may drop tables and their data)."""
+    """Migrate the database back to REVISION (may drop tables and their data).
+
+    Warns when other processes have the database open: a server or worker still running the
+    newer code stops working (a server answers UNAVAILABLE until the schema is back).
+    """
     with cli_errors(verbose):
-        from flytecache.store import migrate, opening
+        from flytecache.store import admin, migrate, opening
 
         engine = open_engine(db)
         try:
             current = opening.schema_state(engine).current
+            others = admin.other_connections(engine)
+            if others:
+                err(
+                    f"warning: {others}: they run the schema this downgrade removes and will "
+                    "fail (a flytecache server answers UNAVAILABLE) until it is upgraded again"
+                )
             confirm(
                 f"downgrade {opening.describe_url(engine)} from {current or '(empty)'} to "
                 f"{revision} (tables and data may be dropped)",
@@ -170,10 +184,13 @@ def check(
     json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Check the schema, the models, SQLite integrity, the WAL size and the filesystem.
+    """Check the schema, the models, SQLite integrity, the WAL size, the filesystem and
+    the file permissions.
 
-    On PostgreSQL the SQLite-only items (filesystem, integrity, wal) are reported as skipped.
-    Exits 1 naming the first failing item.
+    A WAL larger than FLYTECACHE_WAL_SIZE_LIMIT is a warning naming the processes whose read
+    transactions hold checkpoints back (past --max-wal, a failure); a database other users
+    can read is a warning. On PostgreSQL the SQLite-only items (filesystem, permissions,
+    integrity, wal) are reported as skipped. Exits 1 naming the first failing item.
     """
     with cli_errors(verbose):
         from flytecache.config import parse_size
@@ -214,6 +231,7 @@ def backup(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", metavar="", help="Replace PATH if it exists.")
     ] = False,
+    file_mode: FileModeOption = DEFAULT_FILE_MODE,
     json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -229,7 +247,9 @@ def backup(
         admin.require_sqlite(normalize_url(db), "backup")
         engine = open_engine(db)
         try:
-            result = admin.backup(engine, path, overwrite=overwrite)
+            result = admin.backup(
+                engine, path, overwrite=overwrite, file_mode=settings(file_mode).file_mode
+            )
         finally:
             engine.dispose()
         if json:

@@ -15,6 +15,7 @@ from flytecache.cli._common import (
     err,
     human_bytes,
     open_store,
+    plural,
     print_json,
     stdout_console,
 )
@@ -109,16 +110,20 @@ def checkpoint(db: DbOption = DEFAULT_DB, verbose: VerboseOption = False) -> Non
         admin.require_sqlite(normalize_url(db), "checkpoint")
         with open_store(db) as store:
             result = admin.checkpoint(store.engine, "TRUNCATE")
-        if result.busy:
-            raise StorageBusyError(
-                f"the checkpoint could not complete ({result.checkpointed_frames} of "
-                f"{result.wal_frames} frames copied): other connections are reading or writing; "
-                "retry when the cache is quieter"
-            )
-        err(
-            f"checkpointed {result.checkpointed_frames} frames; WAL "
-            f"{human_bytes(result.wal_bytes_before)} -> {human_bytes(result.wal_bytes_after)}"
+            if result.busy:
+                raise StorageBusyError(
+                    f"the checkpoint could not complete ({result.checkpointed_frames} of "
+                    f"{result.wal_frames} frames copied): "
+                    + admin.blocking_readers_hint(store.engine)
+                )
+        size = (
+            f"WAL {human_bytes(result.wal_bytes_before)} -> {human_bytes(result.wal_bytes_after)}"
         )
+        if result.wal_frames == 0:
+            err(f"checkpointed: the WAL was empty; {size}")
+        else:
+            frames = plural(result.wal_frames, "frame", "frames")
+            err(f"checkpointed: all {frames} of the WAL are in the database; {size}")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from flytecache.cli._common import DEFAULT_DB, DbOption, VerboseOption, cli_errors
+from flytecache.cli._common import (
+    DEFAULT_DB,
+    DEFAULT_FILE_MODE,
+    DbOption,
+    FileModeOption,
+    VerboseOption,
+    cli_errors,
+)
 
 _PORT = re.compile(r"^(?:\w+://)?(?:[^:]*:)?(\d{1,5})$")
 
@@ -70,6 +77,21 @@ def register(app: typer.Typer) -> None:
                 help="Largest request body accepted (after decompression), e.g. 16MiB.",
             ),
         ] = "16MiB",
+        wal_size_limit: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_WAL_SIZE_LIMIT",
+                help="SQLite: size the -wal file is cut back to after a complete checkpoint.",
+            ),
+        ] = "64MiB",
+        wal_blocked_warning: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_WAL_BLOCKED_WARNING",
+                help="SQLite: warn when a reader has kept checkpoints from completing this long.",
+            ),
+        ] = "60s",
+        file_mode: FileModeOption = DEFAULT_FILE_MODE,
         log_level: Annotated[
             str,
             typer.Option(
@@ -85,7 +107,7 @@ def register(app: typer.Typer) -> None:
         Point a Flyte 2 executor's cacheServiceURL at the printed address. Stops cleanly on
         SIGTERM or Ctrl-C: in-flight requests finish, the database is closed, exit code 0.
         """
-        from flytecache.config import StoreSettings, parse_duration, parse_size
+        from flytecache.config import StoreSettings, parse_duration, parse_file_mode, parse_size
         from flytecache.errors import InvalidArgumentError
         from flytecache.server import ServerSettings
         from flytecache.server import serve as run_server
@@ -95,12 +117,17 @@ def register(app: typer.Typer) -> None:
             store_settings = StoreSettings.from_env(
                 max_heartbeat=parse_duration(max_heartbeat, name="--max-heartbeat"),
                 grace_multiplier=grace_multiplier,
+                wal_size_limit=parse_size(wal_size_limit, name="--wal-size-limit"),
+                file_mode=parse_file_mode(file_mode, name="--file-mode"),
             )
             settings = ServerSettings(
                 host=host,
                 port=_port(port),
                 max_request_bytes=parse_size(max_request_bytes, name="--max-request-bytes"),
                 log_level=level,
+                wal_blocked_warning=parse_duration(
+                    wal_blocked_warning, name="--wal-blocked-warning"
+                ),
             )
         except InvalidArgumentError as error:
             raise typer.BadParameter(str(error)) from None

@@ -14,7 +14,9 @@ import typer
 from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
+    DEFAULT_FILE_MODE,
     DbOption,
+    FileModeOption,
     JsonOption,
     VerboseOption,
     cli_errors,
@@ -23,12 +25,14 @@ from flytecache.cli._common import (
     plural,
     print_json,
     progress,
+    settings,
 )
 
 
 @contextlib.contextmanager
-def _writer(path: str) -> Iterator[IO[bytes]]:
-    """stdout for ``-``; else a sibling temporary file renamed over PATH on success.
+def _writer(path: str, file_mode: int) -> Iterator[IO[bytes]]:
+    """stdout for ``-``; else a sibling temporary file, created with ``file_mode`` whatever the
+    umask, renamed over PATH on success.
 
     A name ending in ``.gz`` is gzip-compressed.
     """
@@ -40,6 +44,10 @@ def _writer(path: str) -> Iterator[IO[bytes]]:
     target = Path(path).expanduser()
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
+        from flytecache.store.filesystem import create_private_file
+
+        partial.unlink(missing_ok=True)
+        create_private_file(partial, file_mode)
         with open(partial, "wb") as raw:
             if target.suffix == ".gz":
                 import gzip
@@ -55,18 +63,34 @@ def _writer(path: str) -> Iterator[IO[bytes]]:
 
 @contextlib.contextmanager
 def _reader(path: str) -> Iterator[IO[bytes]]:
-    """stdin for ``-``; else the file (gunzipped when it starts with the gzip magic)."""
+    """stdin for ``-``; else the file (gunzipped when it starts with the gzip magic).
+
+    A damaged or cut-off gzip stream is an :class:`InvalidArgumentError` naming the file
+    (the reading happens in the caller's block, which then writes nothing).
+    """
     if path == "-":
         yield sys.stdin.buffer
         return
     with open(Path(path).expanduser(), "rb") as raw:
-        if raw.peek(2)[:2] == b"\x1f\x8b":
-            import gzip
+        if raw.peek(2)[:2] != b"\x1f\x8b":
+            yield raw
+            return
+        import gzip
+        import zlib
 
+        from flytecache.errors import InvalidArgumentError
+
+        try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
                 yield cast(IO[bytes], unpacked)
-        else:
-            yield raw
+        except EOFError:
+            raise InvalidArgumentError(
+                f"{path}: the gzip data ends early (the file is truncated); nothing was imported"
+            ) from None
+        except (gzip.BadGzipFile, zlib.error) as error:
+            raise InvalidArgumentError(
+                f"{path}: not valid gzip data, the file is damaged ({error}); nothing was imported"
+            ) from None
 
 
 def export(
@@ -74,6 +98,7 @@ def export(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", metavar="", help="Replace PATH if it exists.")
     ] = False,
+    file_mode: FileModeOption = DEFAULT_FILE_MODE,
     db: DbOption = DEFAULT_DB,
     verbose: VerboseOption = False,
 ) -> None:
@@ -81,7 +106,8 @@ def export(
 
     Reads one consistent snapshot without blocking writers, in constant memory. Inline
     outputs are base64-encoded serialized Literals; timestamps are microseconds since the epoch.
-    An existing PATH is kept unless --overwrite (as for `db backup`).
+    An existing PATH is kept unless --overwrite (as for `db backup`); a new one gets
+    --file-mode.
     """
     with cli_errors(verbose):
         from flytecache.store import admin
@@ -93,7 +119,7 @@ def export(
         with (
             open_store(db) as store,
             admin.export_entries(store) as stream,
-            _writer(path) as out,
+            _writer(path, settings(file_mode).file_mode) as out,
             progress("exporting", total=stream.total) as update,
         ):
             for index, line in enumerate(stream.lines):
@@ -134,6 +160,7 @@ def import_(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", metavar="", help="Validate and count; write nothing.")
     ] = False,
+    file_mode: FileModeOption = DEFAULT_FILE_MODE,
     db: DbOption = DEFAULT_DB,
     json: JsonOption = False,
     verbose: VerboseOption = False,
@@ -159,7 +186,7 @@ def import_(
         if not dry_run:  # moving a cache to a new machine: create and migrate the database
             opening.create_parent_directory(db)
         with (
-            open_store(db, migrate=not dry_run) as store,
+            open_store(db, migrate=not dry_run, file_mode=file_mode) as store,
             _reader(path) as source,
             progress("importing") as update,
         ):

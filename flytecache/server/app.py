@@ -27,6 +27,7 @@ from flytecache.server.metrics import RPC_NAMES, Metrics
 from flytecache.server.service import StoreCacheService, rpc_outcome
 from flytecache.server.settings import ServerSettings
 from flytecache.server.threads import StoreThreads
+from flytecache.server.watch import SchemaGuard, Watch
 from flytecache.store import CacheStore
 
 __all__ = ["SERVICE_PATH", "CacheServiceApp", "build_app"]
@@ -188,6 +189,13 @@ class CacheServiceApp:
         self._drain_cap = 4 * settings.max_request_bytes + (1 << 20)
         token = settings.auth_token
         self._token = None if token is None else token.encode("utf-8")
+        self.closers: list[Callable[[], None]] = []
+        """Called by :meth:`close` (the watch thread's stop)."""
+
+    def close(self) -> None:
+        """Stop what the app runs besides requests (call once serving has ended)."""
+        while self.closers:
+            self.closers.pop()()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -416,26 +424,56 @@ async def _http_error(send: Send, status: int, message: str, *, allow: str | Non
 def build_app(
     store: CacheStore, settings: ServerSettings | None = None, *, threads: StoreThreads
 ) -> CacheServiceApp:
-    """The cache service over ``store``; store calls (and health checks) run on ``threads``."""
+    """The cache service over ``store``; store calls (and health checks) run on ``threads``.
+
+    Also starts the watch thread (WAL and schema, see ``server/watch.py``); ``app.close()``
+    stops it.
+    """
     from flytecache.store.admin import count_entries
-    from flytecache.store.opening import schema_state
 
     settings = settings or ServerSettings()
 
     def entry_count() -> int:
         return count_entries(store)[0]
 
+    schema = SchemaGuard(store)
+
     def schema_health() -> tuple[bool, str]:
-        state = schema_state(store.engine)
-        if not state.at_head:
-            return False, f"schema at {state.current or '(empty)'}, expected {state.head}"
-        return True, f"schema at {state.head}"
+        lost = schema.check()
+        if lost is not None:
+            return False, lost
+        return True, f"schema at {schema_head()}"
 
     async def health() -> tuple[bool, str]:
         return await threads.read(schema_health)
 
+    _warn_if_readable_by_others(store)
     metrics = Metrics(entry_count)
-    service = StoreCacheService(store, threads=threads, metrics=metrics)
-    return CacheServiceApp(
+    service = StoreCacheService(store, threads=threads, metrics=metrics, schema=schema)
+    app = CacheServiceApp(
         service, settings=settings, metrics=metrics, health=health, threads=threads
     )
+    watch = Watch(
+        store, metrics=metrics, schema=schema, wal_blocked_warning=settings.wal_blocked_warning
+    )
+    watch.start()
+    app.closers.append(watch.close)
+    return app
+
+
+def schema_head() -> str:
+    """The schema revision this code runs."""
+    from flytecache.store.migrate import head_revision
+
+    return head_revision()
+
+
+def _warn_if_readable_by_others(store: CacheStore) -> None:
+    if not store.is_sqlite:
+        return
+    from flytecache.store.admin.checks import permissions_item
+    from flytecache.store.urls import sqlite_file
+
+    item = permissions_item(sqlite_file(store.url))
+    if item.status == "warn":
+        log.warning("the database is %s", item.detail)

@@ -91,6 +91,31 @@ class Metrics:
         if entry_count is not None:
             self.registry.register(_EntryCount(entry_count))
 
+        self.wal_bytes: Gauge | None = None
+        self.wal_blocked_seconds: Gauge | None = None
+        self.wal_checkpoints_blocked: Counter | None = None
+
+    def enable_wal(self) -> None:
+        """Add the SQLite WAL metrics (fed by the server's watch, see ``server/watch.py``)."""
+        if self.wal_bytes is not None:
+            return
+        self.wal_bytes = Gauge(
+            "flytecache_wal_bytes",
+            "Size of the SQLite -wal file at the last watch tick.",
+            registry=self.registry,
+        )
+        self.wal_blocked_seconds = Gauge(
+            "flytecache_wal_checkpoint_blocked_seconds",
+            "How long checkpoints have been unable to pass a reader's snapshot (0: they are not).",
+            registry=self.registry,
+        )
+        self.wal_checkpoints_blocked = Counter(
+            "flytecache_wal_checkpoints_blocked",
+            "Watch checkpoints (one per tick) that could not copy the WAL past a reader that "
+            "has held its snapshot since the previous tick.",
+            registry=self.registry,
+        )
+
     def observe(self, rpc: str, code: str, seconds: float) -> None:
         """Count one finished request."""
         self.requests.labels(rpc, code).inc()

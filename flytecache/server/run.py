@@ -153,6 +153,7 @@ def serve(
         threads = StoreThreads(
             readers=settings.threads, writers=1 if store.is_sqlite else settings.threads
         )
+        app: CacheServiceApp | None = None
         try:
             sock = bind(settings.host, settings.port)
             app = build_app(store, settings, threads=threads)
@@ -170,6 +171,8 @@ def serve(
             run_app(app, sock, settings, log_config=log_config, stop=stop)
         finally:
             # uvicorn has waited for in-flight requests; nothing is left running on the store.
+            if app is not None:
+                app.close()
             threads.close()
             store.close()
             log.info("database closed")

@@ -26,6 +26,7 @@ from flytecache.errors import (
 from flytecache.scoping import ScopedStore, scope_of
 from flytecache.server.metrics import Metrics
 from flytecache.server.threads import StoreThreads
+from flytecache.server.watch import SchemaGuard
 from flytecache.store import CacheStore
 from flytecache.timeutil import duration_to_timedelta
 
@@ -49,10 +50,18 @@ class StoreCacheService:
     run on ``threads`` so the event loop keeps serving while one waits for the write lock.
     """
 
-    def __init__(self, store: CacheStore, *, threads: StoreThreads, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        *,
+        threads: StoreThreads,
+        metrics: Metrics,
+        schema: SchemaGuard | None = None,
+    ) -> None:
         self._store = ScopedStore(store)
         self._threads = threads
         self._metrics = metrics
+        self._schema = schema
         self._busy_timeout = store.settings.busy_timeout.total_seconds()
 
     async def get(self, request: v2.GetCacheRequest, ctx: Ctx) -> cs.GetCacheResponse:
@@ -86,7 +95,11 @@ class StoreCacheService:
     ) -> T:
         outcome = rpc_outcome.get()
         base = request.base_request
+        schema = self._schema
         try:
+            if schema is not None and schema.lost is not None:
+                # The message says what happened (no detail of the database is in it).
+                raise ConnectError(Code.UNAVAILABLE, schema.lost)
             if write:
                 result = await self._threads.write(
                     functools.partial(self._write, fn, request, time.monotonic())
@@ -95,6 +108,11 @@ class StoreCacheService:
                 result = await self._threads.read(functools.partial(fn, request))
         except Exception as error:
             connect_error = to_connect_error(error)
+            if connect_error.code is Code.INTERNAL and schema is not None:
+                # A table or column gone under the server fails as an internal error; say why.
+                lost = await self._threads.read(schema.check)
+                if lost is not None:
+                    connect_error = ConnectError(Code.UNAVAILABLE, lost)
             if outcome is not None:
                 outcome.append(connect_error.code.value)
             self._log_failure(rpc, base, error, connect_error)
@@ -105,11 +123,13 @@ class StoreCacheService:
             log.debug("%s key=%r owner=%r ok", rpc, base.key, getattr(base, "owner_id", None))
         return result
 
-    @staticmethod
-    def _log_failure(rpc: str, base: Any, error: Exception, answer: ConnectError) -> None:
+    def _log_failure(self, rpc: str, base: Any, error: Exception, answer: ConnectError) -> None:
         # Only the key and owner identify a request in the logs, never outputs or metadata.
         key, owner = base.key, getattr(base, "owner_id", None)
-        if answer.code is Code.INTERNAL:
+        if self._schema is not None and self._schema.lost is not None:
+            # The guard logged the cause once; a line per refused request would drown it.
+            log.debug("%s key=%r owner=%r: schema changed", rpc, key, owner)
+        elif answer.code is Code.INTERNAL:
             log.error("%s key=%r owner=%r failed", rpc, key, owner, exc_info=error)
         elif answer.code in (Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED):
             log.warning("%s key=%r owner=%r: %s", rpc, key, owner, error)

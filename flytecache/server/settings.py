@@ -46,6 +46,9 @@ class ServerSettings:
     """Threads running store calls, so a slow write never blocks the event loop."""
     graceful_timeout: timedelta = timedelta(seconds=30)
     """On SIGTERM/SIGINT, how long in-flight requests may take before they are cancelled."""
+    wal_blocked_warning: timedelta = timedelta(seconds=60)
+    """SQLite: how long checkpoints may be held back by a reader before a warning is logged
+    (and again after each such period while they still are)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -82,6 +85,13 @@ class ServerSettings:
         ):
             raise InvalidArgumentError(
                 "graceful_timeout must be a positive timedelta", field="graceful_timeout"
+            )
+
+        if not isinstance(
+            self.wal_blocked_warning, timedelta
+        ) or self.wal_blocked_warning <= timedelta(0):
+            raise InvalidArgumentError(
+                "wal_blocked_warning must be a positive timedelta", field="wal_blocked_warning"
             )
 
     def replace(self, **changes: object) -> ServerSettings:

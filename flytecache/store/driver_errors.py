@@ -65,7 +65,10 @@ def _classify(error: BaseException) -> FlyteCacheError:
                 "run `flytecache db check`"
             )
         if _READONLY.search(message):
-            return StorageError(f"the database is read-only ({message}); check file permissions")
+            return StorageError(
+                f"the database is read-only ({message}); check file permissions and whether "
+                "its filesystem is mounted read-only"
+            )
         if _CANT_OPEN.search(message):
             return UnavailableError(
                 f"cannot open the database file ({message}); check the path and permissions"

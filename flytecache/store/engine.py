@@ -22,10 +22,11 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Engine
 
 from flytecache.config import StoreSettings
+from flytecache.errors import UnavailableError
 from flytecache.store.driver_errors import BUSY_MESSAGE, translate_errors
-from flytecache.store.filesystem import check_sqlite_path
+from flytecache.store.filesystem import check_sqlite_path, create_private_file
 from flytecache.store.pool import forget_pools_after_fork
-from flytecache.store.urls import is_sqlite
+from flytecache.store.urls import is_sqlite, sqlite_file
 
 __all__ = [
     "create_store_engine",
@@ -75,6 +76,10 @@ def _install_sqlite_events(engine: Engine, settings: StoreSettings, read_only: b
         dbapi_conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
         # SQLite leaves foreign keys off by default; outputs rely on ON DELETE CASCADE.
         dbapi_conn.execute("PRAGMA foreign_keys = ON")
+        # Without a limit the -wal file never shrinks: after a reader pinned old data it keeps
+        # the size it grew to (883 MiB, measured) although checkpoints empty it. With one, the
+        # first commit after a complete checkpoint cuts it back to this size.
+        dbapi_conn.execute(f"PRAGMA journal_size_limit = {settings.wal_size_limit}")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -119,9 +124,21 @@ def create_store_engine(
 
     ``read_only`` opens a SQLite file that cannot be written at all (its directory is
     read-only, so SQLite cannot create the WAL companions): reads work, writes fail clearly.
+    A SQLite file that does not exist yet is created here with ``settings.file_mode``.
     """
     if is_sqlite(url):
         check_sqlite_path(url, settings, mounts_file)
+        if not read_only and url.database not in (None, "", ":memory:"):
+            # SQLite would create it with 0644 minus the umask, and give the -wal and -shm
+            # files the same mode: cache outputs and keys readable by every local user.
+            path = sqlite_file(url)
+            try:
+                create_private_file(path, settings.file_mode)
+            except OSError as error:
+                raise UnavailableError(
+                    f"cannot create the database file {path} ({error.strerror}); check the "
+                    "path and permissions"
+                ) from None
         connect_args: dict[str, Any] = {
             "timeout": settings.busy_timeout.total_seconds(),
             "check_same_thread": False,

@@ -1,18 +1,31 @@
-"""Where a SQLite file may live: network filesystems are refused (WAL locking is unsafe there),
-and a file in a read-only directory is detected so it can still be read."""
+"""Where a SQLite file may live and who else has it open: network filesystems are refused (WAL
+locking is unsafe there), read-only storage is detected so a file on it can still be read,
+new files are created private, and the processes holding SQLite's locks are named."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import URL
 
 from flytecache.config import StoreSettings
 from flytecache.errors import InvalidArgumentError
-from flytecache.store.urls import is_sqlite
+from flytecache.store.urls import is_sqlite, sqlite_file
 
-__all__ = ["check_sqlite_path", "network_filesystem_type", "sqlite_unopenable_directory"]
+__all__ = [
+    "LockHolder",
+    "check_sqlite_path",
+    "create_private_file",
+    "lock_holders",
+    "loose_permissions",
+    "network_filesystem_type",
+    "on_read_only_storage",
+    "sqlite_unopenable_directory",
+]
 
 # Filesystem types on which SQLite's POSIX/WAL shared-memory locking is unreliable.
 _NETWORK_FS = {
@@ -49,10 +62,22 @@ _NETWORK_FS = {
 }
 
 
-def sqlite_unopenable_directory(url: URL) -> bool:
-    """Whether a SQLite file exists but its directory refuses the WAL companion files.
+def on_read_only_storage(path: Path) -> bool:
+    """Whether the filesystem holding ``path`` is mounted read-only (``ST_RDONLY``): a
+    read-only bind mount, a remounted volume, a snapshot; permission bits do not count."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
-    That is the one case a read-only engine (``read_only=True``) is used for.
+
+def sqlite_unopenable_directory(url: URL) -> bool:
+    """Whether a SQLite file exists but its directory refuses the WAL companion files: the
+    directory is read-only, or the storage is mounted read-only.
+
+    That is the one case a read-only engine (``read_only=True``) is used for. A ``-wal`` file
+    left on read-only storage is read by SQLite itself (from private memory), so such a
+    database is opened the ordinary way.
     """
     if not is_sqlite(url) or not url.database:
         return False
@@ -60,6 +85,8 @@ def sqlite_unopenable_directory(url: URL) -> bool:
     wal = path.with_name(path.name + "-wal")
     if not path.is_file() or wal.exists():
         return False
+    if on_read_only_storage(path):
+        return True
     probe = path.with_name(f".{path.name}.flytecache-probe-{os.getpid()}")
     try:
         probe.touch(exist_ok=False)
@@ -95,7 +122,7 @@ def check_sqlite_path(url: URL, settings: StoreSettings, mounts_file: str) -> No
     """Refuse a SQLite ``url`` whose directory is missing, that names a directory, or that lives
     on a network filesystem (unless ``settings.allow_network_filesystem``)."""
     assert url.database is not None
-    path = Path(url.database.removeprefix("file:").split("?")[0])
+    path = sqlite_file(url)
     if not path.parent.is_dir():
         raise InvalidArgumentError(
             f"cannot open database {path}: directory {path.parent} does not exist", field="url"
@@ -112,3 +139,104 @@ def check_sqlite_path(url: URL, settings: StoreSettings, mounts_file: str) -> No
             field="url",
             fstype=fstype,
         )
+
+
+def create_private_file(path: Path, mode: int) -> bool:
+    """Create ``path`` empty with exactly ``mode`` (the umask does not apply); whether it was
+    created (False: it already existed).
+
+    An empty file is a valid empty SQLite database; SQLite gives the ``-wal`` and ``-shm``
+    files it creates later the database file's mode, so this decides all three.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, mode)  # os.open's mode is filtered by the umask
+    finally:
+        os.close(fd)
+    return True
+
+
+def loose_permissions(path: Path) -> list[tuple[Path, int]]:
+    """The database and companion files at ``path`` that others (not owner, not group) may
+    read, with their permission bits: ``[(path, 0o644), …]``; missing files are skipped."""
+    found: list[tuple[Path, int]] = []
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(candidate.stat().st_mode)
+        except OSError:
+            continue
+        if mode & stat.S_IROTH:
+            found.append((candidate, mode))
+    return found
+
+
+# SQLite's WAL-index locks are byte locks on the -shm file, from offset 120: the write lock,
+# the checkpointer, recovery, then five read marks (a process reading through the WAL holds
+# one of these); byte 128 (the "DMS" lock) is held shared by every connection while it is open.
+_SHM_READ_BYTES = range(123, 128)
+_SHM_OPEN_BYTE = 128
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """Another process holding one of SQLite's locks on a database."""
+
+    pid: int
+    command: str
+    """Its command line, shortened (empty when it cannot be read)."""
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({self.command})" if self.command else f"pid {self.pid}"
+
+
+def lock_holders(
+    path: Path, *, readers: bool, locks_file: str = "/proc/locks"
+) -> list[LockHolder] | None:
+    """Other processes with the SQLite database at ``path`` open (``readers=False``), or only
+    those inside a read transaction that reads through the WAL (``readers=True``); ``None``
+    when that cannot be known (no ``/proc/locks``: not Linux; no ``-shm`` file).
+
+    Reads the kernel's lock table, so it takes no lock itself and sees processes of any user;
+    processes in another PID namespace (a container) show as the kernel numbers them there.
+    """
+    shm = Path(f"{path}-shm")
+    try:
+        info = shm.stat()
+        with open(locks_file, encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    wanted = _SHM_READ_BYTES if readers else range(_SHM_OPEN_BYTE, _SHM_OPEN_BYTE + 1)
+    me = os.getpid()
+    pids: set[int] = set()
+    for line in lines:
+        fields = line.split()
+        # "1: POSIX  ADVISORY  READ 25979 fe:00:2416817 128 128"; "->" marks a waiter.
+        if len(fields) < 8 or fields[1] != "POSIX" or fields[2] == "->":
+            continue
+        try:
+            pid = int(fields[4])
+            major, minor, inode_text = fields[5].split(":")
+            device = os.makedev(int(major, 16), int(minor, 16))
+            inode = int(inode_text)
+            start = int(fields[6])
+            end = int(fields[7]) if fields[7] != "EOF" else 2**63
+        except (ValueError, IndexError):
+            continue
+        if pid == me or pid <= 0 or (device, inode) != (info.st_dev, info.st_ino):
+            continue
+        if any(start <= byte <= end for byte in wanted):
+            pids.add(pid)
+    return [LockHolder(pid, _command_of(pid)) for pid in sorted(pids)]
+
+
+def _command_of(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        # One line whatever the arguments hold (a `python -c` script has newlines).
+        text = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
+        return text if len(text) <= 80 else text[:77] + "..."
+    return ""

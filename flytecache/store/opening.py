@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import URL, Engine
 
 from flytecache.config import StoreSettings
-from flytecache.errors import InvalidArgumentError, StorageError, UnavailableError
+from flytecache.errors import (
+    FlyteCacheError,
+    InvalidArgumentError,
+    StorageError,
+    UnavailableError,
+)
 from flytecache.store.engine import create_store_engine, read_connection
 from flytecache.store.filesystem import sqlite_unopenable_directory
 from flytecache.store.migrate import current_revision, ensure_schema, head_revision
-from flytecache.store.urls import database_name, is_sqlite, normalize_url
+from flytecache.store.urls import database_name, is_sqlite, normalize_url, sqlite_file
 from flytecache.timeutil import Clock
 
 if TYPE_CHECKING:
@@ -93,7 +98,22 @@ def open_engine(
     url = normalize_url(url_or_path)
     if must_exist:
         require_database(url)
-    return _engine(url, settings or StoreSettings.from_env())
+    settings = settings or StoreSettings.from_env()
+    engine = _engine(url, settings)
+    if not is_sqlite(url):
+        return engine
+    try:
+        with read_connection(engine):
+            pass
+    except UnavailableError:
+        if not sqlite_unopenable_directory(url):
+            return engine  # the caller reports the failure where it uses the engine
+        # Read-only storage: the same fallback as open_store, so checks and backups work.
+        engine.dispose()
+        return _engine(url, settings, read_only=True)
+    except FlyteCacheError:
+        pass  # a damaged file: `db check` reports it as an item, other commands fail on use
+    return engine
 
 
 def open_store(
@@ -150,6 +170,9 @@ def open_store(
 def describe_url(engine: Engine | URL) -> str:
     """The database URL with any password hidden (for messages)."""
     url = engine if isinstance(engine, URL) else engine.url
+    if is_sqlite(url) and url.database:
+        # A read-only engine's URL is a file: URI; people know the database by its path.
+        url = URL.create("sqlite", database=str(sqlite_file(url)))
     return url.render_as_string(hide_password=True)
 
 

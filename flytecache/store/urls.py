@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 
 from flytecache.errors import InvalidArgumentError
 
-__all__ = ["database_name", "dialect_insert", "is_sqlite", "normalize_url"]
+__all__ = ["database_name", "dialect_insert", "is_sqlite", "normalize_url", "sqlite_file"]
 
 
 def is_sqlite(url: URL | Engine) -> bool:
@@ -58,11 +58,22 @@ def normalize_url(url_or_path: str | os.PathLike[str]) -> URL:
     )
 
 
+def sqlite_file(url: URL) -> Path:
+    """The file behind a SQLite ``url``, also for the ``file:…?mode=ro`` form of a read-only
+    engine (whose ``url.database`` is a URI)."""
+    database = str(url.database)
+    if database.startswith("file:"):
+        import urllib.parse
+
+        database = urllib.parse.unquote(database.removeprefix("file:").split("?")[0])
+    return Path(database)
+
+
 def database_name(url: URL) -> str:
     """The database as a person names it: the SQLite file's path, else the URL without the
     password."""
     if is_sqlite(url) and url.database:
-        return url.database
+        return str(sqlite_file(url))
     return url.render_as_string(hide_password=True)
 
 

@@ -1,5 +1,5 @@
 """What the admin modules share: the tables, batch size, timestamp range, the clock, one
-snapshot per listing, keyset paging, and the SQLite-only guard."""
+snapshot for several reads, keyset paging, and the SQLite-only guard."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from flytecache.errors import (
 from flytecache.store.cache import CacheStore
 from flytecache.store.engine import read_connection
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
-from flytecache.store.urls import is_sqlite
+from flytecache.store.urls import is_sqlite, sqlite_file
 from flytecache.timeutil import (
     MAX_TS_SECONDS,
     MIN_TS_SECONDS,
@@ -67,7 +67,7 @@ def require_sqlite(url: URL, operation: str) -> Path:
             f"{operation} is SQLite-only; this database is {url.get_backend_name()}: {instead}",
             field="db",
         )
-    return Path(str(url.database))
+    return sqlite_file(url)
 
 
 @contextlib.contextmanager
@@ -86,7 +86,7 @@ def snapshot(engine: Engine) -> Iterator[sa.Connection]:
 
 
 def keyset_pages(
-    conn: sa.Connection,
+    engine: Engine,
     page: Callable[[Any], sa.Select[Any]],
     cursor: Callable[[Any], Any],
     *,
@@ -98,12 +98,43 @@ def keyset_pages(
     ``page(after)`` is the ordered query for the rows after the cursor ``after`` (``None``
     for the first page) and ``cursor(row)`` the cursor a row leaves; memory stays at one page
     however many rows there are.
+
+    On SQLite each page is its own short read transaction: a listing a person pages through
+    (``entries ls | less``) would otherwise hold one open for minutes, and no checkpoint can
+    pass an open read transaction, so the WAL would grow with every write meanwhile. The
+    listing is then a live view: rows written after it started may or may not appear, and a
+    row rewritten meanwhile can move past the cursor; no row appears twice. On PostgreSQL,
+    where an open transaction blocks nothing, all pages share one snapshot (:func:`snapshot`).
     """
+    if is_sqlite(engine):
+
+        def fetch(query: sa.Select[Any]) -> list[Any]:
+            with read_connection(engine) as conn:
+                return list(conn.execute(query).all())
+
+        yield from _pages(fetch, page, cursor, limit=limit, page_size=page_size)
+        return
+    with snapshot(engine) as conn:
+
+        def fetch_in_snapshot(query: sa.Select[Any]) -> list[Any]:
+            return list(conn.execute(query).all())
+
+        yield from _pages(fetch_in_snapshot, page, cursor, limit=limit, page_size=page_size)
+
+
+def _pages(
+    fetch: Callable[[sa.Select[Any]], list[Any]],
+    page: Callable[[Any], sa.Select[Any]],
+    cursor: Callable[[Any], Any],
+    *,
+    limit: int | None,
+    page_size: int,
+) -> Iterator[Any]:
     remaining = limit
     after: Any = None
     while True:
         size = page_size if remaining is None else min(page_size, remaining)
-        rows = conn.execute(page(after).limit(size)).all()
+        rows = fetch(page(after).limit(size))
         yield from rows
         if len(rows) < size:
             return

@@ -14,11 +14,11 @@ from flytecache.errors import (
     FlyteCacheError,
 )
 from flytecache.store import migrate
-from flytecache.store.admin.maintenance import sqlite_files
+from flytecache.store.admin.maintenance import blocking_readers_hint, sqlite_files
 from flytecache.store.engine import read_connection
-from flytecache.store.filesystem import network_filesystem_type
+from flytecache.store.filesystem import loose_permissions, network_filesystem_type
 from flytecache.store.opening import describe_url
-from flytecache.store.urls import is_sqlite
+from flytecache.store.urls import is_sqlite, sqlite_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +39,15 @@ def check_database(
 ) -> list[CheckItem]:
     """Run every health check; a failing check never stops the others.
 
-    Items, in this order: ``filesystem`` (not a network filesystem), ``connect``, ``schema``
-    (at head), ``models`` (the models match the migrations), ``integrity`` (``PRAGMA
-    integrity_check`` or ``quick_check``, plus ``foreign_key_check``) and ``wal`` (WAL file at
-    most ``max_wal_bytes``). The same items on every backend, so scripts can rely on them:
-    ``filesystem``, ``integrity`` and ``wal`` are SQLite-only and reported as ``skip`` (not
-    applicable) on PostgreSQL, whose server looks after its own storage.
+    Items, in this order: ``filesystem`` (not a network filesystem), ``permissions`` (a
+    warning when other users may read the files), ``connect``, ``schema`` (at head),
+    ``models`` (the models match the migrations), ``integrity`` (``PRAGMA integrity_check`` or
+    ``quick_check``, plus ``foreign_key_check``) and ``wal`` (WAL file at most
+    ``max_wal_bytes``; a warning past ``settings.wal_size_limit``, naming the processes whose
+    read transactions hold checkpoints back). The same items on every backend, so scripts can
+    rely on them: ``filesystem``, ``permissions``, ``integrity`` and ``wal`` are SQLite-only
+    and reported as ``skip`` (not applicable) on PostgreSQL, whose server looks after its own
+    storage.
     """
     settings = settings or StoreSettings.from_env()
     items: list[CheckItem] = []
@@ -65,7 +68,7 @@ def check_database(
         return CheckItem("connect", "ok", describe_url(engine))
 
     def filesystem() -> CheckItem:
-        path = Path(str(engine.url.database))
+        path = sqlite_file(engine.url)
         fstype = network_filesystem_type(path.parent)
         if fstype is None:
             return CheckItem("filesystem", "ok", "local filesystem")
@@ -85,7 +88,11 @@ def check_database(
         else:
             items.append(CheckItem(name, "skip", not_applicable))
 
+    def permissions() -> CheckItem:
+        return permissions_item(sqlite_file(engine.url))
+
     sqlite_only("filesystem", filesystem)
+    sqlite_only("permissions", permissions)
     if run("connect", connect).status != "ok":
         for name in ("schema", "models", "integrity", "wal"):
             reason = not_applicable if name in ("integrity", "wal") and not sqlite else None
@@ -140,8 +147,15 @@ def check_database(
             return CheckItem(
                 "wal",
                 "fail",
-                f"WAL is {format_size(size)} (limit {format_size(max_wal_bytes)}); a reader may "
-                "be blocking checkpoints: run `flytecache checkpoint`",
+                f"WAL is {format_size(size)} (limit {format_size(max_wal_bytes)}); "
+                f"{blocking_readers_hint(engine)}; then run `flytecache checkpoint`",
+            )
+        if size > settings.wal_size_limit:
+            return CheckItem(
+                "wal",
+                "warn",
+                f"WAL is {format_size(size)}, more than the {format_size(settings.wal_size_limit)}"
+                f" it is cut back to after a checkpoint; {blocking_readers_hint(engine)}",
             )
         return CheckItem("wal", "ok", format_size(size))
 
@@ -153,3 +167,18 @@ def check_database(
     sqlite_only("integrity", integrity)
     sqlite_only("wal", wal)
     return items
+
+
+def permissions_item(path: Path) -> CheckItem:
+    """The ``permissions`` item for the SQLite database at ``path``: ``warn`` when other users
+    may read it or its ``-wal``/``-shm`` files (cached outputs and keys are in them)."""
+    loose = loose_permissions(path)
+    if not loose:
+        return CheckItem("permissions", "ok", "not readable by other users")
+    files = ", ".join(f"{file.name} ({mode:04o})" for file, mode in loose)
+    targets = " ".join(str(file) for file, _ in loose)
+    return CheckItem(
+        "permissions",
+        "warn",
+        f"readable by every local user: {files}; run `chmod 600 {targets}`",
+    )

@@ -23,7 +23,6 @@ from flytecache.store.admin._base import (
     WITH_PAYLOAD,
     keyset_pages,
     now_us_of,
-    snapshot,
 )
 from flytecache.store.cache import CacheStore
 from flytecache.store.engine import read_connection, write_connection
@@ -137,10 +136,12 @@ def iter_entries(
 ) -> Generator[EntrySummary, None, None]:
     """Entries matching ``where``, most recently updated first, streamed page by page.
 
-    One read transaction (a consistent snapshot); keyset pagination on
-    ``(last_updated_at, id)`` keeps memory constant however many entries there are. The
-    generator holds a pooled connection until it is exhausted or closed: close it
-    (``contextlib.closing``) when you stop early, before closing the store.
+    Keyset pagination on ``(last_updated_at, id)`` keeps memory constant however many
+    entries there are. On SQLite each page is a short read transaction of its own (so a
+    listing read slowly never holds checkpoints back: see :func:`keyset_pages` for what a
+    live view means); on PostgreSQL all pages share one snapshot and the generator holds a
+    pooled connection until it is exhausted or closed: close it (``contextlib.closing``) when
+    you stop early, before closing the store.
     """
     if limit is not None and limit <= 0:
         return
@@ -158,16 +159,15 @@ def iter_entries(
             )
         return query.order_by(ENTRIES.c.last_updated_at.desc(), ENTRIES.c.id.desc())
 
-    with snapshot(store.engine) as conn:
-        rows = keyset_pages(
-            conn,
-            page,
-            lambda row: (row.last_updated_at, row.id),
-            limit=limit,
-            page_size=page_size,
-        )
-        for row in rows:
-            yield _summary(row)
+    rows = keyset_pages(
+        store.engine,
+        page,
+        lambda row: (row.last_updated_at, row.id),
+        limit=limit,
+        page_size=page_size,
+    )
+    for row in rows:
+        yield _summary(row)
 
 
 def count_entries(

@@ -17,7 +17,6 @@ from flytecache.store.admin._base import (
     RESERVATIONS,
     keyset_pages,
     now_us_of,
-    snapshot,
 )
 from flytecache.store.cache import CacheStore
 from flytecache.store.engine import read_connection, write_connection
@@ -92,7 +91,8 @@ def iter_reservations(
     limit: int | None = None,
     page_size: int = BATCH,
 ) -> Generator[ReservationInfo, None, None]:
-    """Leases ordered by key, streamed page by page in one read transaction.
+    """Leases ordered by key, streamed page by page (one short read transaction per page
+    on SQLite, one snapshot on PostgreSQL: see :func:`iter_entries`).
 
     Like :func:`iter_entries`, close the generator when you stop early.
     """
@@ -107,10 +107,9 @@ def iter_reservations(
             query = query.where(RESERVATIONS.c.key > after)
         return query.order_by(RESERVATIONS.c.key)
 
-    with snapshot(store.engine) as conn:
-        rows = keyset_pages(conn, page, lambda row: row.key, limit=limit, page_size=page_size)
-        for row in rows:
-            yield _reservation(row, now)
+    rows = keyset_pages(store.engine, page, lambda row: row.key, limit=limit, page_size=page_size)
+    for row in rows:
+        yield _reservation(row, now)
 
 
 def get_reservation(store: CacheStore, key: str, *, now_us: int | None = None) -> ReservationInfo:

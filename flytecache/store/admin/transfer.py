@@ -63,6 +63,12 @@ def export_entries(store: CacheStore, *, page_size: int = BATCH) -> Iterator[Exp
 
     A context manager: everything is read in one read transaction (a consistent snapshot that
     does not block writers) with keyset pagination on ``id``, so memory stays constant.
+
+    One transaction on purpose, also on SQLite where listings page with short ones: the
+    header's entry count must match the lines (an import checks it to detect a truncated
+    file) and an export is a copy of one moment. The cost is that no checkpoint passes it
+    while it runs, so the WAL grows by whatever is written meanwhile and is cut back after;
+    write to a file rather than to a slow pipe.
     """
     with snapshot(store.engine) as conn:
         total = int(conn.execute(sa.select(sa.func.count()).select_from(ENTRIES)).scalar_one())
