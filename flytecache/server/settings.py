@@ -46,6 +46,10 @@ class ServerSettings:
     """Threads running store calls, so a slow write never blocks the event loop."""
     graceful_timeout: timedelta = timedelta(seconds=30)
     """On SIGTERM/SIGINT, how long in-flight requests may take before they are cancelled."""
+    ui: bool = True
+    """Serve the read-only web view under ``/ui/`` (see docs/web-view.md)."""
+    ui_admin: bool = False
+    """Let the web view release leases and delete entries (CSRF-protected forms)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -83,6 +87,12 @@ class ServerSettings:
             raise InvalidArgumentError(
                 "graceful_timeout must be a positive timedelta", field="graceful_timeout"
             )
+
+        for name in ("ui", "ui_admin"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(f"{name} must be a boolean", field=name)
+        if self.ui_admin and not self.ui:
+            raise InvalidArgumentError("ui_admin needs the web view (ui)", field="ui_admin")
 
     def replace(self, **changes: object) -> ServerSettings:
         """A copy with ``changes`` applied (and validated)."""
