@@ -8,6 +8,7 @@ event loop that serves RPCs only moves bytes. Each page says how long it took in
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import hmac
@@ -42,6 +43,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 PREFIX = "/ui"
 COOKIE = "flytecache_ui"
+OVERVIEW_SECONDS = 30.0
+"""How long the overview's figures are reused (they take a scan of every entry)."""
 _MAX_FORM_BYTES = 16 * 1024
 _FORM_FIELDS = ("csrf", "key", "owner", "back", "token", "next")
 # Pages load their own stylesheet and script only; inline scripts and other origins are refused.
@@ -117,6 +120,8 @@ class WebView:
         self._templates.filters["utc"] = present.iso_utc
         self._templates.globals["quote"] = quote
         self._static = _load_static()
+        self._overview_lock = asyncio.Lock()
+        self._overview_cached: tuple[float, int, Any] | None = None
 
     # -- the ASGI entry point ---------------------------------------------------------------
 
@@ -277,15 +282,29 @@ class WebView:
         parse_params(request.query, ())
         from flytecache.store.admin import overview
 
+        # The overview reads every entry (seconds at 1M): one computation at a time, its
+        # result shown for OVERVIEW_SECONDS, so reloads never pile scans onto the readers.
+        async with self._overview_lock:
+            cached = self._overview_cached
+            if cached is None or time.monotonic() - cached[0] > OVERVIEW_SECONDS:
+
+                def compute() -> Any:
+                    return self._timed(request, "store", lambda: overview(self._store))
+
+                at_us = self._store.now_us()
+                cached = (time.monotonic(), at_us, await self._threads.read(compute))
+                self._overview_cached = cached
+        _, at_us, data = cached
+
         def build() -> bytes:
-            data = self._timed(request, "store", lambda: overview(self._store, top=10, days=30))
-            peak = max((count for _, count in data.per_day), default=0)
             return self._render_now(
                 request,
                 "overview.html",
                 {
                     "data": data,
-                    "peak": peak,
+                    "at_us": at_us,
+                    "cache_seconds": OVERVIEW_SECONDS,
+                    "peak": max((count for _, count in data.per_day), default=0),
                     "days": [(_day(day), n) for day, n in data.per_day],
                     "hits": self._counter("ok"),
                     "misses": self._counter("not_found"),

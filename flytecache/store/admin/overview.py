@@ -54,9 +54,8 @@ def overview(
     """Totals, groupings and the daily creation counts of ``store`` (``top`` and ``days`` in
     1..1000).
 
-    Each grouping reads every entry once (there is no index that serves a GROUP BY of the
-    size column): about a second per million entries on SQLite, so callers showing it often
-    should keep the result for a while.
+    Two passes over the entries (one grouped by task, one by day of creation): about 3 s per
+    million entries on SQLite, so callers showing it often should keep the result a while.
     """
     for name, value in (("top", top), ("days", days)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
@@ -67,40 +66,24 @@ def overview(
     today = now // DAY_US
     first_day = today - days + 1
     engine = store.engine
-    size = sa.func.coalesce(sa.func.sum(ENTRIES.c.size), 0)
     count = sa.func.count()
+    # Grouped on expressions, not on the bare columns: SQLite would otherwise walk the
+    # (project, domain, name) index and fetch each entry's size by rowid, a random read per
+    # entry (10 s for 1M entries here, against 3 s for one scan and a sort).
+    task = tuple(sa.func.coalesce(ENTRIES.c[name], "") for name in ("project", "domain", "name"))
     with snapshot(engine) as conn:
-        entries, payload = conn.execute(sa.select(count, size).select_from(ENTRIES)).one()
         active = sa.func.coalesce(
             sa.func.sum(sa.case((RESERVATIONS.c.expires_at > now, 1), else_=0)), 0
         )
         leases, live = conn.execute(sa.select(count, active).select_from(RESERVATIONS)).one()
-        scope = (ENTRIES.c.project, ENTRIES.c.domain)
-        by_scope = [
-            Group(row[0], row[1], "", int(row[2]), int(row[3]))
+        tasks = [
+            Group(row[0], row[1], row[2], int(row[3]), int(row[4]))
             for row in conn.execute(
-                sa.select(*scope, count, size)
-                .group_by(*scope)
-                .order_by(count.desc(), *scope)
-                .limit(top)
+                sa.select(*task, count, sa.func.coalesce(sa.func.sum(ENTRIES.c.size), 0)).group_by(
+                    *task
+                )
             )
         ]
-        task = (*scope, ENTRIES.c.name)
-        tasks = (
-            sa.select(*task, count.label("entries"), size.label("bytes")).group_by(*task).subquery()
-        )
-        columns = (tasks.c.project, tasks.c.domain, tasks.c.name)
-        ranked = {
-            order: [
-                Group(*row[:3], int(row[3]), int(row[4]))
-                for row in conn.execute(
-                    sa.select(*columns, tasks.c.entries, tasks.c.bytes)
-                    .order_by(tasks.c[order].desc(), *columns)
-                    .limit(top)
-                )
-            ]
-            for order in ("entries", "bytes")
-        }
         day = (ENTRIES.c.created_at // DAY_US).label("day")
         created: dict[int, int] = dict(
             conn.execute(
@@ -119,15 +102,25 @@ def overview(
                     ).scalar_one()
                 )
             }
+    # Everything else is a sum over the tasks: one pass over the entries, not one per figure.
+    scopes: dict[tuple[str, str], list[int]] = {}
+    for group in tasks:
+        totals = scopes.setdefault((group.project, group.domain), [0, 0])
+        totals[0] += group.entries
+        totals[1] += group.bytes
+    by_scope = sorted(
+        (Group(project, domain, "", n, size) for (project, domain), (n, size) in scopes.items()),
+        key=lambda g: (-g.entries, g.project, g.domain),
+    )
     return Overview(
-        entries=int(entries),
-        payload_bytes=int(payload),
+        entries=sum(g.entries for g in tasks),
+        payload_bytes=sum(g.bytes for g in tasks),
         active_reservations=int(live),
         expired_reservations=int(leases) - int(live),
         files={name: int(value) for name, value in files.items()},
         schema_revision=schema_state(engine).current,
-        by_scope=by_scope,
-        top_by_entries=ranked["entries"],
-        top_by_bytes=ranked["bytes"],
+        by_scope=by_scope[:top],
+        top_by_entries=sorted(tasks, key=lambda g: (-g.entries, g.project, g.domain, g.name))[:top],
+        top_by_bytes=sorted(tasks, key=lambda g: (-g.bytes, g.project, g.domain, g.name))[:top],
         per_day=[(d, int(created.get(d, 0))) for d in range(first_day, today + 1)],
     )
