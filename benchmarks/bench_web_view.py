@@ -39,7 +39,7 @@ def pages(size: int) -> dict[str, str]:
             f"/ui/entries?project=flytesnacks&domain=development&name={task}"
         ),
         "entries: older than 30d": "/ui/entries?older=30d",
-        "entries: one version, 500 per page": "/ui/entries?version=v42&limit=500",
+        "entries: one version, 200 per page": "/ui/entries?version=v42&limit=200",
         "entry": "/ui/entry?key=" + quote(entry_key(middle), safe=""),
         "reservations": "/ui/reservations",
         "reservations: search (no match)": "/ui/reservations?q=nobody-holds-this",

@@ -416,10 +416,13 @@ class WebView:
             request.timings[name] = request.timings.get(name, 0.0) + (time.perf_counter() - started)
 
     def _counter(self, code: str) -> int:
-        value = self._metrics.registry.get_sample_value(
-            "flytecache_requests_total", {"rpc": "Get", "code": code}
-        )
-        return int(value or 0)
+        # From the request counter alone: collecting the whole registry would also count the
+        # entries for the flytecache_entries gauge, a scan of the table.
+        for family in self._metrics.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels == {"rpc": "Get", "code": code}:
+                    return int(sample.value)
+        return 0
 
     def _render_now(self, request: _Request, name: str, context: dict[str, Any]) -> bytes:
         template = self._templates.get_template(name)

@@ -128,7 +128,7 @@ class EntryQuery:
             newer=params.duration("newer"),
             older=params.duration("older"),
             after=params.text("after", limit=60),
-            limit=params.integer("limit", 50, 1, 500),
+            limit=params.integer("limit", 50, 1, 200),
         )
 
     def filter(self) -> EntryFilter:
