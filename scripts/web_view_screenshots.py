@@ -32,12 +32,14 @@ def _seed(db: Path) -> str:
     from flyteidl2.core import identifier_pb2, literals_pb2
 
     from flytecache import CacheStore
+    from flytecache.config import StoreSettings
 
     rng = random.Random(7)
     now = datetime.now(UTC)
     when = [now]
     shown = ""
-    with CacheStore.open(db, clock=lambda: when[0]) as store:
+    settings = StoreSettings(max_heartbeat=timedelta(minutes=5))
+    with CacheStore.open(db, clock=lambda: when[0], settings=settings) as store:
         for i in range(400):
             project = rng.choice(list(TASKS))
             domain = rng.choice(["development", "development", "production"])
@@ -90,7 +92,7 @@ def _seed(db: Path) -> str:
             store.get_or_extend_reservation(
                 f"flytesnacks-development-{rng.getrandbits(160):040x}",
                 owner,
-                timedelta(seconds=20 * (n + 1)),
+                timedelta(seconds=40 * (n + 1)),
             )
         when[0] = now - timedelta(minutes=5)
         store.get_or_extend_reservation(
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--port",
                 "18094",
                 "--max-heartbeat",
-                "60s",
+                "5m",
                 "--auth-token-file",
                 str(token),
             ],

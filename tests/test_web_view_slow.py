@@ -6,6 +6,7 @@ wall clock of this test; benchmarks/bench_web_view.py measures every page the sa
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 
 import _browser
@@ -41,13 +42,16 @@ def test_the_browser_sees_the_server_time_of_a_1m_page(big_server: ServerProcess
     reason = _browser.missing()
     if reason is not None:
         pytest.skip(reason)
+    script = (
+        "return performance.getEntriesByType('navigation')[0].serverTiming"
+        ".map(t => [t.name, t.duration])"
+    )
+    totals = []
     with _browser.chromium() as driver:
-        driver.get(big_server.url + "/ui/entries")
-        assert len(driver.find_elements("css selector", "table.entries tbody tr")) == 50
-        timing = driver.execute_script(
-            "return performance.getEntriesByType('navigation')[0].serverTiming"
-            ".map(t => [t.name, t.duration])"
-        )
-        total = dict(timing)["total"]
-        print(f"first page in the browser: {total:.1f} ms of server time")
-        assert total > 0
+        for _ in range(9):
+            driver.get(big_server.url + "/ui/entries?project=flytesnacks")
+            assert len(driver.find_elements("css selector", "table.entries tbody tr")) == 50
+            totals.append(dict(driver.execute_script(script))["total"])
+    median = statistics.median(totals)
+    print(f"an entries page in the browser: median {median:.1f} ms of server time")
+    assert median <= BOUND_MS
