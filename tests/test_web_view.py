@@ -134,9 +134,14 @@ def _sign_in(driver: Any, server: ServerProcess) -> None:
 
 
 def _wait(condition: Any, timeout: float = 15.0) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except (NoSuchElementException, StaleElementReferenceException):
+            value = None  # the page was being replaced: look again
         if value:
             return value
         if time.monotonic() > deadline:
@@ -374,6 +379,16 @@ def test_admin_actions_need_the_form_token(admin_server: ServerProcess) -> None:
     for data in ({"key": key}, {"key": key, "csrf": "0" * 64}):
         response = httpx.post(admin_server.url + "/ui/entry/delete", data=data, headers=auth)
         assert response.status_code == 403 and "security token" in response.text
+    # From another site's page (the browser says so in Origin): refused.
+    page = httpx.get(admin_server.url + f"/ui/entry?key={quote(key, safe='')}", headers=auth)
+    token = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+    assert token is not None
+    crossed = httpx.post(
+        admin_server.url + "/ui/entry/delete",
+        data={"key": key, "csrf": token.group(1)},
+        headers={**auth, "origin": "https://evil.example"},
+    )
+    assert crossed.status_code == 403 and "another site" in crossed.text
     # Not signed in at all: refused before anything else.
     assert httpx.post(admin_server.url + "/ui/entry/delete", data={"key": key}).status_code == 401
     page = httpx.get(admin_server.url + f"/ui/entry?key={quote(key, safe='')}", headers=auth)
