@@ -34,6 +34,8 @@ def pages(size: int) -> dict[str, str]:
     return {
         "entries: newest": "/ui/entries",
         "entries: halfway (cursor)": f"/ui/entries?after={BASE_US + middle * 1000}.{middle}",
+        "entries: one project (every entry)": "/ui/entries?project=flytesnacks",
+        "entries: a project with no entries": "/ui/entries?project=nobody",
         "entries: one task": f"/ui/entries?name={task}",
         "entries: project+domain+task": (
             f"/ui/entries?project=flytesnacks&domain=development&name={task}"

@@ -110,3 +110,24 @@ def test_overview_counts_groups_and_days(populated: CacheStore) -> None:
     assert [count for _, count in data.per_day] == [1, 1, 1]
     with pytest.raises(InvalidArgumentError):
         admin.overview(populated, top=0)
+
+
+@pytest.mark.parametrize("few", [1, 10_000])
+def test_both_listing_plans_give_the_same_entries(
+    populated: CacheStore, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """Broad filters walk last_updated_at, narrow ones the scope index: the same rows."""
+    from flytecache.store.admin import entries
+
+    monkeypatch.setattr(entries, "_FEW", few)
+    for where, expected in (
+        (admin.EntryFilter(project="alpha"), ["new-a", "mid-a", "old-a"]),
+        (
+            admin.EntryFilter(project="alpha", domain="development", name="train"),
+            ["new-a", "old-a"],
+        ),
+        (admin.EntryFilter(project="alpha", version="v1"), ["mid-a", "old-a"]),
+        (admin.EntryFilter(project="nobody"), []),
+    ):
+        assert [e.key for e in admin.entry_page(populated, where, now_us=NOW).entries] == expected
+        assert [e.key for e in admin.iter_entries(populated, where, now_us=NOW)] == expected
