@@ -419,3 +419,24 @@ def test_ui_admin_needs_the_ui(tmp_path: Path) -> None:
 
     result = run(str(tmp_path / "c.db"), "serve", "--no-ui", "--ui-admin", "--port", "0")
     assert result.exit_code == 2 and "ui_admin needs the web view" in result.output
+
+
+def test_every_page_on_postgresql(tmp_path: Path, migrated_pg_url: str) -> None:
+    """The same pages over PostgreSQL (the database size instead of files, its clock)."""
+    with CacheStore.open(migrated_pg_url) as store:
+        out = cs.CachedOutput(output_uri="s3://bucket/pg/outputs.pb")
+        _metadata(out, "wf.pg_task", "exec-pg")
+        store.put("proj-dev-on-postgres", out)
+        store.get_or_extend_reservation("proj-dev-leased", "exec-pg-n0-0", timedelta(seconds=5))
+    with ServerProcess(migrated_pg_url, "--port", "0", log_path=tmp_path / "log") as proc:
+        pages = {
+            "/ui/": "Schema revision",
+            "/ui/entries?project=proj&domain=dev": "wf.pg_task",
+            "/ui/entries?project=proj&domain=dev&name=wf.pg_task": "wf.pg_task",
+            "/ui/entry?key=proj-dev-on-postgres": "exec-pg",
+            "/ui/reservations?q=exec-pg": "exec-pg-n0-0",
+        }
+        for path, shown in pages.items():
+            response = httpx.get(proc.url + path)
+            assert response.status_code == 200, (path, response.text)
+            assert shown in response.text, path
