@@ -39,10 +39,13 @@ def missing() -> str | None:
 
 
 @contextmanager
-def chromium(*, width: int = 1280, height: int = 900, tz: str | None = None) -> Iterator[Any]:
+def chromium(
+    *, width: int = 1280, height: int = 900, tz: str | None = None, javascript: bool = True
+) -> Iterator[Any]:
     """A selenium WebDriver on a fresh headless Chromium, quit (and its profile removed) after.
 
-    ``tz`` sets the browser's time zone (an IANA name) through the driver's environment.
+    ``tz`` sets the browser's time zone (an IANA name) through the driver's environment;
+    ``javascript=False`` turns scripts off, as some readers have them.
     """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -54,6 +57,8 @@ def chromium(*, width: int = 1280, height: int = 900, tz: str | None = None) -> 
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={width},{height}")
+    if not javascript:
+        options.add_argument("--blink-settings=scriptEnabled=false")
     env = {**os.environ, **({"TZ": tz} if tz else {})}
     service = Service(executable_path=str(CHROMEDRIVER), env=env)
     driver = webdriver.Chrome(service=service, options=options)

@@ -204,6 +204,16 @@ def test_open_an_entry_from_the_list(browser: Any, server: ServerProcess) -> Non
     assert link.text != link.get_attribute("title")  # shortened, the full key one hover away
     copy = browser.find_element("css selector", ".key button.copy")
     assert copy.get_attribute("data-copy") == REPORT_KEY
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": server.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
+    copy.click()
+    _wait(lambda: "done" in copy.get_attribute("class"))
+    pasted = browser.execute_async_script(
+        "navigator.clipboard.readText().then(arguments[0], e => arguments[0]('error: ' + e))"
+    )
+    assert pasted == REPORT_KEY  # the full key, one click away
     link.click()
     _wait(lambda: "/ui/entry?" in browser.current_url)
     assert browser.find_element("id", "key").text == REPORT_KEY
@@ -244,6 +254,28 @@ def test_a_lease_counts_down_and_expires(browser: Any, server: ServerProcess) ->
     # Reloaded, the server agrees.
     browser.get(server.url + "/ui/reservations?q=exec-77&state=expired")
     assert "exec-77-n0-0" in browser.find_element("css selector", "table.leases").text
+
+
+def test_every_page_reads_without_javascript(server: ServerProcess) -> None:
+    if _browser.missing():
+        pytest.skip(str(_browser.missing()))
+    server.client().get_or_extend_reservation(
+        reserve_req("no-js", "exec-nojs", timedelta(seconds=1))
+    )
+    with _browser.chromium(javascript=False) as driver:
+        driver.get(server.url + "/ui/entries?name=wf.task_0")
+        assert len(_css(driver, "table.entries tbody tr")) == 10
+        # Times stay in UTC, said so, without the script that localises them.
+        assert _css(driver, "td time")[0].text.endswith(" UTC")
+        driver.find_element("css selector", ".key a").click()
+        _wait(lambda: "/ui/entry?" in driver.current_url)
+        assert "exec-" in driver.find_element("tag name", "main").text
+        driver.get(server.url + "/ui/reservations?q=exec-nojs")
+        assert re.fullmatch(
+            r"[\d.]+ s|expired", driver.find_element("css selector", "td.left").text
+        )
+        driver.get(server.url + "/ui/")
+        assert driver.find_element("id", "entries").text
 
 
 def test_keys_and_strings_are_text_never_markup(browser: Any, server: ServerProcess) -> None:
