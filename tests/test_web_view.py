@@ -370,7 +370,9 @@ def test_pages_say_how_long_they_took_and_lock_down_the_browser(server: ServerPr
         response = httpx.get(server.url + path)
         assert response.status_code == 200
         timing = response.headers["server-timing"]
-        assert re.fullmatch(r"store;dur=[\d.]+, total;dur=[\d.]+", timing), timing
+        # (The overview's figures may come from its 30 s cache: then no store time.)
+        assert re.fullmatch(r"(store;dur=[\d.]+, )?total;dur=[\d.]+", timing), timing
+        assert path == "/ui/" or timing.startswith("store;")
         csp = response.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "default-src 'none'" in csp
         assert response.headers["cache-control"] == "no-store"
