@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DB ?= ./flytecache.db
 
-.PHONY: serve test test-slow bench bench-quick lint docs clean
+.PHONY: serve test test-slow bench bench-quick lint docs screenshots clean
 
 $(BIN)/python:
 	@echo "make: creating $(VENV) (first run only)"
@@ -34,6 +34,11 @@ test-slow: $(VENV)/.installed-test
 
 docs: $(VENV)/.installed-test
 	$(BIN)/python -m flytecache.cli._docs
+
+# The web view's screenshots in docs/img/ (docs/web-view.md); needs Debian's chromium and
+# chromium-driver, like the browser tests.
+screenshots: $(VENV)/.installed-test
+	$(BIN)/python -m scripts.web_view_screenshots docs/img
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run

@@ -1,4 +1,5 @@
-"""The built wheel ships the migrations and can migrate a database from any directory."""
+"""The built wheel ships the migrations and the web view's templates and assets, and can
+migrate a database from any directory."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def test_wheel_installs_and_migrates_elsewhere(tmp_path: Path) -> None:
     )
     assert (target / "flytecache" / "_migrations" / "env.py").is_file()
     assert list((target / "flytecache" / "_migrations" / "versions").glob("0001_*.py"))
+    ui = target / "flytecache" / "server" / "ui"
+    for shipped in (
+        "templates/base.html",
+        "templates/entries.html",
+        "static/ui.css",
+        "static/ui.js",
+    ):
+        assert (ui / shipped).is_file(), shipped
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     script = (
@@ -46,6 +55,9 @@ def test_wheel_installs_and_migrates_elsewhere(tmp_path: Path) -> None:
         "from flytecache.store.migrate import migrations_dir\n"
         "assert str(migrations_dir()).startswith(sys.argv[1]), migrations_dir()\n"
         "CacheStore.open('cache.db').close()\n"
+        "import jinja2\n"
+        "env = jinja2.Environment(loader=jinja2.PackageLoader('flytecache.server.ui'))\n"
+        "assert 'entries.html' in env.list_templates()\n"
         "print('migrated')\n"
     )
     # The installed wheel comes first on the path; dependencies come from the test venv.

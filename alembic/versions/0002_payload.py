@@ -8,8 +8,8 @@ Revision 0001 kept an entry in 1 + N rows (the entry, one ``outputs`` row per in
 with its key map as JSON and its metadata in ``metadata_pb``. 0002 stores the ``CachedOutput``
 wire bytes a get returns (``payload``, see flytecache/store/codec.py) in the entry row;
 payloads over 2,048 bytes move to ``outputs`` (one row per entry). The index on
-(project, domain, name) and the two reservation indexes go: the hot path never used them and
-wrote them on every put and heartbeat.
+(project, domain, name) gains last_updated_at (a task's entries list newest first without a
+sort); the two reservation indexes go: nothing used them, and every heartbeat wrote them.
 
 The data migration is resumable. ``prepare()`` (run by ``flytecache db upgrade`` before
 alembic) adds ``payload`` and fills it in committed batches, marking each converted row
@@ -205,6 +205,11 @@ def upgrade() -> None:
     # drops the old table, and with foreign keys on that would cascade into outputs.
     op.drop_table("outputs")
     op.drop_index(op.f("ix_entries_project_domain_name"), table_name="entries")
+    op.create_index(
+        op.f("ix_entries_project_domain_name_last_updated_at"),
+        "entries",
+        ["project", "domain", "name", "last_updated_at"],
+    )
     op.drop_column("entries", "key_map")
     op.drop_column("entries", "metadata_pb")
     op.drop_column("entries", "writes")
@@ -290,6 +295,7 @@ def downgrade() -> None:
             conn.execute(sa.insert(_old_outputs), outputs)
 
     op.drop_column("entries", "payload")
+    op.drop_index(op.f("ix_entries_project_domain_name_last_updated_at"), table_name="entries")
     op.create_index(
         op.f("ix_entries_project_domain_name"), "entries", ["project", "domain", "name"]
     )

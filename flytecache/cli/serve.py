@@ -100,11 +100,28 @@ def register(app: typer.Typer) -> None:
                 "(also the HTTP protocol).",
             ),
         ] = "info",
+        ui: Annotated[
+            bool,
+            typer.Option(
+                "--ui/--no-ui",
+                envvar="FLYTECACHE_UI",
+                help="Serve the read-only web view at /ui/ (behind the token, when one is set).",
+            ),
+        ] = True,
+        ui_admin: Annotated[
+            bool,
+            typer.Option(
+                "--ui-admin",
+                envvar="FLYTECACHE_UI_ADMIN",
+                help="Add 'release lease' and 'delete entry' buttons to the web view.",
+            ),
+        ] = False,
         verbose: VerboseOption = False,
     ) -> None:
         """Serve Flyte 2's CacheService (Connect RPC) over the database, migrating it first.
 
-        Point a Flyte 2 executor's cacheServiceURL at the printed address. Stops cleanly on
+        Point a Flyte 2 executor's cacheServiceURL at the printed address; open it in a
+        browser for the web view (/ui/, read-only unless --ui-admin). Stops cleanly on
         SIGTERM or Ctrl-C: in-flight requests finish, the database is closed, exit code 0.
         """
         from flytecache.config import StoreSettings, parse_duration, parse_file_mode, parse_size
@@ -128,6 +145,8 @@ def register(app: typer.Typer) -> None:
                 wal_blocked_warning=parse_duration(
                     wal_blocked_warning, name="--wal-blocked-warning"
                 ),
+                ui=ui,
+                ui_admin=ui_admin,
             )
         except InvalidArgumentError as error:
             raise typer.BadParameter(str(error)) from None

@@ -1,8 +1,9 @@
 """The ASGI app: flyteidl2's Connect CacheService behind a small gateway.
 
-The gateway routes ``/healthz`` and ``/metrics``, checks the bearer token, bounds the request
-body, answers unknown paths with a Connect error, and records request metrics; everything else
-is flyteidl2's generated ``CacheServiceASGIApplication`` on the connectrpc runtime.
+The gateway routes ``/healthz``, ``/metrics`` and the web view (``/`` and ``/ui/``), checks
+the bearer token, bounds the request body, answers unknown paths with a Connect error, and
+records request metrics; everything else is flyteidl2's generated
+``CacheServiceASGIApplication`` on the connectrpc runtime.
 """
 
 from __future__ import annotations
@@ -178,8 +179,10 @@ class CacheServiceApp:
         metrics: Metrics,
         health: HealthCheck,
         threads: StoreThreads | None = None,
+        ui: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self._ui = ui
         self.metrics = metrics
         self._connect = _ConnectApp(service, max_request_bytes=settings.max_request_bytes)
         self._health = health
@@ -212,6 +215,8 @@ class CacheServiceApp:
             await self._healthz(scope, receive, send)
         elif path == "/metrics":
             await self._metrics(scope, receive, send)
+        elif self._ui is not None and (path in ("/", "/ui") or path.startswith("/ui/")):
+            await self._ui(scope, receive, send)
         else:
             await self._discard(receive)
             self.metrics.observe("unknown", "unimplemented", 0.0)
@@ -450,8 +455,13 @@ def build_app(
     _warn_if_readable_by_others(store)
     metrics = Metrics(entry_count)
     service = StoreCacheService(store, threads=threads, metrics=metrics, schema=schema)
+    ui = None
+    if settings.ui:
+        from flytecache.server.ui import WebView
+
+        ui = WebView(store, settings=settings, threads=threads, metrics=metrics)
     app = CacheServiceApp(
-        service, settings=settings, metrics=metrics, health=health, threads=threads
+        service, settings=settings, metrics=metrics, health=health, threads=threads, ui=ui
     )
     watch = Watch(
         store, metrics=metrics, schema=schema, wal_blocked_warning=settings.wal_blocked_warning

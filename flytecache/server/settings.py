@@ -49,6 +49,10 @@ class ServerSettings:
     wal_blocked_warning: timedelta = timedelta(seconds=60)
     """SQLite: how long checkpoints may be held back by a reader before a warning is logged
     (and again after each such period while they still are)."""
+    ui: bool = True
+    """Serve the read-only web view under ``/ui/`` (see docs/web-view.md)."""
+    ui_admin: bool = False
+    """Let the web view release leases and delete entries (CSRF-protected forms)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -93,6 +97,11 @@ class ServerSettings:
             raise InvalidArgumentError(
                 "wal_blocked_warning must be a positive timedelta", field="wal_blocked_warning"
             )
+        for name in ("ui", "ui_admin"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(f"{name} must be a boolean", field=name)
+        if self.ui_admin and not self.ui:
+            raise InvalidArgumentError("ui_admin needs the web view (ui)", field="ui_admin")
 
     def replace(self, **changes: object) -> ServerSettings:
         """A copy with ``changes`` applied (and validated)."""

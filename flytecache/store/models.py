@@ -84,9 +84,12 @@ class Entry(Base):
     timestamps (held by the columns above): see ``store/codec.py``. NULL when the payload is
     larger than ``codec.SPILL_BYTES`` and lives in ``outputs``."""
 
-    # No index on (project, domain, name): it cost a third of every put (one more b-tree
-    # page written per commit); listings filter while walking last_updated_at or the key.
-    __table_args__ = (Index(None, "last_updated_at"),)
+    # Listings: newest first overall (last_updated_at), and per task newest first without a
+    # sort. Each index is one more b-tree page a put writes; none other is kept.
+    __table_args__ = (
+        Index(None, "last_updated_at"),
+        Index(None, "project", "domain", "name", "last_updated_at"),
+    )
 
 
 class Output(Base):

@@ -47,13 +47,22 @@ class EntryFilter:
     older_than: timedelta | None = None
     newer_than: timedelta | None = None
 
-    def clauses(self, now_us: int) -> list[sa.ColumnElement[bool]]:
-        """SQL conditions for this filter, with ages measured from ``now_us``."""
+    def clauses(self, now_us: int, *, by_scope: bool = True) -> list[sa.ColumnElement[bool]]:
+        """SQL conditions for this filter, with ages measured from ``now_us``.
+
+        ``by_scope=False`` writes the project/domain/name conditions so that no index serves
+        them (``column || ''``, the same rows): the database then walks another index, such as
+        last_updated_at for a listing in that order (SQLite's planner has no statistics to
+        choose by).
+        """
         where: list[sa.ColumnElement[bool]] = []
         for column in ("project", "domain", "name", "version"):
             value = getattr(self, column)
             if value is not None:
-                where.append(ENTRIES.c[column] == value)
+                target: sa.ColumnElement[Any] = ENTRIES.c[column]
+                if not by_scope and column != "version":
+                    target = target.concat("")
+                where.append(target == value)
         if self.older_than is not None:
             where.append(ENTRIES.c.last_updated_at < now_us - timedelta_to_us(self.older_than))
         if self.newer_than is not None:
@@ -126,6 +135,45 @@ def _summary(row: Any) -> EntrySummary:
     )
 
 
+_FEW = 5000
+"""Matches of a project/domain/name filter few enough to find by that index and sort."""
+
+
+def _by_scope(conn: sa.Connection, where: EntryFilter) -> bool:
+    """Whether a newest-first listing should find ``where``'s entries through the (project,
+    domain, name) index and sort them, rather than walk last_updated_at until a page is full.
+
+    Either plan has a worst case at 1M entries: sorting every match of a broad filter
+    ("project = X": 20 s), or walking the whole index for a rare one (2 s). Counting up to
+    :data:`_FEW` matches in the index (about a millisecond) tells which one this is; without
+    statistics SQLite's planner would always take the index.
+    """
+    if where.project is None:
+        return False  # the index cannot serve domain or name alone
+    scope = EntryFilter(project=where.project, domain=where.domain, name=where.name)
+    matches = sa.select(ENTRIES.c.id).where(*scope.clauses(0)).limit(_FEW).subquery()
+    return int(conn.execute(sa.select(sa.func.count()).select_from(matches)).scalar_one()) < _FEW
+
+
+def _newest_first(
+    where: EntryFilter, now_us: int, after: tuple[int, int] | None, *, by_scope: bool
+) -> sa.Select[Any]:
+    """Entries matching ``where`` after the cursor ``(last_updated_at, id)``, newest first,
+    found through the (project, domain, name) index when ``by_scope`` (see :func:`_by_scope`)."""
+    query = sa.select(ENTRIES.c.id, *_SUMMARY_COLUMNS).where(
+        *where.clauses(now_us, by_scope=by_scope)
+    )
+    if after is not None:
+        # The same rows as "(updated, id) < after", written so the index on
+        # last_updated_at bounds the scan: with a bare OR, SQLite scans from the top for
+        # every page and a 1M-entry listing slows quadratically.
+        query = query.where(
+            ENTRIES.c.last_updated_at <= after[0],
+            sa.or_(ENTRIES.c.last_updated_at < after[0], ENTRIES.c.id < after[1]),
+        )
+    return query.order_by(ENTRIES.c.last_updated_at.desc(), ENTRIES.c.id.desc())
+
+
 def iter_entries(
     store: CacheStore,
     where: EntryFilter | None = None,
@@ -145,19 +193,13 @@ def iter_entries(
     """
     if limit is not None and limit <= 0:
         return
-    clauses = (where or EntryFilter()).clauses(now_us_of(store, now_us))
+    selected = where or EntryFilter()
+    now = now_us_of(store, now_us)
+    with read_connection(store.engine) as conn:
+        by_scope = _by_scope(conn, selected)
 
     def page(after: tuple[int, int] | None) -> sa.Select[Any]:
-        query = sa.select(ENTRIES.c.id, *_SUMMARY_COLUMNS).where(*clauses)
-        if after is not None:
-            # The same rows as "(updated, id) < after", written so the index on
-            # last_updated_at bounds the scan: with a bare OR, SQLite scans from the top for
-            # every page and a 1M-entry listing slows quadratically.
-            query = query.where(
-                ENTRIES.c.last_updated_at <= after[0],
-                sa.or_(ENTRIES.c.last_updated_at < after[0], ENTRIES.c.id < after[1]),
-            )
-        return query.order_by(ENTRIES.c.last_updated_at.desc(), ENTRIES.c.id.desc())
+        return _newest_first(selected, now, after, by_scope=by_scope)
 
     rows = keyset_pages(
         store.engine,
@@ -168,6 +210,54 @@ def iter_entries(
     )
     for row in rows:
         yield _summary(row)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPage:
+    """One page of a listing and the cursor of the next (None on the last page)."""
+
+    entries: list[EntrySummary]
+    next_cursor: str | None
+    """Opaque: pass it back as ``after`` for the following page."""
+
+
+def _parse_cursor(cursor: str) -> tuple[int, int]:
+    updated, sep, row_id = cursor.partition(".")
+    if sep and updated.lstrip("-").isdigit() and row_id.isdigit():
+        return int(updated), int(row_id)
+    raise InvalidArgumentError(f"not a listing cursor: {cursor[:80]!r}", field="after")
+
+
+def entry_page(
+    store: CacheStore,
+    where: EntryFilter | None = None,
+    *,
+    after: str | None = None,
+    limit: int = 50,
+    now_us: int | None = None,
+) -> EntryPage:
+    """Up to ``limit`` (1..1000) entries matching ``where`` after the cursor ``after``, most
+    recently updated first (the order of :func:`iter_entries`).
+
+    One indexed range scan per page whatever the page's depth, so a page of a 1M-entry cache
+    costs what the first one does. A malformed cursor is :class:`InvalidArgumentError`.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidArgumentError(f"limit must be in 1..1000, got {limit!r}", field="limit")
+    position = None if after is None else _parse_cursor(after)
+    selected = where or EntryFilter()
+    now = now_us_of(store, now_us)
+    with read_connection(store.engine) as conn:
+        query = _newest_first(selected, now, position, by_scope=_by_scope(conn, selected))
+        # One row more than asked says whether a next page exists without a COUNT.
+        rows = conn.execute(query.limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if more else None
+    return EntryPage(
+        entries=[_summary(row) for row in rows],
+        next_cursor=None if last is None else f"{last.last_updated_at}.{last.id}",
+    )
 
 
 def count_entries(

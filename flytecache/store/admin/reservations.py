@@ -14,6 +14,7 @@ from flytecache.errors import (
 )
 from flytecache.store.admin._base import (
     BATCH,
+    ENTRIES,
     RESERVATIONS,
     keyset_pages,
     now_us_of,
@@ -110,6 +111,84 @@ def iter_reservations(
     rows = keyset_pages(store.engine, page, lambda row: row.key, limit=limit, page_size=page_size)
     for row in rows:
         yield _reservation(row, now)
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationMatch:
+    """A lease found by :func:`search_reservations`, with the task of the entry under its key
+    (empty when the key has no entry yet: a first run of the task is what holds it)."""
+
+    lease: ReservationInfo
+    task: str
+    project: str
+    domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationPage:
+    """One page of :func:`search_reservations` and the cursor of the next (None when last)."""
+
+    matches: list[ReservationMatch]
+    next_cursor: str | None
+
+
+def search_reservations(
+    store: CacheStore,
+    text: str | None = None,
+    *,
+    state: ReservationState = "all",
+    after: str | None = None,
+    limit: int = 100,
+    now_us: int | None = None,
+) -> ReservationPage:
+    """Leases ordered by key whose key or owner contains ``text``, or whose key's entry belongs
+    to a task whose name contains it; up to ``limit`` (1..1000) after the key ``after``.
+
+    A cache key hashes the task's name away, so a lease is found by task name only when an
+    entry already exists under its key (a rerun); a first run is found by its key or its owner
+    id (Flyte's owner ids carry the execution name).
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise InvalidArgumentError(f"limit must be in 1..1000, got {limit!r}", field="limit")
+    now = now_us_of(store, now_us)
+    where = _reservation_clauses(state, None, now)
+    if text:
+        check_text(text, "search")
+        where.append(
+            sa.or_(
+                RESERVATIONS.c.key.contains(text, autoescape=True),
+                RESERVATIONS.c.owner_id.contains(text, autoescape=True),
+                ENTRIES.c.name.contains(text, autoescape=True),
+            )
+        )
+    if after is not None:
+        where.append(RESERVATIONS.c.key > check_text(after, "after"))
+    # An outer join walks the leases and looks each key up in the entries' unique index: the
+    # cost follows the number of leases, never the number of entries.
+    joined = RESERVATIONS.outerjoin(ENTRIES, ENTRIES.c.key == RESERVATIONS.c.key)
+    query = (
+        sa.select(RESERVATIONS, ENTRIES.c.name, ENTRIES.c.project, ENTRIES.c.domain)
+        .select_from(joined)
+        .where(*where)
+        .order_by(RESERVATIONS.c.key)
+        .limit(limit + 1)
+    )
+    with read_connection(store.engine) as conn:
+        rows = conn.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ReservationPage(
+        matches=[
+            ReservationMatch(
+                lease=_reservation(row, now),
+                task=row.name or "",
+                project=row.project or "",
+                domain=row.domain or "",
+            )
+            for row in rows
+        ],
+        next_cursor=rows[-1].key if more else None,
+    )
 
 
 def get_reservation(store: CacheStore, key: str, *, now_us: int | None = None) -> ReservationInfo:
