@@ -6,7 +6,7 @@ Flyte 2's catalog client computes (``flyteplugins/.../catalog/cache_service/clie
 Laurie's *objecthash*, in which every JSON number is a float.
 
 Everything here is a pure function of its arguments: no I/O, no clock, no global state other than
-small memo tables whose entries depend only on their keys.
+small bounded memo tables keyed by serialized messages, whose entries depend only on their keys.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ __all__ = [
 
 Identifier = identifier_pb2.Identifier
 TypedInterface = interface_pb2.TypedInterface
-VariableMap = interface_pb2.VariableMap
 Literal = literals_pb2.Literal
 LiteralCollection = literals_pb2.LiteralCollection
 LiteralMap = literals_pb2.LiteralMap
