@@ -316,47 +316,39 @@ _BOOLEAN_PREFIXES = {
 }
 
 
-def _primitive_digest(field: Any, value: Any) -> bytes | None:
-    """objecthash of the JSON of a Primitive whose one set field is ``field``; None if it is a
-    message field (datetime, duration), whose well-known-type JSON is left to ``json_format``."""
-    if field is _INTEGER:
-        # proto3 JSON writes int64 as a string.
-        return _sha256(_INTEGER_PREFIX + _sha256(b"u" + str(value).encode()).digest()).digest()
-    if field is _STRING:
-        return _sha256(_STRING_PREFIX + _sha256(b"u" + value.encode("utf-8")).digest()).digest()
-    if field is _FLOAT:
-        if value != value or value in (math.inf, -math.inf):
-            # proto3 JSON spells non-finite doubles as the strings normalize_float returns.
-            number = _hash_str(normalize_float(value))
-        else:
-            number = _hash_number(value)
-        return _sha256(_FLOAT_PREFIX + number).digest()
-    if field is _BOOLEAN:
-        return _sha256(_BOOLEAN_PREFIXES[value]).digest()
-    return None
-
-
 def _hashified_literal_digest(literal: Any) -> bytes:
     """objecthash(MessageToDict(hashify(literal))), without building either.
 
     ``MessageToDict`` renders a message from its ``ListFields()`` (set fields only), so a literal
     whose only set field is a scalar primitive, a collection or a map has a JSON shape fixed by
     that one field, hashed here directly; a hash replaces everything; anything else (metadata,
-    artifact ids, blobs, well-known types...) goes through ``pbhash`` so it is rendered exactly
-    as Go renders it.
+    artifact ids, blobs, well-known types, non-finite floats...) goes through ``pbhash`` so it is
+    rendered exactly as Go renders it.
     """
     fields = literal.ListFields()
     if len(fields) == 1:
         field, value = fields[0]
         if field is _LITERAL_SCALAR:
+            # {"scalar": {"primitive": {<field>: <value>}}}: four digests, innermost first.
             inner = value.ListFields()
             if len(inner) == 1 and inner[0][0] is _SCALAR_PRIMITIVE:
                 primitive = inner[0][1].ListFields()
                 if len(primitive) == 1:
-                    digest = _primitive_digest(*primitive[0])
-                    if digest is not None:
-                        digest = _sha256(_PRIMITIVE_PREFIX + digest).digest()
-                        return _sha256(_SCALAR_PREFIX + digest).digest()
+                    kind, raw = primitive[0]
+                    if kind is _INTEGER:  # int64: a JSON string
+                        digest = _sha256(b"u" + str(raw).encode()).digest()
+                        digest = _sha256(_INTEGER_PREFIX + digest).digest()
+                    elif kind is _STRING:
+                        digest = _sha256(b"u" + raw.encode("utf-8")).digest()
+                        digest = _sha256(_STRING_PREFIX + digest).digest()
+                    elif kind is _FLOAT and raw - raw == 0.0:  # finite: a JSON number
+                        digest = _sha256(_FLOAT_PREFIX + _hash_number(raw)).digest()
+                    elif kind is _BOOLEAN:
+                        digest = _sha256(_BOOLEAN_PREFIXES[raw]).digest()
+                    else:
+                        return pbhash(literal)
+                    digest = _sha256(_PRIMITIVE_PREFIX + digest).digest()
+                    return _sha256(_SCALAR_PREFIX + digest).digest()
             return pbhash(literal)
         if field is _LITERAL_COLLECTION:
             return _collection_digest(value.literals)
