@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import concurrency, report, store_harness
+from benchmarks import bench_keys, concurrency, report, store_harness
 from benchmarks import run as bench_run
-from benchmarks._common import RESULTS_DIR
+from benchmarks._common import RESULTS_DIR, typical_output
+from benchmarks.limit import KvLimit
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +30,34 @@ def test_store_harness_smoke() -> None:
     for numbers in results.values():
         assert all(rate > 0 for rate in numbers["rates"].values())
         assert all(ratio > 0 for ratio in numbers["ratios"].values())
+
+
+def test_key_cost_harness_smoke() -> None:
+    results = bench_keys.run(repeats=1, n=5)
+    assert set(results["us"]) == set(bench_keys.IMPLS)
+    assert set(results["ratios"]) == set(bench_keys.RATIOS)
+    for row in [*results["us"].values(), *results["ratios"].values()]:
+        assert row["min"] <= row["median"] <= row["max"]
+        assert len(row["samples"]) == 1
+
+
+def test_limit_answers_like_a_store(tmp_path: Path) -> None:
+    limit = KvLimit(tmp_path / "limit.db")
+    try:
+        assert limit.get("k") is None
+        limit.put("k", typical_output(1))
+        limit.put("k", typical_output(2))
+        assert limit.get("k") == typical_output(2)
+        assert limit.acquire("l", "a", now_us=0, expires_us=10)
+        assert limit.acquire("l", "a", now_us=5, expires_us=20)  # extended by its holder
+        assert not limit.acquire("l", "b", now_us=19, expires_us=30)
+        assert limit.acquire("l", "b", now_us=20, expires_us=30)  # taken over once expired
+        limit.release("l", "a")  # not the holder: nothing happens
+        assert not limit.acquire("l", "a", now_us=21, expires_us=40)
+        limit.release("l", "b")
+        assert limit.acquire("l", "a", now_us=21, expires_us=40)
+    finally:
+        limit.close()
 
 
 def test_runner_smoke_writes_results_and_page(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import math
 import re
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from flytecache.errors import InvalidArgumentError
 from flytecache.keys import (
     CatalogKey,
     cache_key,
+    catalog,
     hash_identifier_except_version,
     hash_literal_map,
     hashify,
@@ -737,6 +739,76 @@ def test_inputs_callable_returning_wrong_type_is_rejected() -> None:
     bad: Callable[[], Any] = lambda: {"a": 1}  # noqa: E731
     with pytest.raises(InvalidArgumentError, match="inputs"):
         cache_key(catalog_key(inputs=bad))
+
+
+# --- memoization: a remembered key is the key ---------------------------------------------------
+
+
+def test_changing_an_input_in_place_changes_the_key() -> None:
+    inputs = literal_map([("a", integer(1)), ("b", string("x"))])
+    key = catalog_key(inputs=inputs)
+    before = cache_key(key)
+    inputs.literals["a"].scalar.primitive.integer = 2
+    after = cache_key(key)
+    assert after != before
+    assert after.endswith(f"-{reference_hash(inputs)}-1.0")
+    inputs.literals["a"].scalar.primitive.integer = 1
+    assert cache_key(key) == before
+
+
+def test_changing_the_interface_in_place_changes_the_key() -> None:
+    key = catalog_key()
+    before = cache_key(key)
+    key.typed_interface.outputs.variables[0].value.description = "changed"
+    assert cache_key(key) != before
+    del key.typed_interface.inputs.variables[:]
+    # No declared inputs any more: the inputs are not read and hash as the empty map.
+    assert cache_key(key).endswith(f"-{EMPTY_MAP_HASH}-1.0")
+
+
+def test_ignored_inputs_are_part_of_what_is_remembered() -> None:
+    inputs = literal_map([("a", integer(1)), ("b", string("x"))])
+    assert hash_literal_map(inputs) == reference_hash(inputs)
+    assert hash_literal_map(inputs, ignore=["b"]) == reference_hash(inputs, ("b",))
+    assert hash_literal_map(inputs) == reference_hash(inputs)
+
+
+def test_memos_stay_bounded_and_skip_large_messages() -> None:
+    memo = catalog._INPUTS_MEMO
+    for value in range(memo._max_entries + 50):
+        hash_literal_map(literal_map([("a", integer(value))]))
+    assert len(memo) <= memo._max_entries
+    large = literal_map([("s", string("x" * memo.max_key_bytes))])
+    memo.clear()
+    assert hash_literal_map(large) == reference_hash(large)
+    assert len(memo) == 0
+
+
+def test_a_failure_is_not_remembered() -> None:
+    generic = struct_pb2.Struct()
+    generic.fields["x"].number_value = math.nan
+    inputs = literal_map([("g", Literal(scalar=literals_pb2.Scalar(generic=generic)))])
+    for _ in range(2):
+        with pytest.raises(InvalidArgumentError):
+            hash_literal_map(inputs)
+
+
+def test_threads_sharing_the_memos_get_the_right_keys() -> None:
+    catalog._INPUTS_MEMO.clear()
+    catalog._INTERFACE_MEMO.clear()
+    maps = [literal_map([("a", integer(i % 40)), ("b", string(str(i % 7)))]) for i in range(400)]
+    expected = [reference_hash(m) for m in maps]
+    failures: list[int] = []
+
+    def work(offset: int) -> None:
+        for step in range(len(maps)):
+            index = (offset * 37 + step) % len(maps)
+            if hash_literal_map(maps[index]) != expected[index]:
+                failures.append(index)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    assert failures == []
 
 
 # --- docs -------------------------------------------------------------------------------------

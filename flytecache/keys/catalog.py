@@ -6,15 +6,17 @@ Flyte 2's catalog client computes (``flyteplugins/.../catalog/cache_service/clie
 Laurie's *objecthash*, in which every JSON number is a float.
 
 Everything here is a pure function of its arguments: no I/O, no clock, no global state other than
-small memo tables whose entries depend only on their keys.
+small bounded memo tables keyed by serialized messages, whose entries depend only on their keys.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -45,7 +47,6 @@ __all__ = [
 
 Identifier = identifier_pb2.Identifier
 TypedInterface = interface_pb2.TypedInterface
-VariableMap = interface_pb2.VariableMap
 Literal = literals_pb2.Literal
 LiteralCollection = literals_pb2.LiteralCollection
 LiteralMap = literals_pb2.LiteralMap
@@ -276,107 +277,181 @@ def _json_name_digest(message_type: Any, field: str) -> bytes:
     return _hash_key(message_type.DESCRIPTOR.fields_by_name[field].json_name)
 
 
+def _field(message_type: Any, name: str) -> Any:
+    return message_type.DESCRIPTOR.fields_by_name[name]
+
+
 _HASH_KEY = _json_name_digest(Literal, "hash")
-_SCALAR_KEY = _json_name_digest(Literal, "scalar")
 _COLLECTION_KEY = _json_name_digest(Literal, "collection")
 _MAP_KEY = _json_name_digest(Literal, "map")
 _LITERALS_KEY = _json_name_digest(LiteralMap, "literals")
-_PRIMITIVE_KEY = _json_name_digest(literals_pb2.Scalar, "primitive")
-# Hash inputs are b"d" + key digest + value digest; the constant prefixes are built once.
-_PRIMITIVE_FIELD_PREFIXES = {
-    name: b"d" + _json_name_digest(literals_pb2.Primitive, name)
-    for name in ("integer", "float_value", "string_value", "boolean")
-}
-_PRIMITIVE_PREFIX = b"d" + _PRIMITIVE_KEY
-_SCALAR_PREFIX = b"d" + _SCALAR_KEY
 _EMPTY_COLLECTION_LITERAL_DIGEST = _h(b"d", _COLLECTION_KEY + _EMPTY_DICT_DIGEST)
 _EMPTY_MAP_LITERAL_DIGEST = _h(b"d", _MAP_KEY + _EMPTY_DICT_DIGEST)
 
+# A one-entry JSON object {name: value} hashes as sha256(b"d" + H(name) + H(value)); the constant
+# prefixes are built once.
+_HASH_PREFIX = b"d" + _HASH_KEY
+_SCALAR_PREFIX = b"d" + _json_name_digest(Literal, "scalar")
+_PRIMITIVE_PREFIX = b"d" + _json_name_digest(literals_pb2.Scalar, "primitive")
+_COLLECTION_PREFIX = b"d" + _COLLECTION_KEY
+_MAP_PREFIX = b"d" + _MAP_KEY
+_LITERALS_PREFIX = b"d" + _LITERALS_KEY
 
-def _primitive_shortcut_is_exact() -> bool:
-    # The shortcut hashes scalar.primitive literals without rendering them, which is only right
-    # while Literal has exactly these fields and Scalar/Primitive are single oneofs. A flyteidl2
-    # that adds a field turns the shortcut off instead of silently leaving the field out.
-    literal_fields = {field.name for field in Literal.DESCRIPTOR.fields}
-    known = {"scalar", "collection", "map", "offloaded_metadata", "hash", "metadata", "artifact_id"}
-    return literal_fields == known and all(
-        len(message.DESCRIPTOR.oneofs) == 1
-        and all(field.containing_oneof is not None for field in message.DESCRIPTOR.fields)
-        for message in (literals_pb2.Scalar, literals_pb2.Primitive)
-    )
-
-
-_PRIMITIVE_SHORTCUT = _primitive_shortcut_is_exact()
-
-
-def _primitive_value_digest(field: str, value: Any) -> bytes:
-    if field == "integer":
-        return _hash_str(str(value))  # int64 renders as a JSON string
-    if field == "float_value":
-        if math.isnan(value):
-            return _hash_str("NaN")  # proto3 JSON spells non-finite doubles as strings
-        if math.isinf(value):
-            return _hash_str("Infinity" if value > 0 else "-Infinity")
-        return _hash_number(value)
-    if field == "string_value":
-        return _hash_str(value)
-    return _TRUE_DIGEST if value else _FALSE_DIGEST
+# ListFields() yields these very descriptor objects, so they are compared by identity.
+_LITERAL_SCALAR = _field(Literal, "scalar")
+_LITERAL_COLLECTION = _field(Literal, "collection")
+_LITERAL_MAP = _field(Literal, "map")
+_LITERAL_HASH = _field(Literal, "hash")
+_SCALAR_PRIMITIVE = _field(literals_pb2.Scalar, "primitive")
+_INTEGER = _field(literals_pb2.Primitive, "integer")
+_FLOAT = _field(literals_pb2.Primitive, "float_value")
+_STRING = _field(literals_pb2.Primitive, "string_value")
+_BOOLEAN = _field(literals_pb2.Primitive, "boolean")
+_INTEGER_PREFIX = b"d" + _json_name_digest(literals_pb2.Primitive, "integer")
+_FLOAT_PREFIX = b"d" + _json_name_digest(literals_pb2.Primitive, "float_value")
+_STRING_PREFIX = b"d" + _json_name_digest(literals_pb2.Primitive, "string_value")
+_BOOLEAN_PREFIXES = {
+    value: b"d" + _json_name_digest(literals_pb2.Primitive, "boolean") + digest
+    for value, digest in ((True, _TRUE_DIGEST), (False, _FALSE_DIGEST))
+}
 
 
 def _hashified_literal_digest(literal: Any) -> bytes:
     """objecthash(MessageToDict(hashify(literal))), without building either.
 
-    The shapes whose JSON is fixed (hash-only, collection, map, plain primitives) are hashed
-    directly; anything else goes through ``pbhash`` so it is rendered exactly as Go renders it.
+    ``MessageToDict`` renders a message from its ``ListFields()`` (set fields only), so a literal
+    whose only set field is a scalar primitive, a collection or a map has a JSON shape fixed by
+    that one field, hashed here directly; a hash replaces everything; anything else (metadata,
+    artifact ids, blobs, well-known types, non-finite floats...) goes through ``pbhash`` so it is
+    rendered exactly as Go renders it.
     """
+    fields = literal.ListFields()
+    if len(fields) == 1:
+        field, value = fields[0]
+        if field is _LITERAL_SCALAR:
+            # {"scalar": {"primitive": {<field>: <value>}}}: four digests, innermost first.
+            inner = value.ListFields()
+            if len(inner) == 1 and inner[0][0] is _SCALAR_PRIMITIVE:
+                primitive = inner[0][1].ListFields()
+                if len(primitive) == 1:
+                    kind, raw = primitive[0]
+                    if kind is _INTEGER:  # int64: a JSON string
+                        digest = _sha256(b"u" + str(raw).encode()).digest()
+                        digest = _sha256(_INTEGER_PREFIX + digest).digest()
+                    elif kind is _STRING:
+                        digest = _sha256(b"u" + raw.encode("utf-8")).digest()
+                        digest = _sha256(_STRING_PREFIX + digest).digest()
+                    elif kind is _FLOAT and raw - raw == 0.0:  # finite: a JSON number
+                        digest = _sha256(_FLOAT_PREFIX + _hash_number(raw)).digest()
+                    elif kind is _BOOLEAN:
+                        digest = _sha256(_BOOLEAN_PREFIXES[raw]).digest()
+                    else:
+                        return pbhash(literal)
+                    digest = _sha256(_PRIMITIVE_PREFIX + digest).digest()
+                    return _sha256(_SCALAR_PREFIX + digest).digest()
+            return pbhash(literal)
+        if field is _LITERAL_COLLECTION:
+            return _collection_digest(value.literals)
+        if field is _LITERAL_MAP:
+            return _map_literal_digest(value.literals)
+        if field is _LITERAL_HASH:
+            return _sha256(_HASH_PREFIX + _hash_str(value)).digest()
+        return pbhash(literal)
     if literal.hash:
-        return _sha256(b"d" + _HASH_KEY + _hash_str(literal.hash)).digest()
+        return _sha256(_HASH_PREFIX + _hash_str(literal.hash)).digest()
+    # Containers without a hash drop their metadata (and anything else) when hashified.
     kind = literal.WhichOneof("value")
-    if kind == "scalar":
-        if _PRIMITIVE_SHORTCUT and not literal.metadata and not literal.HasField("artifact_id"):
-            scalar = literal.scalar
-            if scalar.WhichOneof("value") == "primitive":
-                primitive = scalar.primitive
-                field = primitive.WhichOneof("value")
-                prefix = _PRIMITIVE_FIELD_PREFIXES.get(field)
-                if prefix is not None:
-                    value = _primitive_value_digest(field, getattr(primitive, field))
-                    value = _sha256(prefix + value).digest()
-                    value = _sha256(_PRIMITIVE_PREFIX + value).digest()
-                    return _sha256(_SCALAR_PREFIX + value).digest()
-    elif kind == "collection":
-        children = literal.collection.literals
-        if not children:
-            return _EMPTY_COLLECTION_LITERAL_DIGEST
-        items = _h(b"l", b"".join([_hashified_literal_digest(child) for child in children]))
-        return _h(b"d", _COLLECTION_KEY + _h(b"d", _LITERALS_KEY + items))
-    elif kind == "map":
-        pairs = _entry_pairs(literal.map.literals, frozenset())
-        if not pairs:
-            return _EMPTY_MAP_LITERAL_DIGEST
-        return _h(b"d", _MAP_KEY + _h(b"d", _LITERALS_KEY + _h(b"d", b"".join(pairs))))
+    if kind == "collection":
+        return _collection_digest(literal.collection.literals)
+    if kind == "map":
+        return _map_literal_digest(literal.map.literals)
     return pbhash(literal)
 
 
-def _entry_pairs(entries: Mapping[str, Any], ignored: AbstractSet[str]) -> list[bytes]:
-    pairs = [
-        _hash_key(name) + _hashified_literal_digest(literal)
-        for name, literal in entries.items()
-        if name not in ignored
-    ]
+def _collection_digest(children: Sequence[Any]) -> bytes:
+    if not children:
+        return _EMPTY_COLLECTION_LITERAL_DIGEST
+    items = _sha256(b"l" + b"".join([_hashified_literal_digest(child) for child in children]))
+    inner = _sha256(_LITERALS_PREFIX + items.digest()).digest()
+    return _sha256(_COLLECTION_PREFIX + inner).digest()
+
+
+def _map_literal_digest(entries: Mapping[str, Any]) -> bytes:
+    pairs = [_hash_key(name) + _hashified_literal_digest(child) for name, child in entries.items()]
+    if not pairs:
+        return _EMPTY_MAP_LITERAL_DIGEST
     pairs.sort()
-    return pairs
+    inner = _sha256(_LITERALS_PREFIX + _sha256(b"d" + b"".join(pairs)).digest()).digest()
+    return _sha256(_MAP_PREFIX + inner).digest()
+
+
+class _Memo:
+    """A bounded map from a message's serialized bytes to a value derived from the message.
+
+    Sound for any serialization, deterministic or not: equal bytes parse to equal messages, so a
+    hit returns exactly what the derivation would; unequal bytes for an equal message merely
+    miss. Oldest entries go first when full. Safe to share between threads: every operation is a
+    single dict call under the GIL, and a lost race costs at most a recomputation.
+    """
+
+    def __init__(self, max_entries: int, max_key_bytes: int) -> None:
+        # An OrderedDict drops its oldest entry in O(1); a dict's next(iter()) would walk
+        # past every slot freed by earlier evictions, making each insertion O(size).
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._max_entries = max_entries
+        self.max_key_bytes = max_key_bytes
+        self.get = self._data.get
+
+    def put(self, key: Any, value: Any) -> None:
+        data = self._data
+        if len(data) >= self._max_entries:
+            # Another thread may have emptied it meanwhile; then there is nothing to drop.
+            with contextlib.suppress(KeyError):
+                data.popitem(last=False)
+        data[key] = value
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+# Sizes: a typical task's serialized inputs are ~1 KiB and its interface ~0.5 KiB, so each memo
+# holds at most a few MiB; larger messages are hashed every time (their hashing dominates the
+# serialization the memo would save anyway).
+_INPUTS_MEMO = _Memo(max_entries=1024, max_key_bytes=16 * 1024)
+_INTERFACE_MEMO = _Memo(max_entries=1024, max_key_bytes=16 * 1024)
 
 
 def _literal_map_digest(literal_map: Any, ignored: AbstractSet[str]) -> bytes:
     if literal_map is None:
         return _EMPTY_DICT_DIGEST
-    pairs = _entry_pairs(literal_map.literals, ignored)
+    pairs = [
+        _hash_key(name) + _hashified_literal_digest(literal)
+        for name, literal in literal_map.literals.items()
+        if name not in ignored
+    ]
     if not pairs:
         # Flyte hashes an empty map (or one whose every input is ignored) as a LiteralMap with
         # no literals, which renders as {}.
         return _EMPTY_DICT_DIGEST
+    pairs.sort()
     return _h(b"d", _LITERALS_KEY + _h(b"d", b"".join(pairs)))
+
+
+def _inputs_hash(literal_map: Any, ignored: frozenset[str]) -> str:
+    if literal_map is None:
+        return _EMPTY_MAP_HASH
+    # The same inputs are keyed several times per task execution (a catalog client derives the
+    # key for get, put, reserve and release alike), so the whole map is memoized by its bytes.
+    memo_key = (literal_map.SerializeToString(), ignored)
+    found: str | None = _INPUTS_MEMO.get(memo_key)
+    if found is None:
+        found = _b64url(_literal_map_digest(literal_map, ignored))
+        if len(memo_key[0]) <= _INPUTS_MEMO.max_key_bytes:
+            _INPUTS_MEMO.put(memo_key, found)
+    return found
 
 
 def hash_literal_map(
@@ -390,12 +465,14 @@ def hash_literal_map(
     """
     if literal_map is not None and not isinstance(literal_map, LiteralMap):
         raise wrong_type("literal_map", "flyteidl2.core.LiteralMap or None", literal_map)
-    ignored = frozenset(names_of(ignore, "ignore"))
-    return _b64url(_literal_map_digest(literal_map, ignored))
+    return _inputs_hash(literal_map, frozenset(names_of(ignore, "ignore")))
 
 
 def _b64url(digest: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+_EMPTY_MAP_HASH = _b64url(_EMPTY_DICT_DIGEST)
 
 
 # --- identifier and interface ---------------------------------------------------------------
@@ -426,22 +503,30 @@ def hash_identifier_except_version(identifier: identifier_pb2.Identifier) -> str
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def _variable_map_prefix(serialized: bytes) -> str:
-    # Keyed by the deterministic serialization: equal bytes mean an equal message, hence an
-    # equal JSON rendering, so the memo can never return another interface's hash.
-    variables = VariableMap()
-    variables.ParseFromString(serialized)
+def _variable_map_prefix(variables: Any) -> str:
+    if not variables.variables:
+        return _EMPTY_VARIABLE_MAP_PREFIX
     return _b64url(pbhash(variables))[:_SIGNATURE_PREFIX_LENGTH]
 
 
 _EMPTY_VARIABLE_MAP_PREFIX = _b64url(_EMPTY_DICT_DIGEST)[:_SIGNATURE_PREFIX_LENGTH]
 
 
-def _signature_part(variables: Any) -> str:
-    if not variables.variables:
-        return _EMPTY_VARIABLE_MAP_PREFIX
-    return _variable_map_prefix(variables.SerializeToString(deterministic=True))
+def _interface_parts(typed_interface: Any) -> tuple[str, bool]:
+    """The signature hash of ``typed_interface`` and whether it declares inputs.
+
+    Memoized by the interface's bytes: a task's interface is the same on every call, and
+    rendering its variable maps as JSON is the slowest step of a key.
+    """
+    serialized = typed_interface.SerializeToString()
+    found: tuple[str, bool] | None = _INTERFACE_MEMO.get(serialized)
+    if found is None:
+        inputs, outputs = typed_interface.inputs, typed_interface.outputs
+        signature = f"{_variable_map_prefix(inputs)}-{_variable_map_prefix(outputs)}"
+        found = (signature, len(inputs.variables) > 0)
+        if len(serialized) <= _INTERFACE_MEMO.max_key_bytes:
+            _INTERFACE_MEMO.put(serialized, found)
+    return found
 
 
 def signature_hash(typed_interface: interface_pb2.TypedInterface) -> str:
@@ -453,11 +538,7 @@ def signature_hash(typed_interface: interface_pb2.TypedInterface) -> str:
     """
     if not isinstance(typed_interface, TypedInterface):
         raise wrong_type("typed_interface", "flyteidl2.core.TypedInterface", typed_interface)
-    return f"{_signature_part(typed_interface.inputs)}-{_signature_part(typed_interface.outputs)}"
-
-
-def _declares_inputs(typed_interface: Any) -> bool:
-    return typed_interface.HasField("inputs") and len(typed_interface.inputs.variables) > 0
+    return _interface_parts(typed_interface)[0]
 
 
 def cache_key(key: CatalogKey) -> str:
@@ -469,13 +550,14 @@ def cache_key(key: CatalogKey) -> str:
     """
     if not isinstance(key, CatalogKey):
         raise wrong_type("key", "CatalogKey", key)
+    signature, declares_inputs = _interface_parts(key.typed_interface)
     inputs: Any = None
-    if _declares_inputs(key.typed_interface):
+    if declares_inputs:
         inputs = key.inputs() if callable(key.inputs) else key.inputs
         if inputs is not None and not isinstance(inputs, LiteralMap):
             raise wrong_type("inputs", "flyteidl2.core.LiteralMap or None", inputs)
-    inputs_hash = _b64url(_literal_map_digest(inputs, frozenset(key.cache_ignore_input_vars)))
+    inputs_hash = _inputs_hash(inputs, frozenset(key.cache_ignore_input_vars))
     return (
-        f"{hash_identifier_except_version(key.identifier)}-{signature_hash(key.typed_interface)}"
+        f"{hash_identifier_except_version(key.identifier)}-{signature}"
         f"-{inputs_hash}-{key.cache_version}"
     )
