@@ -33,7 +33,7 @@ FLYTECACHE = [
     "import sys; from flytecache.cli import main; sys.argv[0] = 'flytecache'; main()",
 ]
 SERVICE = "/flyteidl2.cacheservice.v2.CacheService"
-_LISTENING = re.compile(r"serving CacheService \(Connect\) on (http://\S+) for (\S+)")
+_LISTENING = re.compile(r"serving CacheService \([^)]*\) on (http://\S+) for (\S+)")
 
 
 class ServerProcess:

@@ -1,11 +1,20 @@
-"""Running the service: open (and migrate) the store, bind, serve with uvicorn, stop cleanly."""
+"""Running the service: open (and migrate) the store, bind, serve with uvicorn, stop cleanly.
+
+uvicorn runs on uvloop with :mod:`flytecache.server.guard` as its protocol: httptools parses
+HTTP/1.1, zttp HTTP/2 (h2c), on one port. Measured with the no-op service and flyteidl2's
+client (``python -m benchmarks.bench_stacks``), that is the fastest stack that also serves gRPC;
+see docs/benchmarks.md for the numbers against uvicorn's h11 default, hypercorn and granian.
+"""
 
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import logging.config
+import math
 import os
+import resource
 import signal
 import socket
 import threading
@@ -18,6 +27,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from flytecache.config import StoreSettings
 from flytecache.server.app import CacheServiceApp, build_app
+from flytecache.server.guard import ConnectionGuard
 from flytecache.server.settings import ServerSettings, load_token
 from flytecache.server.threads import StoreThreads
 from flytecache.store import CacheStore
@@ -56,14 +66,63 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         from flytecache.errors import UnavailableError
 
-        raise UnavailableError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        hint = ""
+        if error.errno == errno.EADDRINUSE:
+            hint = (
+                "; another process is listening there: choose another port with --port or "
+                "FLYTECACHE_PORT (0 picks a free one)"
+            )
+        elif error.errno == errno.EADDRNOTAVAIL:
+            hint = "; no interface has that address: check --host or FLYTECACHE_HOST"
+        raise UnavailableError(f"cannot listen on {host}:{port}: {error.strerror}{hint}") from None
     return sock
 
 
 def listen_url(sock: socket.socket) -> str:
-    """``http://host:port`` for a bound socket."""
+    """A URL a client can use for a bound socket: a wildcard address becomes loopback."""
     host, port = sock.getsockname()[:2]
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _wildcard_note(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host not in ("0.0.0.0", "::"):
+        return ""
+    return f" (all interfaces; from other machines: http://{socket.gethostname()}:{port})"
+
+
+_FD_RESERVE = 128
+"""File descriptors kept free of connections: the database, its WAL, logs, threads, accept()."""
+
+
+def connection_cap(requested: int) -> int:
+    """``requested`` connections, or fewer so that they fit the open-files limit.
+
+    Raises the soft limit to the hard one first (as Go servers do): past it, accept() fails
+    with EMFILE and the server stops taking connections, /healthz included.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or requested <= soft - _FD_RESERVE:
+        return requested
+    fitted = max(16, soft - _FD_RESERVE)
+    log.warning(
+        "--max-connections %d does not fit the open-files limit (ulimit -n %d); using %d",
+        requested,
+        soft,
+        fitted,
+    )
+    return fitted
 
 
 class _StopRequest:
@@ -104,15 +163,23 @@ def run_app(
     stop: _StopRequest | None = None,
 ) -> None:
     """Serve ``app`` on ``sock`` until SIGTERM/SIGINT; in-flight requests are finished."""
+    guard = ConnectionGuard(
+        max_connections=connection_cap(settings.max_connections),
+        header_timeout=settings.header_timeout.total_seconds(),
+        keep_alive_timeout=settings.keep_alive_timeout.total_seconds(),
+    )
     config = uvicorn.Config(
         app,
+        http=guard.protocol_factory(),
+        loop="uvloop",
         log_config=log_config,
         log_level=settings.log_level,
         # Per-request access lines cost about a tenth of a request; only when debugging.
         access_log=settings.log_level in ("debug", "trace"),
         lifespan="off",
         server_header=False,
-        timeout_keep_alive=30,
+        # The guard closes idle connections itself; uvicorn's own timer must not come first.
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout.total_seconds()) + 1,
         timeout_graceful_shutdown=max(1, round(settings.graceful_timeout.total_seconds())),
     )
     server = uvicorn.Server(config)
@@ -158,8 +225,10 @@ def serve(
             app = build_app(store, settings, threads=threads)
             database = store.url.render_as_string(hide_password=True)
             echo(
-                f"flytecache: serving CacheService (Connect) on {listen_url(sock)} "
-                f"for {database}" + (" (bearer token required)" if settings.auth_token else "")
+                f"flytecache: serving CacheService (Connect, gRPC, gRPC-Web) on "
+                f"{listen_url(sock)} for {database}"
+                + (" (bearer token required)" if settings.auth_token else "")
+                + _wildcard_note(sock)
             )
             if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
                 log.warning(
