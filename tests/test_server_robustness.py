@@ -94,8 +94,8 @@ JSON = {"content-type": "application/json"}
         ("Get", b"[1, 2]", JSON, 400, "invalid_argument"),
         ("Get", b"", JSON, 400, "invalid_argument"),
         ("Get", b"", PROTO, 400, "invalid_argument"),  # empty message: empty key
-        ("Get", b"key=k", {"content-type": "text/plain"}, 415, None),
-        ("Get", b"key=k", {}, 415, None),
+        ("Get", b"key=k", {"content-type": "text/plain"}, 415, "unimplemented"),
+        ("Get", b"key=k", {}, 415, "unimplemented"),
         ("Get", b"\x00" * 5, {"content-type": "application/grpc"}, 415, "unimplemented"),
         ("Get", b"garbage", {**PROTO, "content-encoding": "gzip"}, 400, "invalid_argument"),
         ("Get", b"x" * (32 * MiB), PROTO, 429, "resource_exhausted"),

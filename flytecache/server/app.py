@@ -24,7 +24,7 @@ from flyteidl2.cacheservice.v2.cacheservice_connect import CacheServiceASGIAppli
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from flytecache.server.codecs import BoundedGzip, JSONCodec, ProtoCodec, skipped_compression
-from flytecache.server.guard import connection_of
+from flytecache.server.guard import GuardedConnection, connection_of
 from flytecache.server.limits import BodyBudget, RequestLedger, current_ledger
 from flytecache.server.metrics import RPC_NAMES, Metrics
 from flytecache.server.service import StoreCacheService, rpc_outcome
@@ -256,9 +256,10 @@ class CacheServiceApp:
             return ConnectError(Code.INVALID_ARGUMENT, "invalid content-length")
         if length > self._limit:
             return self._too_large()
-        if not ledger.fits(length):
-            ledger.refused = True
-            return self.budget.busy_error()
+        try:
+            ledger.reserve(length)
+        except ConnectError as error:
+            return error
         return None
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
@@ -279,7 +280,9 @@ class CacheServiceApp:
 
         return failing_receive
 
-    def _bounded(self, receive: Receive, ledger: RequestLedger, connection: Any) -> Receive:
+    def _bounded(
+        self, receive: Receive, ledger: RequestLedger, connection: GuardedConnection | None
+    ) -> Receive:
         """``receive`` charging the body to ``ledger``, within the size limit and deadline."""
         received = 0
         deadline = asyncio.get_running_loop().time() + self._body_seconds
@@ -294,7 +297,7 @@ class CacheServiceApp:
                     message = await receive()
             except TimeoutError:
                 if connection is not None:
-                    connection.close()  # the rest of a body that late is not worth reading
+                    connection.close_when_answered()
                 raise ConnectError(
                     Code.DEADLINE_EXCEEDED,
                     f"the request body did not arrive within {self._body_seconds:g} s "
@@ -302,15 +305,14 @@ class CacheServiceApp:
                 ) from None
             if message["type"] != "http.request":
                 return message
-            chunk = len(message.get("body", b""))
-            received += chunk
+            received += len(message.get("body", b""))
             complete = not message.get("more_body", False)
             if received > self._limit:
                 if not complete:
                     await self._discard(receive, already=received)
                 raise self._too_large()
             try:
-                ledger.charge(chunk)
+                ledger.received(received)
             except ConnectError:
                 if not complete:
                     await self._discard(receive, already=received)

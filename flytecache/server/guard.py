@@ -45,6 +45,22 @@ _STATE_KEY = "flytecache.connection"
 _REFUSAL_LINGER = 1.0
 
 
+class _H2Protocol(ZttpH2Protocol):
+    """uvicorn 0.54's HTTP/2 protocol, with a request whose HEADERS end the stream completed.
+
+    zttp marks such a request (a bodyless POST or GET, as Go's client sends an empty message)
+    with ``end_stream`` and emits no ``EndOfMessage`` after it; uvicorn waits for one, so the
+    app's first ``receive()`` never returned (reproduced with httpx: a GET over h2c hung).
+    """
+
+    def handle_request(self, event: Any) -> None:
+        super().handle_request(event)
+        cycle = self.cycles.get(event.stream_id)
+        if event.end_stream and cycle is not None:
+            cycle.more_body = False
+            cycle.message_event.set()
+
+
 class ConnectionGuard:
     """The live connections of one server process, oldest first, and the limits they obey."""
 
@@ -106,6 +122,7 @@ class GuardedConnection(asyncio.Protocol):
         self._buffer = b""
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_for_headers = True
+        self._close_when_answered = False
         self.active = 0
         """Requests of this connection inside the app (HTTP/2 may run several at once)."""
 
@@ -120,11 +137,18 @@ class GuardedConnection(asyncio.Protocol):
     def request_finished(self) -> None:
         """The app has answered a request; with none left the idle timeout runs."""
         self.active -= 1
-        if self.active == 0 and not self._closing():
+        if self._close_when_answered:
+            self.close()
+        elif self.active == 0 and not self._closing():
             self._arm(self._guard.keep_alive_timeout, waiting_for_headers=False)
 
+    def close_when_answered(self) -> None:
+        """Close once the current request is answered (its body never came: the rest of it
+        is not worth reading, nor the connection worth keeping)."""
+        self._close_when_answered = True
+
     def close(self) -> None:
-        """Close after what is already written (e.g. a request whose body never came)."""
+        """Close after what is already written."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
@@ -178,7 +202,7 @@ class GuardedConnection(asyncio.Protocol):
     def _start(self, *, http2: bool) -> None:
         assert self._transport is not None
         # Each connection's app_state reaches the app as scope["state"]: the app's handle on it.
-        inner_class: type[asyncio.Protocol] = ZttpH2Protocol if http2 else HttpToolsProtocol
+        inner_class: type[asyncio.Protocol] = _H2Protocol if http2 else HttpToolsProtocol
         inner = inner_class(
             config=self._config,  # type: ignore[call-arg]
             server_state=self._server_state,

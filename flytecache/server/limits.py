@@ -46,16 +46,26 @@ class RequestLedger:
 
     budget: BodyBudget
     held: int = 0
+    reserved: int = 0
+    """Bytes of the body already held (declared up front, or received)."""
     refused: bool = field(default=False)
     """Set when a charge failed: the answer then carries ``Retry-After``."""
 
-    def fits(self, size: int) -> bool:
-        """Whether ``size`` more bytes would fit now (without charging them)."""
-        return self.budget.held + size <= self.budget.limit
+    def reserve(self, declared: int) -> None:
+        """Hold a body's declared length up front, so that requests arriving together are
+        refused at their headers rather than part way through their bodies."""
+        self.charge(declared)
+        self.reserved = declared
+
+    def received(self, total: int) -> None:
+        """The body has reached ``total`` bytes: hold what passes the reservation."""
+        if total > self.reserved:
+            self.charge(total - self.reserved)
+            self.reserved = total
 
     def charge(self, size: int) -> None:
         """Hold ``size`` more bytes; RESOURCE_EXHAUSTED (a ConnectError) when they do not fit."""
-        if not self.fits(size):
+        if self.budget.held + size > self.budget.limit:
             self.refused = True
             raise self.budget.busy_error()
         self.budget.held += size

@@ -30,6 +30,7 @@ from flytecache.server.app import CacheServiceApp, build_app
 from flytecache.server.guard import ConnectionGuard
 from flytecache.server.settings import ServerSettings, load_token
 from flytecache.server.threads import StoreThreads
+from flytecache.server.workers import WriteLock, supervise
 from flytecache.store import CacheStore
 
 __all__ = ["bind", "configure_logging", "run_app", "serve"]
@@ -216,29 +217,68 @@ def serve(
         settings = settings.replace(auth_token=load_token(auth_token_file))
     with _StopRequest() as stop:
         store = CacheStore.open(db, settings=store_settings, migrate=True)
-        # SQLite: one writer thread (see threads.py); PostgreSQL takes concurrent writers.
-        threads = StoreThreads(
-            readers=settings.threads, writers=1 if store.is_sqlite else settings.threads
-        )
         try:
             sock = bind(settings.host, settings.port)
-            app = build_app(store, settings, threads=threads)
-            database = store.url.render_as_string(hide_password=True)
-            echo(
-                f"flytecache: serving CacheService (Connect, gRPC, gRPC-Web) on "
-                f"{listen_url(sock)} for {database}"
-                + (" (bearer token required)" if settings.auth_token else "")
-                + _wildcard_note(sock)
-            )
-            if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
-                log.warning(
-                    "listening on %s without --auth-token-file: anyone who can reach it can "
-                    "read and overwrite the cache",
-                    settings.host,
-                )
-            run_app(app, sock, settings, log_config=log_config, stop=stop)
-        finally:
-            # uvicorn has waited for in-flight requests; nothing is left running on the store.
-            threads.close()
+        except BaseException:
             store.close()
-            log.info("database closed")
+            raise
+        database = store.url.render_as_string(hide_password=True)
+        workers = f" with {settings.workers} workers" if settings.workers > 1 else ""
+        echo(
+            f"flytecache: serving CacheService (Connect, gRPC, gRPC-Web) on "
+            f"{listen_url(sock)} for {database}{workers}"
+            + (" (bearer token required)" if settings.auth_token else "")
+            + _wildcard_note(sock)
+        )
+        if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
+            log.warning(
+                "listening on %s without --auth-token-file: anyone who can reach it can "
+                "read and overwrite the cache",
+                settings.host,
+            )
+        if settings.workers == 1:
+            _serve_store(store, sock, settings, log_config, stop)
+            return
+        # Nothing of the store may cross fork(): each worker opens its own.
+        store.close()
+
+        def run_worker() -> None:
+            with _StopRequest() as own:
+                worker_store = CacheStore.open(db, settings=store_settings, migrate=False)
+                path = worker_store.url.database if worker_store.is_sqlite else None
+                lock = WriteLock(path) if path else None
+                try:
+                    _serve_store(worker_store, sock, settings, log_config, own, lock)
+                finally:
+                    if lock is not None:
+                        lock.close()  # after the store is closed (see WriteLock.close)
+
+        supervise(
+            settings.workers, run_worker, stop.requested, settings.graceful_timeout.total_seconds()
+        )
+        log.info("all workers stopped")
+
+
+def _serve_store(
+    store: CacheStore,
+    sock: socket.socket,
+    settings: ServerSettings,
+    log_config: dict[str, Any],
+    stop: _StopRequest,
+    write_lock: WriteLock | None = None,
+) -> None:
+    """Serve ``store`` on ``sock`` in this process until stopped; closes the store."""
+    # SQLite: one writer thread (see threads.py); PostgreSQL takes concurrent writers.
+    threads = StoreThreads(
+        readers=settings.threads,
+        writers=1 if store.is_sqlite else settings.threads,
+        write_lock=write_lock,
+    )
+    try:
+        app = build_app(store, settings, threads=threads)
+        run_app(app, sock, settings, log_config=log_config, stop=stop)
+    finally:
+        # uvicorn has waited for in-flight requests; nothing is left running on the store.
+        threads.close()
+        store.close()
+        log.info("database closed")
