@@ -292,6 +292,12 @@ def test_auth_off_ignores_authorization_headers(server: ServerProcess) -> None:
         (["--max-heartbeat", "soon"], "is not a duration"),
         (["--grace-multiplier", "0"], "grace_multiplier"),
         (["--log-level", "loud"], "log_level"),
+        (["--max-inflight-bytes", "1MiB"], "max_inflight_bytes (1048576) must"),
+        (["--max-connections", "0"], "max_connections must be a positive integer"),
+        (["--workers", "0"], "workers must be a positive integer"),
+        (["--header-timeout", "0s"], "header_timeout must be a positive"),
+        (["--body-timeout", "later"], "is not a duration"),
+        (["--keep-alive-timeout", "-1s"], "is not a duration"),
     ],
 )
 def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:

@@ -30,14 +30,13 @@ from flytecache.server.app import CacheServiceApp, build_app
 from flytecache.server.guard import ConnectionGuard
 from flytecache.server.settings import ServerSettings, load_token
 from flytecache.server.threads import StoreThreads
+from flytecache.server.workers import STOP_SIGNALS as _STOP_SIGNALS
 from flytecache.server.workers import WriteLock, supervise
 from flytecache.store import CacheStore
 
 __all__ = ["bind", "configure_logging", "run_app", "serve"]
 
 log = logging.getLogger("flytecache.server")
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def configure_logging(level: str) -> dict[str, Any]:
@@ -143,6 +142,8 @@ class _StopRequest:
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
+            # A new worker starts with them blocked (see workers._fork): deliver one pending.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -19,7 +19,7 @@ from threading import Event
 
 from flytecache.errors import UnavailableError
 
-__all__ = ["WriteLock", "supervise"]
+__all__ = ["STOP_SIGNALS", "WriteLock", "supervise"]
 
 log = logging.getLogger("flytecache.server")
 
@@ -87,9 +87,18 @@ def supervise(count: int, run_worker: Callable[[], None], stop: Event, grace: fl
         raise UnavailableError(failure + "; see the log above")
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def _fork(run_worker: Callable[[], None]) -> int:
+    # A stop signal arriving while a new worker starts would reach the parent's handler in the
+    # child (a copy: nobody would act on it) and be lost, leaving a worker that never stops.
+    # Blocked across fork(), it stays pending until the worker has installed its own handlers
+    # and unblocks it.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pid
     code = 0
     try:
