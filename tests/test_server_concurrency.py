@@ -92,7 +92,9 @@ def test_leases_never_overlap_through_two_servers_on_one_postgres(
 def test_leases_never_overlap_through_two_workers_on_one_file(
     pool: ProcessPoolExecutor, tmp_path: Path
 ) -> None:
-    with ServerProcess(tmp_path / "cache.db", "--workers", "2", log_path=tmp_path / "log") as server:
+    with ServerProcess(
+        tmp_path / "cache.db", "--workers", "2", log_path=tmp_path / "log"
+    ) as server:
         results = _race(pool, [server.url], seconds=2)
     wins = _assert_no_overlap(results)
     assert wins > 100, wins

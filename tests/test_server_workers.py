@@ -48,7 +48,8 @@ def test_workers_serve_one_port_replace_the_dead_and_stop_cleanly(tmp_path: Path
         survivors = _children(server.pid)
         assert server.stop() == 0
         for pid in survivors:
-            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-                f"/proc/{pid}/status"
-            ).read_text()
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "zombie" in Path(f"/proc/{pid}/status").read_text()
+            )
         assert "all workers stopped" in server.log()
