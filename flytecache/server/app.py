@@ -155,6 +155,7 @@ class CacheServiceApp:
                 await _connect_error(send, Code.UNIMPLEMENTED, f"no such procedure: {path[:200]}")
         finally:
             if connection is not None:
+                connection.uncork()
                 connection.request_finished()
 
     # -- RPCs --------------------------------------------------------------------------
@@ -170,6 +171,8 @@ class CacheServiceApp:
 
         async def send_and_watch(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                if connection is not None:
+                    connection.cork()  # head and body in one write (guard._CorkedTransport)
                 status.append(message["status"])
                 if skipped or ledger.refused:
                     message = _adjust_headers(
@@ -182,7 +185,14 @@ class CacheServiceApp:
             ):
                 error_body.extend(message.get("body", b""))
             await send(message)
+            if (
+                connection is not None
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                connection.uncork()
 
+        connection = connection_of(scope)
         token = rpc_outcome.set(outcome)
         ledger_token = current_ledger.set(ledger)
         skip_token = skipped_compression.set(None)

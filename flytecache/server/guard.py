@@ -61,6 +61,41 @@ class _H2Protocol(ZttpH2Protocol):
             cycle.message_event.set()
 
 
+class _CorkedTransport:
+    """The transport as uvicorn's HTTP/1.1 protocol sees it: writes between ``cork()`` and
+    ``uncork()`` leave in one ``send()``.
+
+    uvicorn writes a response's head and body separately, each a system call; profiled under
+    4 clients putting, those two writes were a fifth of the event loop's time.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._transport.write(data)
+        else:
+            self._pending.append(data)
+
+    def cork(self) -> None:
+        if self._pending is None:
+            self._pending = []
+
+    def uncork(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending:
+            self._transport.write(b"".join(pending))
+
+    def close(self) -> None:
+        self.uncork()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class ConnectionGuard:
     """The live connections of one server process, oldest first, and the limits they obey."""
 
@@ -119,6 +154,7 @@ class GuardedConnection(asyncio.Protocol):
         self._loop = _loop or asyncio.get_event_loop()
         self._transport: asyncio.Transport | None = None
         self._inner: asyncio.Protocol | None = None
+        self._corked: _CorkedTransport | None = None
         self._buffer = b""
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_for_headers = True
@@ -141,6 +177,16 @@ class GuardedConnection(asyncio.Protocol):
             self.close()
         elif self.active == 0 and not self._closing():
             self._arm(self._guard.keep_alive_timeout, waiting_for_headers=False)
+
+    def cork(self) -> None:
+        """Hold this response's writes until :meth:`uncork` (HTTP/1.1; a no-op on HTTP/2)."""
+        if self._corked is not None:
+            self._corked.cork()
+
+    def uncork(self) -> None:
+        """Send what :meth:`cork` held, in one write."""
+        if self._corked is not None:
+            self._corked.uncork()
 
     def close_when_answered(self) -> None:
         """Close once the current request is answered (its body never came: the rest of it
@@ -210,7 +256,10 @@ class GuardedConnection(asyncio.Protocol):
             _loop=self._loop,
         )
         self._inner = inner
-        inner.connection_made(self._transport)
+        transport: Any = self._transport
+        if not http2:
+            transport = self._corked = _CorkedTransport(self._transport)
+        inner.connection_made(transport)
         data, self._buffer = self._buffer, b""
         inner.data_received(data)
 
