@@ -32,6 +32,13 @@ def _healthz(server: ServerProcess) -> None:
         assert http.get(server.url + "/healthz").status_code == 200
 
 
+def _metric(server: ServerProcess, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
 def _open(server: ServerProcess, payload: bytes = b"") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     if payload:
@@ -175,6 +182,8 @@ def test_thirty_concurrent_big_puts_are_bounded_and_excess_is_told_to_retry(
         peak_mib = _rss_peak_kib(server.pid) / 1024
         print(f"served {len(ok)}, refused {len(refused)}, peak RSS {peak_mib:.0f} MiB")
         assert peak_mib < RSS_BOUND_MIB, f"peak RSS {peak_mib:.0f} MiB"
+        assert _metric(server, "flytecache_requests_over_budget_total") == len(refused)
+        assert _metric(server, "flytecache_request_bytes_in_flight") == 0
         got = server.client().get(get_req("big")).output
         assert len(got.output_literals.literals["blob"].scalar.binary.value) == int(15.5 * MiB)
 
@@ -292,3 +301,5 @@ def test_connection_cap_evicts_idle_connections_then_refuses_clearly(tmp_path: P
         for sock in opened:
             assert _closed_by_server(sock, within=10)
         _healthz(server)
+        assert _metric(server, "flytecache_connections_evicted_total") >= 1
+        assert _metric(server, "flytecache_connections_refused_total") >= 1

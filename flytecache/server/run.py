@@ -170,6 +170,19 @@ def run_app(
         header_timeout=settings.header_timeout.total_seconds(),
         keep_alive_timeout=settings.keep_alive_timeout.total_seconds(),
     )
+    budget = app.budget
+
+    def limits() -> dict[str, float]:
+        return {
+            "connections": len(guard.connections),
+            "bytes_in_flight": budget.held,
+            "connections_evicted": guard.evicted,
+            "connections_refused": guard.refused,
+            "connections_timed_out": guard.timed_out,
+            "requests_over_budget": budget.refused,
+        }
+
+    app.metrics.watch_limits(limits)
     config = uvicorn.Config(
         app,
         http=guard.protocol_factory(),
