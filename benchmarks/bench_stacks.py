@@ -16,7 +16,7 @@ Stacks (``gRPC`` = serves gRPC over h2c, i.e. has HTTP/2 and the ASGI trailers e
 * ``hypercorn`` — hypercorn (h11 + h2, pure Python), uvloop; gRPC.
 * ``granian`` — granian (Rust, hyper), HTTP/1.1; no ASGI trailers, so no gRPC.
 * ``flytecache`` — what ``flytecache serve`` runs: uvicorn on uvloop under
-  :mod:`flytecache.server.guard` (httptools for HTTP/1.1, zttp for h2c, limits); gRPC.
+  :mod:`flytecache.server.guard` (zttp for HTTP/1.1 and h2c, limits); gRPC.
 """
 
 from __future__ import annotations

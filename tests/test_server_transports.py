@@ -126,15 +126,21 @@ def test_all_protocols_share_one_store(server: ServerProcess, key: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="no curl on this machine")
-def test_curl_http2_prior_knowledge(server: ServerProcess, tmp_path: Path, key: str) -> None:
-    """The new user's first try from issue 15, which used to get an empty reply."""
+@pytest.mark.parametrize(
+    ("flag", "version"), [("--http2-prior-knowledge", "2"), ("--http2", "1.1")]
+)
+def test_curl_http2(
+    server: ServerProcess, tmp_path: Path, key: str, flag: str, version: str
+) -> None:
+    """The new user's first try from issue 15 (prior knowledge: it used to get an empty
+    reply); ``--http2`` asks to upgrade and is answered over HTTP/1.1, its body read."""
     body = tmp_path / "get.bin"
     body.write_bytes(get_req(key).SerializeToString())
     result = subprocess.run(
         [
             "curl",
             "-sS",
-            "--http2-prior-knowledge",
+            flag,
             "-H",
             "content-type: application/proto",
             "--data-binary",
@@ -149,7 +155,7 @@ def test_curl_http2_prior_knowledge(server: ServerProcess, tmp_path: Path, key: 
     )
     assert result.returncode == 0, result.stderr
     text, _, status = result.stdout.rpartition("\n")
-    assert status == "2 404"
+    assert status == f"{version} 404"
     assert '"code":"not_found"' in text.replace(" ", "")
 
 

@@ -7,7 +7,7 @@ stops is held forever, and ~1,000 of them exhaust the file descriptors so that n
 
 :class:`GuardedConnection` is the protocol uvicorn creates for each accepted socket. It sniffs the
 first bytes (the HTTP/2 client preface means prior-knowledge h2c, anything else HTTP/1.1), hands
-the connection to uvicorn's protocol for that version, and keeps three rules itself:
+the connection to uvicorn's zttp protocol for that version, and keeps three rules itself:
 
 * **Header deadline**: a request's headers must be complete within ``header_timeout`` of its
   first byte (or of the connection opening); trickling bytes do not extend it.
@@ -30,8 +30,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.http.zttp_h2_impl import ZttpH2Protocol
+from uvicorn.protocols.http.zttp_impl import ZttpProtocol
 from uvicorn.server import ServerState
 
 __all__ = ["ConnectionGuard", "GuardedConnection", "connection_of"]
@@ -248,7 +248,9 @@ class GuardedConnection(asyncio.Protocol):
     def _start(self, *, http2: bool) -> None:
         assert self._transport is not None
         # Each connection's app_state reaches the app as scope["state"]: the app's handle on it.
-        inner_class: type[asyncio.Protocol] = _H2Protocol if http2 else HttpToolsProtocol
+        # zttp, not httptools, for HTTP/1.1: on "Upgrade: h2c" (curl --http2) httptools stops
+        # parsing and the app got an empty body; zttp answers over HTTP/1.1 with the body read.
+        inner_class: type[asyncio.Protocol] = _H2Protocol if http2 else ZttpProtocol
         inner = inner_class(
             config=self._config,  # type: ignore[call-arg]
             server_state=self._server_state,

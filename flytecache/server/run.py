@@ -1,9 +1,10 @@
 """Running the service: open (and migrate) the store, bind, serve with uvicorn, stop cleanly.
 
-uvicorn runs on uvloop with :mod:`flytecache.server.guard` as its protocol: httptools parses
-HTTP/1.1, zttp HTTP/2 (h2c), on one port. Measured with the no-op service and flyteidl2's
-client (``python -m benchmarks.bench_stacks``), that is the fastest stack that also serves gRPC;
-see docs/benchmarks.md for the numbers against uvicorn's h11 default, hypercorn and granian.
+uvicorn runs on uvloop with :mod:`flytecache.server.guard` as its protocol: uvicorn's zttp
+protocols parse HTTP/1.1 and HTTP/2 (h2c), on one port. Measured with the no-op service and
+flyteidl2's client (``python -m benchmarks.bench_stacks``), that is the fastest stack that also
+serves gRPC; docs/flyte-integration.md has the numbers against uvicorn's h11 default (what
+flytecache ran before), httptools, hypercorn and granian.
 """
 
 from __future__ import annotations
