@@ -53,3 +53,13 @@ def test_workers_serve_one_port_replace_the_dead_and_stop_cleanly(tmp_path: Path
                 or "zombie" in Path(f"/proc/{pid}/status").read_text()
             )
         assert "all workers stopped" in server.log()
+
+
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "cache.db", "--workers", "2", log_path=tmp_path / "log")
+    with server:
+        _wait_for(lambda: len(_children(server.pid)) == 2)
+        workers = _children(server.pid)
+        server.kill()  # SIGKILL: the supervisor cannot pass anything on
+        _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+        assert "supervising process" in server.log()

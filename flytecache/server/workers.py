@@ -3,7 +3,8 @@
 The parent migrates the database, binds the socket and closes the store before forking, so no
 connection, thread or event loop crosses ``fork()``; each worker opens its own store and serves.
 A worker that dies is replaced; one that keeps dying at once stops the server with an error
-instead of a restart loop. SIGTERM/SIGINT to the parent stop every worker gracefully.
+instead of a restart loop. SIGTERM/SIGINT to the parent stop every worker gracefully; a worker
+whose parent died (SIGKILL) stops by itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from threading import Event
@@ -90,18 +92,36 @@ def supervise(count: int, run_worker: Callable[[], None], stop: Event, grace: fl
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def _orphan_watch(parent: int) -> None:
+    """Stop this worker (gracefully, as SIGTERM does) once its parent is gone.
+
+    A supervisor killed with SIGKILL cannot stop its workers; without this they would serve on
+    as orphans, holding the port and the database, until someone found them.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_POLL_SECONDS)
+        log.warning("the supervising process %d is gone; stopping worker %d", parent, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="flytecache-orphan-watch", daemon=True).start()
+
+
 def _fork(run_worker: Callable[[], None]) -> int:
     # A stop signal arriving while a new worker starts would reach the parent's handler in the
     # child (a copy: nobody would act on it) and be lost, leaving a worker that never stops.
     # Blocked across fork(), it stays pending until the worker has installed its own handlers
     # and unblocks it.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return pid
     code = 0
     try:
+        _orphan_watch(parent)
         run_worker()
     except BaseException:
         log.exception("worker %d failed", os.getpid())
