@@ -180,7 +180,9 @@ def _entries(url: str) -> float:
 # -- the run --------------------------------------------------------------------------------
 
 
-def run(seconds: float, clients: list[int], ops: list[str], workdir: Path) -> list[dict[str, Any]]:
+def run(
+    seconds: float, clients: list[int], ops: list[str], workdir: Path, workers: int = 1
+) -> list[dict[str, Any]]:
     """Measure every (op, clients) cell against both servers; returns one row per cell."""
     python = sys.executable
     real = _Server(
@@ -196,6 +198,8 @@ def run(seconds: float, clients: list[int], ops: list[str], workdir: Path) -> li
             "0",
             "--log-level",
             "warning",
+            "--workers",
+            str(workers),
         ],
         workdir / "server.log",
     )
@@ -268,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default="1,4,8", help="client process counts")
     parser.add_argument("--ops", default=",".join(OPS), help="get,put,reserve")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers for the server")
     parser.add_argument("--port", type=int, default=0, help="serve-noop: port")
     args = parser.parse_args(argv)
     if args.command == "serve-noop":
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{seconds:g} s per cell, {os.cpu_count()} CPUs; requests/s (sum over clients)")
     print(f"{'op':<8} {'clients':>7} {'server':>13} {'ceiling':>14} {'ratio':>6}")
     with tempfile.TemporaryDirectory(prefix="flytecache-bench-") as tmp:
-        rows = run(seconds, clients, ops, Path(tmp))
+        rows = run(seconds, clients, ops, Path(tmp), args.workers)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ FLYTECACHE = [
     "import sys; from flytecache.cli import main; sys.argv[0] = 'flytecache'; main()",
 ]
 SERVICE = "/flyteidl2.cacheservice.v2.CacheService"
-_LISTENING = re.compile(r"serving CacheService \(Connect\) on (http://\S+) for (\S+)")
+_LISTENING = re.compile(r"serving CacheService \([^)]*\) on (http://\S+) for (\S+)")
 
 
 class ServerProcess:
@@ -45,12 +46,15 @@ class ServerProcess:
         *args: str,
         log_path: Path,
         env: dict[str, str] | None = None,
+        open_files: int | None = None,
     ) -> None:
         self.args = ([] if db is None else ["--db", str(db)]) + list(args)
         if db is not None and "--port" not in args:
             self.args += ["--port", "0"]
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
+        self.open_files = open_files
+        """``ulimit -n`` (soft and hard) of the server, when given."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.database = ""
@@ -63,6 +67,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                preexec_fn=None if self.open_files is None else self._limit_files,
             )
         deadline = time.monotonic() + timeout
         while not self.url:
@@ -84,6 +89,10 @@ class ServerProcess:
                 self.kill()
                 raise AssertionError(f"server never became healthy:\n{self.log()}")
             time.sleep(0.02)
+
+    def _limit_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     @property
     def port(self) -> int:

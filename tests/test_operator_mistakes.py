@@ -300,7 +300,10 @@ def test_import_of_a_truncated_or_corrupt_gzip_names_the_file(tmp_path: Path) ->
     truncated = tmp_path / "truncated.jsonl.gz"
     truncated.write_bytes(data[: len(data) // 2])
     corrupt = tmp_path / "corrupt.jsonl.gz"
-    corrupt.write_bytes(data[:20] + bytes(b ^ 0x5A for b in data[20:60]) + data[60:])
+    # The first deflate block given the reserved block type 3. It follows the 10-byte header
+    # and, when the FNAME flag is set, the NUL-terminated file name.
+    start = data.index(b"\x00", 10) + 1 if data[3] & 0x08 else 10
+    corrupt.write_bytes(data[:start] + bytes([data[start] | 0x06]) + data[start + 1 :])
     bad_crc = tmp_path / "crc.jsonl.gz"
     bad_crc.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:-4]) + data[-4:])
     db = str(tmp_path / "target.db")

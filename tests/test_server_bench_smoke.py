@@ -79,3 +79,33 @@ def test_concurrency_smoke_postgresql() -> None:
     for cell in results["cells"]:
         assert cell["ops_per_s"] > 0
         assert cell["errors"] == 0, cell["first_error"]
+
+
+def test_bench_stacks_runs(tmp_path: Path) -> None:
+    out = tmp_path / "stacks.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_stacks",
+            "--stacks",
+            "uvicorn-h11,hypercorn,flytecache",
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "1",
+            "--clients",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["stack"] for row in rows} == {"uvicorn-h11", "hypercorn", "flytecache"}
+    for row in rows:
+        assert row["min"] <= row["median"] <= row["max"] and row["median"] > 0

@@ -87,3 +87,15 @@ def test_leases_never_overlap_through_two_servers_on_one_postgres(
     wins = _assert_no_overlap(results)
     assert wins > 100, wins
     assert sum(1 for r in results if r["held"]) >= CLIENTS // 2
+
+
+def test_leases_never_overlap_through_two_workers_on_one_file(
+    pool: ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    with ServerProcess(
+        tmp_path / "cache.db", "--workers", "2", log_path=tmp_path / "log"
+    ) as server:
+        results = _race(pool, [server.url], seconds=2)
+    wins = _assert_no_overlap(results)
+    assert wins > 100, wins
+    assert sum(1 for r in results if r["held"]) >= CLIENTS // 2

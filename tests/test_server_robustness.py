@@ -94,8 +94,8 @@ JSON = {"content-type": "application/json"}
         ("Get", b"[1, 2]", JSON, 400, "invalid_argument"),
         ("Get", b"", JSON, 400, "invalid_argument"),
         ("Get", b"", PROTO, 400, "invalid_argument"),  # empty message: empty key
-        ("Get", b"key=k", {"content-type": "text/plain"}, 415, None),
-        ("Get", b"key=k", {}, 415, None),
+        ("Get", b"key=k", {"content-type": "text/plain"}, 415, "unimplemented"),
+        ("Get", b"key=k", {}, 415, "unimplemented"),
         ("Get", b"\x00" * 5, {"content-type": "application/grpc"}, 415, "unimplemented"),
         ("Get", b"garbage", {**PROTO, "content-encoding": "gzip"}, 400, "invalid_argument"),
         ("Get", b"x" * (32 * MiB), PROTO, 429, "resource_exhausted"),
@@ -292,6 +292,12 @@ def test_auth_off_ignores_authorization_headers(server: ServerProcess) -> None:
         (["--max-heartbeat", "soon"], "is not a duration"),
         (["--grace-multiplier", "0"], "grace_multiplier"),
         (["--log-level", "loud"], "log_level"),
+        (["--max-inflight-bytes", "1MiB"], "max_inflight_bytes (1048576) must"),
+        (["--max-connections", "0"], "max_connections must be a positive integer"),
+        (["--workers", "0"], "workers must be a positive integer"),
+        (["--header-timeout", "0s"], "header_timeout must be a positive"),
+        (["--body-timeout", "later"], "is not a duration"),
+        (["--keep-alive-timeout", "-1s"], "is not a duration"),
     ],
 )
 def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:

@@ -92,6 +92,50 @@ def register(app: typer.Typer) -> None:
             ),
         ] = "60s",
         file_mode: FileModeOption = DEFAULT_FILE_MODE,
+        max_inflight_bytes: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_MAX_INFLIGHT_BYTES",
+                help="Request bodies held at once per process; more get RESOURCE_EXHAUSTED "
+                "with Retry-After (at least --max-request-bytes).",
+            ),
+        ] = "64MiB",
+        max_connections: Annotated[
+            int,
+            typer.Option(
+                envvar="FLYTECACHE_MAX_CONNECTIONS",
+                help="Open connections per process; at the cap the oldest idle one is closed, "
+                "or a new one refused with 503 (lowered to fit ulimit -n).",
+            ),
+        ] = 1000,
+        header_timeout: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_HEADER_TIMEOUT",
+                help="A request's headers must arrive within this, e.g. 10s.",
+            ),
+        ] = "10s",
+        body_timeout: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_BODY_TIMEOUT",
+                help="A request's body must arrive within this of its headers.",
+            ),
+        ] = "60s",
+        keep_alive_timeout: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_KEEP_ALIVE_TIMEOUT",
+                help="Close a connection idle for this long.",
+            ),
+        ] = "30s",
+        workers: Annotated[
+            int,
+            typer.Option(
+                envvar="FLYTECACHE_WORKERS",
+                help="Processes serving the port (reads scale with them; SQLite writes do not).",
+            ),
+        ] = 1,
         log_level: Annotated[
             str,
             typer.Option(
@@ -118,7 +162,9 @@ def register(app: typer.Typer) -> None:
         ] = False,
         verbose: VerboseOption = False,
     ) -> None:
-        """Serve Flyte 2's CacheService (Connect RPC) over the database, migrating it first.
+        """Serve Flyte 2's CacheService (Connect, gRPC, gRPC-Web) over the database; migrates it.
+
+        One port speaks HTTP/1.1 and cleartext HTTP/2 (h2c); gRPC needs HTTP/2.
 
         Point a Flyte 2 executor's cacheServiceURL at the printed address; open it in a
         browser for the web view (/ui/, read-only unless --ui-admin). Stops cleanly on
@@ -141,6 +187,12 @@ def register(app: typer.Typer) -> None:
                 host=host,
                 port=_port(port),
                 max_request_bytes=parse_size(max_request_bytes, name="--max-request-bytes"),
+                max_inflight_bytes=parse_size(max_inflight_bytes, name="--max-inflight-bytes"),
+                max_connections=max_connections,
+                header_timeout=parse_duration(header_timeout, name="--header-timeout"),
+                body_timeout=parse_duration(body_timeout, name="--body-timeout"),
+                keep_alive_timeout=parse_duration(keep_alive_timeout, name="--keep-alive-timeout"),
+                workers=workers,
                 log_level=level,
                 wal_blocked_warning=parse_duration(
                     wal_blocked_warning, name="--wal-blocked-warning"

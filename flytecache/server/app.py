@@ -1,9 +1,11 @@
-"""The ASGI app: flyteidl2's Connect CacheService behind a small gateway.
+"""The ASGI app: flyteidl2's CacheService (Connect, gRPC, gRPC-Web) behind a small gateway.
 
 The gateway routes ``/healthz``, ``/metrics`` and the web view (``/`` and ``/ui/``), checks
-the bearer token, bounds the request body, answers unknown paths with a Connect error, and
-records request metrics; everything else is flyteidl2's generated
-``CacheServiceASGIApplication`` on the connectrpc runtime.
+the content type and the bearer token, bounds each request body (size, deadline, and the
+process's budget for bodies in flight), answers unknown paths with a Connect error, tells the
+guarded connection when a request starts and ends, and records request metrics; everything
+else is flyteidl2's generated ``CacheServiceASGIApplication`` on the connectrpc runtime, which
+answers errors in the request's own protocol.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ import hmac
 import json
 import logging
 import time
-import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from flyteidl2.cacheservice.v2.cacheservice_connect import CacheServiceASGIApplication
-from google.protobuf.json_format import MessageToJson, Parse, ParseError
-from google.protobuf.message import DecodeError, Message
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from flytecache.server.codecs import BoundedGzip, JSONCodec, ProtoCodec, skipped_compression
+from flytecache.server.guard import GuardedConnection, connection_of
+from flytecache.server.limits import BodyBudget, RequestLedger, current_ledger
 from flytecache.server.metrics import RPC_NAMES, Metrics
 from flytecache.server.service import StoreCacheService, rpc_outcome
 from flytecache.server.settings import ServerSettings
@@ -52,6 +54,7 @@ _HTTP_STATUS = {
     Code.UNIMPLEMENTED: 404,  # an unknown procedure is a 404 in the Connect protocol
     Code.INTERNAL: 500,
     Code.UNAVAILABLE: 503,
+    Code.DEADLINE_EXCEEDED: 504,
 }
 _STATUS_CODE = {
     400: "invalid_argument",
@@ -72,79 +75,18 @@ _STATUS_CODE = {
 }
 
 
-# -- codecs and compression: malformed input is the client's error, never a crash -----------
-
-
-class _ProtoCodec:
-    """Binary protobuf; an undecodable body is INVALID_ARGUMENT (the runtime would say UNKNOWN)."""
-
-    def name(self) -> str:
-        return "proto"
-
-    def encode(self, message: Message) -> bytes:
-        return message.SerializeToString()
-
-    def decode(self, data: bytes | bytearray, message: Any) -> Any:
-        try:
-            message.ParseFromString(bytes(data))
-        except (DecodeError, ValueError, RuntimeError) as error:
-            raise ConnectError(
-                Code.INVALID_ARGUMENT, "request body is not a valid protobuf message"
-            ) from error
-        return message
-
-
-class _JSONCodec:
-    """Protobuf JSON, compact, unknown fields ignored (like connect-go); bad JSON is rejected."""
-
-    def name(self) -> str:
-        return "json"
-
-    def encode(self, message: Message) -> bytes:
-        return MessageToJson(message, indent=None).encode()
-
-    def decode(self, data: bytes | bytearray, message: Any) -> Any:
-        try:
-            Parse(bytes(data), message, ignore_unknown_fields=True)
-        except (ParseError, ValueError, RuntimeError, RecursionError) as error:
-            raise ConnectError(
-                Code.INVALID_ARGUMENT, f"request body is not valid protobuf JSON: {error}"[:300]
-            ) from error
-        return message
-
-
-class _BoundedGzip:
-    """gzip that refuses to inflate past the request limit (no decompression bombs)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-
-    def name(self) -> str:
-        return "gzip"
-
-    def compress(self, data: bytes | bytearray | memoryview) -> bytes:
-        # Responses are small; level 1 costs a fraction of the default for the same result.
-        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-        return compressor.compress(bytes(data)) + compressor.flush()
-
-    def decompress(self, data: bytes | bytearray | memoryview) -> bytes:
-        out = bytearray()
-        pending = bytes(data)
-        try:
-            while pending:
-                inflater = zlib.decompressobj(47)  # gzip or zlib header, auto-detected
-                out += inflater.decompress(pending, self._limit + 1 - len(out))
-                if len(out) > self._limit or inflater.unconsumed_tail:
-                    raise ConnectError(
-                        Code.RESOURCE_EXHAUSTED,
-                        f"request body is larger than the limit of {self._limit} bytes",
-                    )
-                if not inflater.eof:
-                    raise ConnectError(Code.INVALID_ARGUMENT, "truncated gzip request body")
-                pending = inflater.unused_data  # the next gzip member, if any
-        except zlib.error as error:
-            raise ConnectError(Code.INVALID_ARGUMENT, "request body is not valid gzip") from error
-        return bytes(out)
+# The content types each protocol's requests carry (parameters such as charset aside).
+_PROTOCOLS = {
+    "application/proto": "connect",
+    "application/json": "connect",
+    "application/grpc": "grpc",
+    "application/grpc+proto": "grpc",
+    "application/grpc+json": "grpc",
+    "application/grpc-web": "grpc-web",
+    "application/grpc-web+proto": "grpc-web",
+    "application/grpc-web+json": "grpc-web",
+}
+_ACCEPTED = ", ".join(_PROTOCOLS)
 
 
 class _ConnectApp(CacheServiceASGIApplication):  # type: ignore[misc]
@@ -154,22 +96,18 @@ class _ConnectApp(CacheServiceASGIApplication):  # type: ignore[misc]
         super().__init__(
             service,
             read_max_bytes=max_request_bytes,
-            compressions=[_BoundedGzip(max_request_bytes)],
+            compressions=[BoundedGzip(max_request_bytes)],
         )
         # connectrpc 0.10 (pinned) keeps the codecs here; the defaults turn a malformed body
         # into UNKNOWN/500 and a logged traceback, ours into INVALID_ARGUMENT.
-        self._codecs = {codec.name(): codec for codec in (_ProtoCodec(), _JSONCodec())}
+        self._codecs = {codec.name(): codec for codec in (ProtoCodec(), JSONCodec())}
 
 
 # -- the gateway ----------------------------------------------------------------------------
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class CacheServiceApp:
-    """ASGI app: the Connect CacheService plus ``/healthz``, ``/metrics``, auth and limits."""
+    """ASGI app: the CacheService plus ``/healthz``, ``/metrics``, auth and limits."""
 
     def __init__(
         self,
@@ -188,6 +126,8 @@ class CacheServiceApp:
         self._health = health
         self._threads = threads
         self._limit = settings.max_request_bytes
+        self._body_seconds = settings.body_timeout.total_seconds()
+        self.budget = BodyBudget(settings.max_inflight_bytes)
         # Past this, an oversized body is not drained for a clean answer: the connection drops.
         self._drain_cap = 4 * settings.max_request_bytes + (1 << 20)
         token = settings.auth_token
@@ -207,20 +147,28 @@ class CacheServiceApp:
             return
         if kind != "http":  # websockets: not ours
             return
-        path = scope["path"]
-        rpc = RPC_PATHS.get(path)
-        if rpc is not None:
-            await self._rpc(rpc, scope, receive, send)
-        elif path == "/healthz":
-            await self._healthz(scope, receive, send)
-        elif path == "/metrics":
-            await self._metrics(scope, receive, send)
-        elif self._ui is not None and (path in ("/", "/ui") or path.startswith("/ui/")):
-            await self._ui(scope, receive, send)
-        else:
-            await self._discard(receive)
-            self.metrics.observe("unknown", "unimplemented", 0.0)
-            await _connect_error(send, Code.UNIMPLEMENTED, f"no such procedure: {path[:200]}")
+        connection = connection_of(scope)
+        if connection is not None:
+            connection.request_started()
+        try:
+            path = scope["path"]
+            rpc = RPC_PATHS.get(path)
+            if rpc is not None:
+                await self._rpc(rpc, scope, receive, send)
+            elif path == "/healthz":
+                await self._healthz(scope, receive, send)
+            elif path == "/metrics":
+                await self._metrics(scope, receive, send)
+            elif self._ui is not None and (path in ("/", "/ui") or path.startswith("/ui/")):
+                await self._ui(scope, receive, send)
+            else:
+                await self._discard(receive)
+                self.metrics.observe("unknown", "unimplemented", 0.0)
+                await _connect_error(send, Code.UNIMPLEMENTED, f"no such procedure: {path[:200]}")
+        finally:
+            if connection is not None:
+                connection.uncork()
+                connection.request_finished()
 
     # -- RPCs --------------------------------------------------------------------------
 
@@ -229,11 +177,19 @@ class CacheServiceApp:
         status: list[int] = []
         error_body = bytearray()
         outcome: list[str] = []
+        ledger = self.budget.ledger()
+        skipped: list[bool] = []
         self.metrics.in_flight.inc()
 
         async def send_and_watch(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                if connection is not None:
+                    connection.cork()  # head and body in one write (guard._CorkedTransport)
                 status.append(message["status"])
+                if skipped or ledger.refused:
+                    message = _adjust_headers(
+                        message, uncompressed=bool(skipped), retry=ledger.refused
+                    )
             elif (
                 message["type"] == "http.response.body"
                 and status[:1] != [200]
@@ -241,10 +197,19 @@ class CacheServiceApp:
             ):
                 error_body.extend(message.get("body", b""))
             await send(message)
+            if (
+                connection is not None
+                and message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+            ):
+                connection.uncork()
 
+        connection = connection_of(scope)
         token = rpc_outcome.set(outcome)
+        ledger_token = current_ledger.set(ledger)
+        skip_token = skipped_compression.set(None)
         try:
-            await self._rpc_checked(scope, receive, send_and_watch)
+            await self._rpc_checked(scope, receive, send_and_watch, ledger, skipped)
         except Exception:
             # The runtime re-raises unexpected errors after answering (or before, for a
             # protocol it cannot serve here); either way the client gets an answer.
@@ -252,40 +217,72 @@ class CacheServiceApp:
             if not status:
                 await _connect_error(send_and_watch, Code.INTERNAL, "internal error")
         finally:
+            ledger.release()
+            skipped_compression.reset(skip_token)
+            current_ledger.reset(ledger_token)
             rpc_outcome.reset(token)
             self.metrics.in_flight.dec()
             code = _code_of(outcome, status, error_body)
             self.metrics.observe(rpc, code, time.perf_counter() - started)
 
-    async def _rpc_checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _rpc_checked(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ledger: RequestLedger,
+        skipped: list[bool],
+    ) -> None:
         headers = _headers(scope)
-        if self._token is not None and not self._authorized(headers):
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        protocol = _PROTOCOLS.get(content_type.partition(";")[0].strip().lower())
+        if protocol is None or scope["method"] != "POST":
             await self._discard(receive)
-            await _connect_error(send, Code.UNAUTHENTICATED, "missing or invalid bearer token")
+            if scope["method"] != "POST":
+                await _http_error(send, 405, "CacheService procedures take POST", allow="POST")
+            else:
+                await _http_error(
+                    send,
+                    415,
+                    f"unsupported content type {content_type[:100]!r}; use one of {_ACCEPTED}",
+                    extra=[(b"accept-post", _ACCEPTED.encode())],
+                )
             return
-        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
-        grpc = content_type.startswith("application/grpc") and not content_type.startswith(
-            "application/grpc-web"
-        )
-        if grpc and "http.response.trailers" not in scope.get("extensions", {}):
+        if protocol == "grpc" and "http.response.trailers" not in scope.get("extensions", {}):
             # gRPC needs HTTP/2 trailers; over HTTP/1.1 only Connect and gRPC-Web work.
             await self._discard(receive)
-            await _http_error(send, 415, "gRPC needs HTTP/2; use Connect (or gRPC-Web)")
+            await _http_error(send, 415, "gRPC needs HTTP/2 (h2c); over HTTP/1.1 use Connect")
             return
+        if protocol == "connect":
+            skipped_compression.set(skipped)
+        refusal = self._refusal(headers, ledger)
+        if refusal is not None:
+            # Raised from the first receive(), so that the runtime answers in the request's
+            # own protocol (Connect JSON, or gRPC status trailers).
+            await self._connect(scope, self._failing(receive, refusal), send)
+            return
+        await self._connect(scope, self._bounded(receive, ledger, connection_of(scope)), send)
+
+    def _refusal(self, headers: dict[bytes, bytes], ledger: RequestLedger) -> ConnectError | None:
+        """Why this request is answered without reading it, if it is."""
+        if self._token is not None and not self._authorized(headers):
+            return ConnectError(Code.UNAUTHENTICATED, "missing or invalid bearer token")
         declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                length = -1
-            if length < 0:
-                await _http_error(send, 400, "invalid content-length")
-                return
-            if length > self._limit:
-                await self._discard(receive)
-                await self._too_large(send)
-                return
-        await self._connect(scope, self._bounded(receive), send)
+        if declared is None:
+            return None
+        try:
+            length = int(declared)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return ConnectError(Code.INVALID_ARGUMENT, "invalid content-length")
+        if length > self._limit:
+            return self._too_large()
+        try:
+            ledger.reserve(length)
+        except ConnectError as error:
+            return error
+        return None
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         assert self._token is not None
@@ -296,29 +293,58 @@ class CacheServiceApp:
         # Constant time: the comparison must not reveal how much of a guess was right.
         return hmac.compare_digest(credentials.strip(), self._token)
 
-    def _bounded(self, receive: Receive) -> Receive:
-        """``receive`` that fails with RESOURCE_EXHAUSTED once the body passes the limit."""
+    def _failing(self, receive: Receive, error: ConnectError) -> Receive:
+        """``receive`` that drops the body, then raises ``error``."""
+
+        async def failing_receive() -> MutableMapping[str, Any]:
+            await self._discard(receive)
+            raise error
+
+        return failing_receive
+
+    def _bounded(
+        self, receive: Receive, ledger: RequestLedger, connection: GuardedConnection | None
+    ) -> Receive:
+        """``receive`` charging the body to ``ledger``, within the size limit and deadline."""
         received = 0
+        deadline = asyncio.get_running_loop().time() + self._body_seconds
+        complete = False
 
         async def bounded_receive() -> MutableMapping[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self._limit:
-                    if message.get("more_body", False):
-                        await self._discard(receive, already=received)
-                    raise ConnectError(
-                        Code.RESOURCE_EXHAUSTED,
-                        f"request body is larger than the limit of {self._limit} bytes",
-                    )
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                if connection is not None:
+                    connection.close_when_answered()
+                raise ConnectError(
+                    Code.DEADLINE_EXCEEDED,
+                    f"the request body did not arrive within {self._body_seconds:g} s "
+                    "(--body-timeout)",
+                ) from None
+            if message["type"] != "http.request":
+                return message
+            received += len(message.get("body", b""))
+            complete = not message.get("more_body", False)
+            if received > self._limit:
+                if not complete:
+                    await self._discard(receive, already=received)
+                raise self._too_large()
+            try:
+                ledger.received(received)
+            except ConnectError:
+                if not complete:
+                    await self._discard(receive, already=received)
+                raise
             return message
 
         return bounded_receive
 
-    async def _too_large(self, send: Send) -> None:
-        await _connect_error(
-            send,
+    def _too_large(self) -> ConnectError:
+        return ConnectError(
             Code.RESOURCE_EXHAUSTED,
             f"request body is larger than the limit of {self._limit} bytes",
         )
@@ -417,10 +443,33 @@ async def _connect_error(send: Send, code: Code, message: str) -> None:
     await _respond(send, _HTTP_STATUS.get(code, 500), body, b"application/json")
 
 
-async def _http_error(send: Send, status: int, message: str, *, allow: str | None = None) -> None:
-    extra = [(b"allow", allow.encode())] if allow else None
+async def _http_error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    allow: str | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"allow", allow.encode())] if allow else []
+    headers.extend(extra or ())
     body = json.dumps({"code": _STATUS_CODE.get(status, "unknown"), "message": message}).encode()
-    await _respond(send, status, body, b"application/json", extra=extra)
+    await _respond(send, status, body, b"application/json", extra=headers)
+
+
+def _adjust_headers(
+    message: MutableMapping[str, Any], *, uncompressed: bool, retry: bool
+) -> MutableMapping[str, Any]:
+    """The response start with ``content-encoding`` dropped (the codec sent the body as is) and
+    ``retry-after`` added when the body budget refused the request."""
+    headers = [
+        (name, value)
+        for name, value in message.get("headers", ())
+        if not (uncompressed and name.lower() == b"content-encoding")
+    ]
+    if retry:
+        headers.append((b"retry-after", b"1"))
+    return {**message, "headers": headers}
 
 
 # -- building -------------------------------------------------------------------------------

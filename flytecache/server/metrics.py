@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["RESERVATION_OUTCOMES", "Metrics"]
@@ -53,6 +53,34 @@ class _EntryCount(Collector):
         yield GaugeMetricFamily(
             "flytecache_entries", "Cache entries in the database.", value=float(value)
         )
+
+
+class _Limits(Collector):
+    """The connection guard's and the body budget's state, read when scraped."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._read()
+        yield GaugeMetricFamily(
+            "flytecache_connections", "Open connections.", value=values["connections"]
+        )
+        yield GaugeMetricFamily(
+            "flytecache_request_bytes_in_flight",
+            "Request body bytes held (see --max-inflight-bytes).",
+            value=values["bytes_in_flight"],
+        )
+        for name, help_text in (
+            ("connections_evicted", "Idle connections closed to make room at --max-connections."),
+            ("connections_refused", "Connections refused with 503: every one was busy."),
+            ("connections_timed_out", "Connections closed for missing --header-timeout."),
+            ("requests_over_budget", "Requests refused by --max-inflight-bytes."),
+        ):
+            yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
 
 
 class Metrics:
@@ -115,6 +143,12 @@ class Metrics:
             "has held its snapshot since the previous tick.",
             registry=self.registry,
         )
+
+    def watch_limits(self, read: Callable[[], dict[str, float]]) -> None:
+        """Export what ``read`` returns: ``connections``, ``bytes_in_flight`` (gauges) and
+        ``connections_evicted``, ``connections_refused``, ``connections_timed_out``,
+        ``requests_over_budget`` (counters)."""
+        self.registry.register(_Limits(read))
 
     def observe(self, rpc: str, code: str, seconds: float) -> None:
         """Count one finished request."""

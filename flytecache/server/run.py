@@ -1,11 +1,21 @@
-"""Running the service: open (and migrate) the store, bind, serve with uvicorn, stop cleanly."""
+"""Running the service: open (and migrate) the store, bind, serve with uvicorn, stop cleanly.
+
+uvicorn runs on uvloop with :mod:`flytecache.server.guard` as its protocol: uvicorn's zttp
+protocols parse HTTP/1.1 and HTTP/2 (h2c), on one port. Measured with the no-op service and
+flyteidl2's client (``python -m benchmarks.bench_stacks``), that is the fastest stack that also
+serves gRPC; docs/flyte-integration.md has the numbers against uvicorn's h11 default (what
+flytecache ran before), httptools, hypercorn and granian.
+"""
 
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import logging.config
+import math
 import os
+import resource
 import signal
 import socket
 import threading
@@ -18,15 +28,16 @@ from uvicorn.config import LOGGING_CONFIG
 
 from flytecache.config import StoreSettings
 from flytecache.server.app import CacheServiceApp, build_app
+from flytecache.server.guard import ConnectionGuard
 from flytecache.server.settings import ServerSettings, load_token
 from flytecache.server.threads import StoreThreads
+from flytecache.server.workers import STOP_SIGNALS as _STOP_SIGNALS
+from flytecache.server.workers import WriteLock, supervise
 from flytecache.store import CacheStore
 
 __all__ = ["bind", "configure_logging", "run_app", "serve"]
 
 log = logging.getLogger("flytecache.server")
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def configure_logging(level: str) -> dict[str, Any]:
@@ -56,14 +67,63 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         from flytecache.errors import UnavailableError
 
-        raise UnavailableError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        hint = ""
+        if error.errno == errno.EADDRINUSE:
+            hint = (
+                "; another process is listening there: choose another port with --port or "
+                "FLYTECACHE_PORT (0 picks a free one)"
+            )
+        elif error.errno == errno.EADDRNOTAVAIL:
+            hint = "; no interface has that address: check --host or FLYTECACHE_HOST"
+        raise UnavailableError(f"cannot listen on {host}:{port}: {error.strerror}{hint}") from None
     return sock
 
 
 def listen_url(sock: socket.socket) -> str:
-    """``http://host:port`` for a bound socket."""
+    """A URL a client can use for a bound socket: a wildcard address becomes loopback."""
     host, port = sock.getsockname()[:2]
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _wildcard_note(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host not in ("0.0.0.0", "::"):
+        return ""
+    return f" (all interfaces; from other machines: http://{socket.gethostname()}:{port})"
+
+
+_FD_RESERVE = 128
+"""File descriptors kept free of connections: the database, its WAL, logs, threads, accept()."""
+
+
+def connection_cap(requested: int) -> int:
+    """``requested`` connections, or fewer so that they fit the open-files limit.
+
+    Raises the soft limit to the hard one first (as Go servers do): past it, accept() fails
+    with EMFILE and the server stops taking connections, /healthz included.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or requested <= soft - _FD_RESERVE:
+        return requested
+    fitted = max(16, soft - _FD_RESERVE)
+    log.warning(
+        "--max-connections %d does not fit the open-files limit (ulimit -n %d); using %d",
+        requested,
+        soft,
+        fitted,
+    )
+    return fitted
 
 
 class _StopRequest:
@@ -83,6 +143,8 @@ class _StopRequest:
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
+            # A new worker starts with them blocked (see workers._fork): deliver one pending.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -104,15 +166,36 @@ def run_app(
     stop: _StopRequest | None = None,
 ) -> None:
     """Serve ``app`` on ``sock`` until SIGTERM/SIGINT; in-flight requests are finished."""
+    guard = ConnectionGuard(
+        max_connections=connection_cap(settings.max_connections),
+        header_timeout=settings.header_timeout.total_seconds(),
+        keep_alive_timeout=settings.keep_alive_timeout.total_seconds(),
+    )
+    budget = app.budget
+
+    def limits() -> dict[str, float]:
+        return {
+            "connections": len(guard.connections),
+            "bytes_in_flight": budget.held,
+            "connections_evicted": guard.evicted,
+            "connections_refused": guard.refused,
+            "connections_timed_out": guard.timed_out,
+            "requests_over_budget": budget.refused,
+        }
+
+    app.metrics.watch_limits(limits)
     config = uvicorn.Config(
         app,
+        http=guard.protocol_factory(),
+        loop="uvloop",
         log_config=log_config,
         log_level=settings.log_level,
         # Per-request access lines cost about a tenth of a request; only when debugging.
         access_log=settings.log_level in ("debug", "trace"),
         lifespan="off",
         server_header=False,
-        timeout_keep_alive=30,
+        # The guard closes idle connections itself; uvicorn's own timer must not come first.
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout.total_seconds()) + 1,
         timeout_graceful_shutdown=max(1, round(settings.graceful_timeout.total_seconds())),
     )
     server = uvicorn.Server(config)
@@ -149,30 +232,71 @@ def serve(
         settings = settings.replace(auth_token=load_token(auth_token_file))
     with _StopRequest() as stop:
         store = CacheStore.open(db, settings=store_settings, migrate=True)
-        # SQLite: one writer thread (see threads.py); PostgreSQL takes concurrent writers.
-        threads = StoreThreads(
-            readers=settings.threads, writers=1 if store.is_sqlite else settings.threads
-        )
-        app: CacheServiceApp | None = None
         try:
             sock = bind(settings.host, settings.port)
-            app = build_app(store, settings, threads=threads)
-            database = store.url.render_as_string(hide_password=True)
-            echo(
-                f"flytecache: serving CacheService (Connect) on {listen_url(sock)} "
-                f"for {database}" + (" (bearer token required)" if settings.auth_token else "")
-            )
-            if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
-                log.warning(
-                    "listening on %s without --auth-token-file: anyone who can reach it can "
-                    "read and overwrite the cache",
-                    settings.host,
-                )
-            run_app(app, sock, settings, log_config=log_config, stop=stop)
-        finally:
-            # uvicorn has waited for in-flight requests; nothing is left running on the store.
-            if app is not None:
-                app.close()
-            threads.close()
+        except BaseException:
             store.close()
-            log.info("database closed")
+            raise
+        database = store.url.render_as_string(hide_password=True)
+        workers = f" with {settings.workers} workers" if settings.workers > 1 else ""
+        echo(
+            f"flytecache: serving CacheService (Connect, gRPC, gRPC-Web) on "
+            f"{listen_url(sock)} for {database}{workers}"
+            + (" (bearer token required)" if settings.auth_token else "")
+            + _wildcard_note(sock)
+        )
+        if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
+            log.warning(
+                "listening on %s without --auth-token-file: anyone who can reach it can "
+                "read and overwrite the cache",
+                settings.host,
+            )
+        if settings.workers == 1:
+            _serve_store(store, sock, settings, log_config, stop)
+            return
+        # Nothing of the store may cross fork(): each worker opens its own.
+        store.close()
+
+        def run_worker() -> None:
+            with _StopRequest() as own:
+                worker_store = CacheStore.open(db, settings=store_settings, migrate=False)
+                path = worker_store.url.database if worker_store.is_sqlite else None
+                lock = WriteLock(path) if path else None
+                try:
+                    _serve_store(worker_store, sock, settings, log_config, own, lock)
+                finally:
+                    if lock is not None:
+                        lock.close()  # after the store is closed (see WriteLock.close)
+
+        supervise(
+            settings.workers, run_worker, stop.requested, settings.graceful_timeout.total_seconds()
+        )
+        log.info("all workers stopped")
+
+
+def _serve_store(
+    store: CacheStore,
+    sock: socket.socket,
+    settings: ServerSettings,
+    log_config: dict[str, Any],
+    stop: _StopRequest,
+    write_lock: WriteLock | None = None,
+) -> None:
+    """Serve ``store`` on ``sock`` in this process until stopped; closes the store."""
+    # SQLite: one writer thread (see threads.py); PostgreSQL takes concurrent writers.
+    threads = StoreThreads(
+        readers=settings.threads,
+        writers=1 if store.is_sqlite else settings.threads,
+        write_lock=write_lock,
+    )
+    app: CacheServiceApp | None = None
+    try:
+        app = build_app(store, settings, threads=threads)
+        run_app(app, sock, settings, log_config=log_config, stop=stop)
+    finally:
+        # uvicorn has waited for in-flight requests; nothing is left running on the store.
+        if app is not None:
+            app.close()  # the watch thread, before the store it reads
+        threads.close()
+        store.close()
+        log.info("database closed")

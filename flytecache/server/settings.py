@@ -13,6 +13,8 @@ from pathlib import Path
 from flytecache.errors import InvalidArgumentError
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_INFLIGHT_BYTES",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_PORT",
     "LOG_LEVELS",
@@ -25,6 +27,8 @@ log = logging.getLogger("flytecache.server")
 DEFAULT_PORT = 8094
 """Flyte 2's default ``cacheServiceURL`` is ``http://localhost:8094``."""
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 1000
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -53,6 +57,22 @@ class ServerSettings:
     """Serve the read-only web view under ``/ui/`` (see docs/web-view.md)."""
     ui_admin: bool = False
     """Let the web view release leases and delete entries (CSRF-protected forms)."""
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    """Request bodies held at once by one process (sum over requests, before decompression);
+    a request that would pass it gets RESOURCE_EXHAUSTED with ``Retry-After``. At least
+    ``max_request_bytes``."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open connections per process; at the cap the oldest connection without a request in
+    progress is closed, or, when all are busy, the new one is refused with 503 UNAVAILABLE.
+    Lowered at startup to fit the open-files limit (``ulimit -n``)."""
+    header_timeout: timedelta = timedelta(seconds=10)
+    """A request's headers must arrive within this of its first byte (or of the connection)."""
+    body_timeout: timedelta = timedelta(seconds=60)
+    """A request's body must arrive within this of its headers; else DEADLINE_EXCEEDED."""
+    keep_alive_timeout: timedelta = timedelta(seconds=30)
+    """A connection with no request in progress is closed after this."""
+    workers: int = 1
+    """Processes serving the one port (and the one database)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -80,16 +100,22 @@ class ServerSettings:
                 f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
                 field="log_level",
             )
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+        for name in ("threads", "max_inflight_bytes", "max_connections", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(
+                    f"{name} must be a positive integer, got {value!r}", field=name
+                )
+        if self.max_inflight_bytes < self.max_request_bytes:
             raise InvalidArgumentError(
-                f"threads must be a positive integer, got {self.threads!r}", field="threads"
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least "
+                f"max_request_bytes ({self.max_request_bytes})",
+                field="max_inflight_bytes",
             )
-        if not isinstance(self.graceful_timeout, timedelta) or self.graceful_timeout <= timedelta(
-            0
-        ):
-            raise InvalidArgumentError(
-                "graceful_timeout must be a positive timedelta", field="graceful_timeout"
-            )
+        for name in ("graceful_timeout", "header_timeout", "body_timeout", "keep_alive_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                raise InvalidArgumentError(f"{name} must be a positive timedelta", field=name)
 
         if not isinstance(
             self.wal_blocked_warning, timedelta

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
@@ -26,9 +27,12 @@ _BATCH = 32
 
 
 class _Lane:
-    """One queue and the threads draining it."""
+    """One queue and the threads draining it; each call runs inside ``around``."""
 
-    def __init__(self, name: str, threads: int) -> None:
+    def __init__(
+        self, name: str, threads: int, around: AbstractContextManager[Any] | None = None
+    ) -> None:
+        self._around = around if around is not None else contextlib.nullcontext()
         self._queue: SimpleQueue[_Item | None] = SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
@@ -61,7 +65,7 @@ class _Lane:
                     item = queue.get_nowait()
                 except Empty:
                     break
-            done = [_run(future, fn) for future, fn in batch]
+            done = [_run(future, fn, self._around) for future, fn in batch]
             if done:
                 loop = done[0][0].get_loop()
                 # A closed loop raises RuntimeError: then nobody is waiting any more.
@@ -71,9 +75,12 @@ class _Lane:
                 return
 
 
-def _run(future: asyncio.Future[Any], fn: Callable[[], Any]) -> tuple[Any, ...]:
+def _run(
+    future: asyncio.Future[Any], fn: Callable[[], Any], around: AbstractContextManager[Any]
+) -> tuple[Any, ...]:
     try:
-        return (future, fn(), None)
+        with around:
+            return (future, fn(), None)
     except BaseException as error:
         return (future, None, error)
 
@@ -89,11 +96,22 @@ def _deliver(done: list[tuple[Any, ...]]) -> None:
 
 
 class StoreThreads:
-    """Runs store calls on threads: ``writers`` for writes, ``readers`` for reads."""
+    """Runs store calls on threads: ``writers`` for writes, ``readers`` for reads.
 
-    def __init__(self, *, readers: int = 4, writers: int = 1, name: str = "flytecache") -> None:
+    ``write_lock``, when given, is held around each write (``serve --workers``: the other
+    processes' writers wait on it instead of in SQLite's sleeping busy handler).
+    """
+
+    def __init__(
+        self,
+        *,
+        readers: int = 4,
+        writers: int = 1,
+        name: str = "flytecache",
+        write_lock: AbstractContextManager[Any] | None = None,
+    ) -> None:
         self._reads = _Lane(f"{name}-read", readers)
-        self._writes = _Lane(f"{name}-write", writers)
+        self._writes = _Lane(f"{name}-write", writers, write_lock)
         self._closed = False
 
     async def read(self, fn: Callable[[], T]) -> T:
