@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DB ?= ./flytecache.db
 
-.PHONY: serve test test-slow bench bench-quick lint docs screenshots clean
+.PHONY: serve test test-slow bench bench-quick bench-publish lint docs screenshots clean
 
 $(BIN)/python:
 	@echo "make: creating $(VENV) (first run only)"
@@ -40,11 +40,16 @@ docs: $(VENV)/.installed-test
 screenshots: $(VENV)/.installed-test
 	$(BIN)/python -m scripts.web_view_screenshots docs/img
 
+# Both write results, pages and plots to benchmarks/out/ (untracked); bench-publish renders the
+# latest of them into docs/benchmarks*.md and docs/img/ and keeps its JSON in benchmarks/results/.
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run
 
 bench-quick: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.run --quick
+
+bench-publish: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.report --publish
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -25,6 +25,9 @@ from flyteidl2.core import identifier_pb2, literals_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+"""Published runs (tracked): the one ``docs/benchmarks.md`` was rendered from."""
+OUT_DIR = ROOT / "benchmarks" / "out"
+"""Where every run writes its results, page and plots (gitignored)."""
 
 PAYLOAD_VERSION = 2
 """Bump when the payload or the key format changes: cached databases are rebuilt."""
@@ -96,116 +99,6 @@ def lease_key(i: int) -> str:
     return "reservation:" + entry_key(i)
 
 
-def raw_connection(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """A plain sqlite3 connection with the store's PRAGMAs (WAL, NORMAL, busy timeout)."""
-    conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 5000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-def put_args(sql: Any, key: str, output: cs.CachedOutput, *, overwrite: bool) -> tuple[Any, Any]:
-    """The exact (put args, output rows) the store binds for ``put(key, output)``.
-
-    Flattened ahead of timing so the raw baseline does only the database work.
-    """
-    from flytecache.store.codec import entry_params
-
-    params, literals = entry_params(key, output)
-    now = time.time_ns() // 1000
-    params.update(
-        request_created_at=None,
-        created_at=now,
-        last_updated_at=now,
-        overwrite=overwrite,
-        writes=0,
-        expired_before=-(2**63),
-    )
-    return sql.put.args(params), literals
-
-
-class _OwnNames(dict[str, str]):
-    """Statement parameters whose every value is its own name."""
-
-    def __missing__(self, name: str) -> str:
-        return name
-
-
-def bind_order(statement: Any) -> tuple[str, ...]:
-    """The parameter names of one of ``CacheStore.statements``, in the order the driver binds them.
-
-    Read through the statement's documented ``args(params)``, given each parameter's name as its
-    value. The raw helpers bind positionally (sqlite3's paramstyle); a named paramstyle has no
-    order and stops the benchmark.
-    """
-    args = statement.args(_OwnNames())
-    if isinstance(args, dict):
-        raise SystemExit("the raw baselines need positional statements (SQLite)")
-    return tuple(args)
-
-
-def key_position(sql: Any) -> int:
-    """Where the key sits in the put statement's positional arguments."""
-    return bind_order(sql.put).index("key")
-
-
-def raw_put(
-    conn: sqlite3.Connection, sql: Any, args: Sequence[Any], literals: list[tuple[str, bytes]]
-) -> None:
-    """The store's put transaction on a raw connection: upsert, replace outputs, commit."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        row = conn.execute(sql.put.text, args).fetchone()
-        if row is not None:
-            entry_id, writes = row
-            if writes:
-                conn.execute(sql.delete_outputs.text, (entry_id,))
-            conn.executemany(sql.insert_output.text, [(entry_id, n, v) for n, v in literals])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def raw_reserve(conn: sqlite3.Connection, sql: Any, key: str, owner: str) -> str:
-    """The store's get-or-extend transaction on a raw connection; returns the holder."""
-    now = time.time_ns() // 1000
-    hb = 10_000_000
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        row = conn.execute(sql.reserve.text, (key, owner, hb, now + 3 * hb, now, now)).fetchone()
-        holder = owner
-        if row is None:
-            held = conn.execute(sql.holder.text, (key,)).fetchone()
-            holder = held[0] if held is not None else owner
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return str(holder)
-
-
-def raw_release(conn: sqlite3.Connection, sql: Any, key: str, owner: str) -> None:
-    """The store's release transaction on a raw connection."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(sql.release.text, (key, owner))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def check_reserve_sql(sql: Any) -> None:
-    """The raw reservation helpers bind positionally in this order; fail loudly if it changes."""
-    expected = ("key", "owner_id", "heartbeat_interval", "expires_at", "now", "now")
-    reserve, release = bind_order(sql.reserve), bind_order(sql.release)
-    if reserve != expected or release != ("key", "owner_id"):
-        raise SystemExit(f"the store's reservation SQL changed: {reserve}, {release}")
-
-
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0..1) of already sorted values, nearest rank."""
     if not sorted_values:
@@ -220,11 +113,31 @@ def median(values: Sequence[float]) -> float:
 
 
 def rate(n: int, fn: Callable[[int], Any]) -> float:
-    """Calls per second of ``fn(0..n-1)`` back to back."""
+    """Calls per wall-clock second of ``fn(0..n-1)`` back to back."""
     start = time.perf_counter()
     for i in range(n):
         fn(i)
     return n / (time.perf_counter() - start)
+
+
+def cpu_rate(n: int, fn: Callable[[int], Any]) -> float:
+    """Calls per CPU-second of this process (``time.process_time``) of ``fn(0..n-1)``.
+
+    Single-process cells are judged per CPU-second: what another program on the same shared
+    cores does moves wall-clock rates far more than it moves the CPU a call costs.
+    """
+    start = time.process_time()
+    for i in range(n):
+        fn(i)
+    return n / max(time.process_time() - start, 1e-9)
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min and max of per-repeat values (NaN when there are none)."""
+    finite = [v for v in values if v == v]
+    if not finite:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {"median": statistics.median(finite), "min": min(finite), "max": max(finite)}
 
 
 def _cpu_model() -> str:

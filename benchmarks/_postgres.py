@@ -14,6 +14,7 @@ fsyncs per transaction and both survive a process crash.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 USER = "flytecache"
@@ -144,3 +146,45 @@ class PostgresServer:
                 self.started = False
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Databases:
+    """Fresh PostgreSQL databases for one benchmark run, on one server.
+
+    ``FLYTECACHE_BENCH_PG_URL`` names an existing server's database instead: every caller then
+    shares it (flytecache's tables and the limit's have different names).
+    """
+
+    def __init__(self, server: PostgresServer | None, url: str | None) -> None:
+        self.server = server
+        self.fixed_url = url
+        self.version = server.version() if server is not None else "external server"
+
+    def new_url(self) -> str:
+        """A ``postgresql+psycopg://`` URL of an empty database."""
+        if self.server is None:
+            assert self.fixed_url is not None
+            return self.fixed_url
+        return self.server.url(self.server.create_database())
+
+
+@contextlib.contextmanager
+def databases() -> Iterator[Databases | str]:
+    """A :class:`Databases` for the run, or a note saying why PostgreSQL is not measured."""
+    url = os.environ.get("FLYTECACHE_BENCH_PG_URL")
+    if url:
+        yield Databases(None, url)
+        return
+    bindir = find_bindir()
+    if bindir is None:
+        yield "skipped: no PostgreSQL binaries on this machine"
+        return
+    try:
+        server = PostgresServer(bindir).start()
+    except Exception as error:
+        yield f"skipped: PostgreSQL did not start ({error})"
+        return
+    try:
+        yield Databases(server, None)
+    finally:
+        server.stop()

@@ -6,8 +6,8 @@ its options). ``FLYTECACHE_BENCH_SIZES=1000,100000`` picks the database sizes.
 Each operation is timed three ways where a peer exists:
 
 * ``flytecache`` — the public ``CacheStore`` method (validation, pooling, protobuf in and out);
-* ``raw`` — raw sqlite3 executing the store's own compiled SQL in the same transactions
-  (``BEGIN IMMEDIATE`` for writes), parameters prepared ahead: the physical limit;
+* ``limit`` — ``benchmarks.limit``: one statement per operation on a ``kv`` and a ``lease``
+  table with the store's PRAGMAs (issue #14's limit);
 * ``diskcache`` — the same key and serialized value in diskcache (``Cache.get``/``Cache.set``;
   ``Lock`` acquire+release as the peer of a lease). ``diskcache+parse`` adds
   ``CachedOutput.FromString`` so it returns what ``CacheStore.get`` returns.
@@ -35,18 +35,12 @@ from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from benchmarks import populate
 from benchmarks._common import (
     LONG_HEARTBEAT,
-    check_reserve_sql,
     entry_key,
-    key_position,
     lease_key,
-    put_args,
-    raw_connection,
-    raw_put,
-    raw_release,
-    raw_reserve,
     stored_output,
     typical_output,
 )
+from benchmarks.limit import Limit
 from flytecache import CacheStore, StoreSettings
 from flytecache.errors import NotFoundError
 
@@ -65,9 +59,8 @@ class Db:
 
     size: int
     store: CacheStore
-    raw: Any
+    limit: Limit
     cache: diskcache.Cache
-    sql: Any
     hits: list[int]
     fresh: Iterator[int] = field(default_factory=lambda: itertools.count())
 
@@ -80,18 +73,14 @@ class Db:
 def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Db]:
     size = request.param
     tmp = tmp_path_factory.mktemp(f"db{size}")
-    path = populate.copy_store(size, tmp)
-    cache_path = populate.copy_diskcache(size, tmp)
     settings = StoreSettings(max_heartbeat=LONG_HEARTBEAT)
-    store = CacheStore.open(path, settings=settings)
-    raw = raw_connection(path)
-    cache = diskcache.Cache(str(cache_path))
-    sql = store.statements
-    check_reserve_sql(sql)
+    store = CacheStore.open(populate.copy("store", size, tmp), settings=settings)
+    limit = Limit.open(populate.copy("limit", size, tmp))
+    cache = diskcache.Cache(str(populate.copy("diskcache", size, tmp)))
     hits = random.Random(size).sample(range(size), min(HIT_SAMPLE, size))
-    yield Db(size, store, raw, cache, sql, hits)
+    yield Db(size, store, limit, cache, hits)
     cache.close()
-    raw.close()
+    limit.close()
     store.close()
 
 
@@ -107,7 +96,7 @@ def _cycle(values: list[Any]) -> Callable[[], Any]:
 # -- get ------------------------------------------------------------------------------------
 
 
-IMPLS_GET = ["flytecache", "raw", "diskcache", "diskcache+parse"]
+IMPLS_GET = ["flytecache", "limit", "diskcache", "diskcache+parse"]
 
 
 @pytest.mark.parametrize("impl", IMPLS_GET)
@@ -122,11 +111,11 @@ def test_get_hit(benchmark: Any, db: Db, impl: str) -> None:
         def fn() -> Any:
             return get(key())
 
-    elif impl == "raw":
-        execute, text = db.raw.execute, db.sql.get.text
+    elif impl == "limit":
+        get = db.limit.get
 
         def fn() -> Any:
-            return execute(text, (key(),)).fetchall()
+            return get(key())
 
     elif impl == "diskcache":
         get = db.cache.get
@@ -145,11 +134,11 @@ def test_get_hit(benchmark: Any, db: Db, impl: str) -> None:
     first = entry_key(db.hits[0])
     expected = stored_output(db.hits[0])
     assert db.store.get(first).output_literals == expected.output_literals
-    assert len(db.raw.execute(db.sql.get.text, (first,)).fetchall()) == 2
+    assert db.limit.get(first) == expected
     assert cs.CachedOutput.FromString(db.cache.get(first)) == expected
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw", "diskcache"])
+@pytest.mark.parametrize("impl", ["flytecache", "limit", "diskcache"])
 def test_get_miss(benchmark: Any, db: Db, impl: str) -> None:
     _tag(benchmark, db, "get_miss", impl)
     key = _cycle([entry_key(db.size + 10_000_000 + i) for i in range(SAMPLE)])
@@ -163,11 +152,11 @@ def test_get_miss(benchmark: Any, db: Db, impl: str) -> None:
             except NotFoundError:
                 return None
 
-    elif impl == "raw":
-        execute, text = db.raw.execute, db.sql.get.text
+    elif impl == "limit":
+        get = db.limit.get
 
         def fn() -> Any:
-            return execute(text, (key(),)).fetchall() or None
+            return get(key())
 
     else:
         get = db.cache.get
@@ -193,16 +182,13 @@ def _put_fn(
             return put(next_key(), output, overwrite=overwrite)
 
         return fn
-    if impl == "raw":
-        args, literals = put_args(db.sql, "placeholder", output, overwrite=overwrite)
-        at = key_position(db.sql)
-        head, tail = args[:at], args[at + 1 :]
-        conn, sql = db.raw, db.sql
+    if impl == "limit":
+        limit_put = db.limit.put
 
-        def raw_fn() -> Any:
-            return raw_put(conn, sql, (*head, next_key(), *tail), literals)
+        def limit_fn() -> Any:
+            return limit_put(next_key(), output, overwrite=overwrite)
 
-        return raw_fn
+        return limit_fn
     set_ = db.cache.set
 
     def dc_fn() -> Any:
@@ -212,7 +198,7 @@ def _put_fn(
     return dc_fn
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw", "diskcache"])
+@pytest.mark.parametrize("impl", ["flytecache", "limit", "diskcache"])
 def test_put_new(benchmark: Any, db: Db, impl: str) -> None:
     _tag(benchmark, db, "put_new", impl)
     written: list[str] = []
@@ -225,11 +211,13 @@ def test_put_new(benchmark: Any, db: Db, impl: str) -> None:
     last = written[-1]
     if impl == "diskcache":
         assert db.cache.get(last) is not None
+    elif impl == "limit":
+        assert db.limit.get(last) == typical_output(db.size + 1)
     else:
         assert db.store.get(last).output_literals == typical_output(db.size + 1).output_literals
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw", "diskcache"])
+@pytest.mark.parametrize("impl", ["flytecache", "limit", "diskcache"])
 def test_put_overwrite(benchmark: Any, db: Db, impl: str) -> None:
     _tag(benchmark, db, "put_overwrite", impl)
     key = _cycle([entry_key(i) for i in db.hits])
@@ -238,6 +226,9 @@ def test_put_overwrite(benchmark: Any, db: Db, impl: str) -> None:
     expected = typical_output(db.size + 1)
     if impl == "diskcache":
         assert cs.CachedOutput.FromString(db.cache.get(first)) == expected
+    elif impl == "limit":
+        assert db.limit.get(first) == expected
+        db.limit.put(first, stored_output(db.hits[0]), overwrite=True)
     else:
         stored = db.store.get(first)
         assert stored.output_literals == expected.output_literals
@@ -249,22 +240,30 @@ def test_put_overwrite(benchmark: Any, db: Db, impl: str) -> None:
 
 
 def _reserve_fn(db: Db, impl: str, next_key: Callable[[], str], owner: str) -> Callable[[], Any]:
+    """One GetOrExtendReservation; returns whether ``owner`` holds the lease afterwards."""
     if impl == "flytecache":
         reserve, hb = db.store.get_or_extend_reservation, LONG_HEARTBEAT
 
         def fn() -> Any:
-            return reserve(next_key(), owner, hb).owner_id
+            return reserve(next_key(), owner, hb).owner_id == owner
 
         return fn
-    conn, sql = db.raw, db.sql
+    acquire, ttl = db.limit.acquire, int(LONG_HEARTBEAT.total_seconds() * 1_000_000) * 3
 
-    def raw_fn() -> Any:
-        return raw_reserve(conn, sql, next_key(), owner)
+    def limit_fn() -> Any:
+        return acquire(next_key(), owner, ttl)
 
-    return raw_fn
+    return limit_fn
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw"])
+def _hold(db: Db, impl: str, key: str, owner: str) -> None:
+    if impl == "flytecache":
+        db.store.get_or_extend_reservation(key, owner, LONG_HEARTBEAT)
+    else:
+        db.limit.acquire(key, owner, int(LONG_HEARTBEAT.total_seconds() * 1_000_000) * 3)
+
+
+@pytest.mark.parametrize("impl", ["flytecache", "limit"])
 def test_reserve_new(benchmark: Any, db: Db, impl: str) -> None:
     _tag(benchmark, db, "reserve_new", impl)
     keys: list[str] = []
@@ -274,37 +273,40 @@ def test_reserve_new(benchmark: Any, db: Db, impl: str) -> None:
         return keys[-1]
 
     benchmark(_reserve_fn(db, impl, next_key, OWNER))
-    assert db.store.get_or_extend_reservation(keys[-1], "someone-else").owner_id == OWNER
+    assert not _reserve_fn(db, impl, lambda: keys[-1], "someone-else")()
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw"])
+@pytest.mark.parametrize("impl", ["flytecache", "limit"])
 def test_reserve_extend(benchmark: Any, db: Db, impl: str) -> None:
     _tag(benchmark, db, "reserve_extend", impl)
     key = lease_key(db.new_index())
-    db.store.get_or_extend_reservation(key, OWNER, LONG_HEARTBEAT)
+    _hold(db, impl, key, OWNER)
     fn = _reserve_fn(db, impl, lambda: key, OWNER)
     benchmark(fn)
-    assert fn() == OWNER
+    assert fn()
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw"])
+@pytest.mark.parametrize("impl", ["flytecache", "limit"])
 def test_reserve_held_by_other(benchmark: Any, db: Db, impl: str) -> None:
     _tag(benchmark, db, "reserve_held", impl)
     key = lease_key(db.new_index())
-    db.store.get_or_extend_reservation(key, "holder", LONG_HEARTBEAT)
+    _hold(db, impl, key, "holder")
     fn = _reserve_fn(db, impl, lambda: key, OWNER)
     benchmark(fn)
-    assert fn() == "holder"
+    assert not fn()
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw"])
+@pytest.mark.parametrize("impl", ["flytecache", "limit"])
 def test_release(benchmark: Any, db: Db, impl: str) -> None:
     _tag(benchmark, db, "release", impl)
     keys: list[str] = []
 
     def setup() -> tuple[tuple[str], dict[str, Any]]:
         keys.append(lease_key(db.new_index()))
-        db.store.get_or_extend_reservation(keys[-1], OWNER, LONG_HEARTBEAT)
+        if impl == "flytecache":
+            db.store.get_or_extend_reservation(keys[-1], OWNER, LONG_HEARTBEAT)
+        else:
+            db.limit.acquire(keys[-1], OWNER)
         return (keys[-1],), {}
 
     if impl == "flytecache":
@@ -314,16 +316,21 @@ def test_release(benchmark: Any, db: Db, impl: str) -> None:
             return release(key, OWNER)
 
     else:
-        conn, sql = db.raw, db.sql
+        limit_release = db.limit.release
 
         def fn(key: str) -> Any:
-            return raw_release(conn, sql, key, OWNER)
+            return limit_release(key, OWNER)
 
     benchmark.pedantic(fn, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=5)
-    assert db.store.get_or_extend_reservation(keys[-1], "someone-else").owner_id == "someone-else"
+    if impl == "flytecache":
+        assert (
+            db.store.get_or_extend_reservation(keys[-1], "someone-else").owner_id == "someone-else"
+        )
+    else:
+        assert db.limit.acquire(keys[-1], "someone-else")
 
 
-@pytest.mark.parametrize("impl", ["flytecache", "raw", "diskcache"])
+@pytest.mark.parametrize("impl", ["flytecache", "limit", "diskcache"])
 def test_lease_cycle(benchmark: Any, db: Db, impl: str) -> None:
     """Acquire a free lease and release it: the peer of diskcache.Lock acquire+release."""
     _tag(benchmark, db, "lease_cycle", impl)
@@ -337,13 +344,13 @@ def test_lease_cycle(benchmark: Any, db: Db, impl: str) -> None:
             reserve(k, OWNER)
             release(k, OWNER)
 
-    elif impl == "raw":
-        conn, sql = db.raw, db.sql
+    elif impl == "limit":
+        acquire, release = db.limit.acquire, db.limit.release
 
         def fn() -> Any:
             k = key()
-            raw_reserve(conn, sql, k, OWNER)
-            raw_release(conn, sql, k, OWNER)
+            acquire(k, OWNER)
+            release(k, OWNER)
 
     else:
         cache = db.cache
@@ -357,6 +364,9 @@ def test_lease_cycle(benchmark: Any, db: Db, impl: str) -> None:
     probe = key()
     if impl == "diskcache":
         assert probe not in db.cache
+    elif impl == "limit":
+        assert db.limit.acquire(probe, "someone-else")
+        db.limit.release(probe, "someone-else")
     else:
         assert db.store.get_or_extend_reservation(probe, "someone-else").owner_id == "someone-else"
         db.store.release_reservation(probe, "someone-else")

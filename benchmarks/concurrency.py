@@ -1,31 +1,33 @@
-"""Concurrent put and reservation throughput: 1, 2, 4, 8 processes × contention, every backend.
+"""Many processes at once: reservation cycles, mixed get/put and puts, every backend, wall clock.
 
-Operations (one "op" is what a Flyte task does, minus its work):
+Workloads (one "op" is what a Flyte task does with the cache, minus its work):
 
-* ``put`` — store a typical inline output. ``distinct``: every op a new key;
-  ``hot``: 10 hot keys, overwrite (the only put that can succeed on an existing key).
-* ``reserve`` — a lease cycle: GetOrExtendReservation, then ReleaseReservation if the lease
-  was granted (a live lease of another owner is a normal answer, not a wait). ``distinct``:
-  every cycle a new key; ``hot``: 10 hot keys. The diskcache peer is ``diskcache.Lock``
-  acquire+release, which *blocks* (polling every 1 ms) while another process holds the key.
+* ``reserve`` — a lease cycle on 10 hot keys shared by every process: GetOrExtendReservation,
+  then ReleaseReservation if the lease was granted (a live lease of another owner is a normal
+  answer, not a wait). The diskcache peer is ``diskcache.Lock`` acquire+release, which
+  *blocks* (polling every 1 ms) while another process holds the key.
+* ``mixed`` — 90 % get (a hit among 1,000 stored entries), 10 % put (a new key).
+* ``put`` — every op stores a typical inline output under a new key.
 
-Targets, all measured cell by cell in the same run (rotating order, so drift hits all alike):
+Targets, measured cell by cell in the same run (rotating order, so drift hits all alike):
 
 * ``flytecache-sqlite`` — the library (``CacheStore``) on one SQLite file;
-* ``raw-sqlite3`` — raw sqlite3 executing the store's compiled SQL in the same transactions
-  (``BEGIN IMMEDIATE``), parameters prepared ahead: the physical limit;
-* ``diskcache`` — ``Cache.set`` / ``Lock`` acquire+release on one diskcache directory;
+* ``limit-sqlite`` — ``benchmarks.limit`` on one SQLite file: one statement per operation;
+* ``diskcache`` — ``Cache.get``/``Cache.set``/``Lock`` on one diskcache directory;
 * ``flytecache-postgresql`` — the library on a throwaway local PostgreSQL (when available);
+* ``limit-postgresql`` — ``benchmarks.limit`` on the same server: raw psycopg, one round trip
+  per operation;
 * ``serve`` — ``flytecache serve`` (SQLite) through flyteidl2's generated Connect client;
-* ``serve-noop`` — the same server stack over a service that does nothing: the transport
-  ceiling. It always sends both reservation requests; server ratios compare requests/s.
+* ``serve-noop`` — the same server stack over a service that does nothing (not in the
+  default run): the transport's ceiling. It always sends both reservation requests.
 
 Every process starts on the same instant and stops on the same deadline; each op's latency is
-recorded. A cell reports ops/s (sum over processes), p50/p99/max latency, and errors, split
-into *busy* (database locked / lock timeout / UNAVAILABLE) and other. After timing, each cell
-is checked against the database: every counted put is stored, every released lease is gone.
+recorded. A cell reports ops/s (sum over processes, wall clock), p50/p99/max latency, and
+errors, split into *busy* (database locked / lock timeout / UNAVAILABLE) and other. After
+timing each cell is checked against the database: every counted put is stored, every released
+lease is gone.
 
-    python -m benchmarks.concurrency [--quick] [--seconds S] [--procs 1,2,4,8] [--json PATH]
+    python -m benchmarks.concurrency [--quick] [--seconds S] [--procs 1,4,8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import argparse
 import contextlib
 import itertools
 import multiprocessing
-import os
 import random
 import sqlite3
 import sys
@@ -51,12 +52,27 @@ from typing import Any
 from benchmarks._common import median, percentile, write_json
 
 CTX = multiprocessing.get_context("spawn")
-OPS = ("put", "reserve")
-CONTENTION = ("hot", "distinct")
+WORKLOADS = ("reserve", "mixed", "put")
 HOT_KEYS = 10
-LIBRARY = ("flytecache-sqlite", "raw-sqlite3", "diskcache", "flytecache-postgresql")
+STORED = 1_000
+"""Entries every target holds before timing: the keys the gets of ``mixed`` hit."""
+PUT_SHARE = 0.1
+LIBRARY = (
+    "flytecache-sqlite",
+    "limit-sqlite",
+    "diskcache",
+    "flytecache-postgresql",
+    "limit-postgresql",
+)
 SERVER = ("serve", "serve-noop")
 TARGETS = LIBRARY + SERVER
+DEFAULT_TARGETS = (*LIBRARY, "serve")
+POSTGRES = ("flytecache-postgresql", "limit-postgresql")
+
+
+def stored_key(j: int) -> str:
+    """The key of stored entry ``j`` (as the caller sends it; serve scopes it)."""
+    return f"bench/stored/{j:04d}"
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -73,12 +89,16 @@ def _store_target(url: str) -> tuple[Callable[..., Any], Callable[[], None]]:
 
     store = CacheStore.open(url)
     output = typical_output(1)
-    put, reserve, release = store.put, store.get_or_extend_reservation, store.release_reservation
+    get, put = store.get, store.put
+    reserve, release = store.get_or_extend_reservation, store.release_reservation
 
-    def do(op: str, key: str, owner: str, overwrite: bool) -> int:
+    def do(op: str, key: str, owner: str) -> int:
         try:
+            if op == "get":
+                get(key)
+                return 1
             if op == "put":
-                put(key, output, overwrite=overwrite)
+                put(key, output)
                 return 1
             if reserve(key, owner).owner_id == owner:
                 release(key, owner)
@@ -90,38 +110,24 @@ def _store_target(url: str) -> tuple[Callable[..., Any], Callable[[], None]]:
     return do, store.close
 
 
-def _raw_target(path: str) -> tuple[Callable[..., Any], Callable[[], None]]:
-    from benchmarks._common import (
-        check_reserve_sql,
-        key_position,
-        put_args,
-        raw_connection,
-        raw_put,
-        raw_release,
-        raw_reserve,
-        typical_output,
-    )
-    from flytecache import CacheStore
+def _limit_target(resource: str) -> tuple[Callable[..., Any], Callable[[], None]]:
+    from benchmarks._common import typical_output
+    from benchmarks.limit import Limit
 
-    with CacheStore.open(path) as store:
-        sql = store.statements
-    check_reserve_sql(sql)
-    conn = raw_connection(path)
+    limit = Limit.open(resource)
     output = typical_output(1)
-    at = key_position(sql)
-    prepared = {}
-    for overwrite in (False, True):
-        args, literals = put_args(sql, "placeholder", output, overwrite=overwrite)
-        prepared[overwrite] = (args[:at], args[at + 1 :], literals)
 
-    def do(op: str, key: str, owner: str, overwrite: bool) -> int:
+    def do(op: str, key: str, owner: str) -> int:
         try:
-            if op == "put":
-                head, tail, literals = prepared[overwrite]
-                raw_put(conn, sql, (*head, key, *tail), literals)
+            if op == "get":
+                if limit.get(key) is None:
+                    raise LookupError(f"{key} not found")
                 return 1
-            if raw_reserve(conn, sql, key, owner) == owner:
-                raw_release(conn, sql, key, owner)
+            if op == "put":
+                limit.put(key, output)
+                return 1
+            if limit.acquire(key, owner):
+                limit.release(key, owner)
                 return 2
             return 1
         except sqlite3.OperationalError as error:
@@ -129,7 +135,7 @@ def _raw_target(path: str) -> tuple[Callable[..., Any], Callable[[], None]]:
                 raise _Busy(str(error)) from error
             raise
 
-    return do, conn.close
+    return do, limit.close
 
 
 def _diskcache_target(directory: str) -> tuple[Callable[..., Any], Callable[[], None]]:
@@ -138,12 +144,16 @@ def _diskcache_target(directory: str) -> tuple[Callable[..., Any], Callable[[], 
     from benchmarks._common import typical_output
 
     cache = diskcache.Cache(directory)
-    value = typical_output(1)
+    value = typical_output(1).SerializeToString()
 
-    def do(op: str, key: str, owner: str, overwrite: bool) -> int:
+    def do(op: str, key: str, owner: str) -> int:
         try:
+            if op == "get":
+                if cache.get(key) is None:
+                    raise LookupError(f"{key} not found")
+                return 1
             if op == "put":
-                cache.set(key, value.SerializeToString())
+                cache.set(key, value)
                 return 1
             lock = diskcache.Lock(cache, key, expire=30)
             lock.acquire()
@@ -168,16 +178,18 @@ def _server_target(url: str, noop: bool) -> tuple[Callable[..., Any], Callable[[
     ident = v2.Identifier(org="bench", project="proj", domain="dev")
     output = typical_output(1)
     keep = cs.OverwriteOutput(overwrite=False)
-    replace = cs.OverwriteOutput(overwrite=True)
 
-    def do(op: str, key: str, owner: str, overwrite: bool) -> int:
+    def do(op: str, key: str, owner: str) -> int:
         try:
+            if op == "get":
+                client.get(
+                    v2.GetCacheRequest(base_request=cs.GetCacheRequest(key=key), identifier=ident)
+                )
+                return 1
             if op == "put":
                 client.put(
                     v2.PutCacheRequest(
-                        base_request=cs.PutCacheRequest(
-                            key=key, output=output, overwrite=replace if overwrite else keep
-                        ),
+                        base_request=cs.PutCacheRequest(key=key, output=output, overwrite=keep),
                         identifier=ident,
                     )
                 )
@@ -208,8 +220,8 @@ def _server_target(url: str, noop: bool) -> tuple[Callable[..., Any], Callable[[
 def _open_target(target: str, resource: str) -> tuple[Callable[..., Any], Callable[[], None]]:
     if target in ("flytecache-sqlite", "flytecache-postgresql"):
         return _store_target(resource)
-    if target == "raw-sqlite3":
-        return _raw_target(resource)
+    if target in ("limit-sqlite", "limit-postgresql"):
+        return _limit_target(resource)
     if target == "diskcache":
         return _diskcache_target(resource)
     return _server_target(resource, noop=target == "serve-noop")
@@ -218,8 +230,7 @@ def _open_target(target: str, resource: str) -> tuple[Callable[..., Any], Callab
 def _run_cell(
     do: Callable[..., Any],
     worker: int,
-    op: str,
-    contention: str,
+    workload: str,
     run_id: str,
     start_at: float,
     seconds: float,
@@ -227,11 +238,11 @@ def _run_cell(
     rng = random.Random(f"{run_id}/{worker}")
     prefix = f"bench/{run_id}/"
     owner = f"{prefix}owner-{worker}"
-    overwrite = contention == "hot"
     hot = [f"{prefix}hot-{k}" for k in range(HOT_KEYS)]
+    stored = [stored_key(j) for j in range(STORED)]
     latencies = array("q")
     record = latencies.append
-    ops = errors = busy = requests = 0
+    ops = errors = busy = requests = writes = 0
     first_error = ""
     clock = time.perf_counter_ns
     time.sleep(max(0.0, start_at - time.time()))
@@ -241,10 +252,16 @@ def _run_cell(
     for i in itertools.count():
         if now >= deadline:
             break
-        key = hot[rng.randrange(HOT_KEYS)] if overwrite else f"{prefix}w{worker}-{i}"
+        if workload == "reserve":
+            op, key = "reserve", hot[rng.randrange(HOT_KEYS)]
+        elif workload == "put" or rng.random() < PUT_SHARE:
+            op, key = "put", f"{prefix}w{worker}-{i}"
+        else:
+            op, key = "get", stored[rng.randrange(STORED)]
         try:
-            requests += do(op, key, owner, overwrite)
+            requests += do(op, key, owner)
             ops += 1
+            writes += op == "put"
         except _Busy as error:
             busy += 1
             first_error = first_error or str(error)
@@ -256,6 +273,7 @@ def _run_cell(
         now = end
     return {
         "ops": ops,
+        "writes": writes,
         "requests": requests,
         "errors": errors,
         "busy": busy,
@@ -279,11 +297,9 @@ def _worker_main(conn: Connection, worker: int) -> None:
                         opened[target] = _open_target(target, resource)
                     conn.send(("ok", None))
                 elif message[0] == "run":
-                    _, target, op, contention, run_id, start_at, seconds = message
+                    _, target, workload, run_id, start_at, seconds = message
                     do = opened[target][0]
-                    conn.send(
-                        ("ok", _run_cell(do, worker, op, contention, run_id, start_at, seconds))
-                    )
+                    conn.send(("ok", _run_cell(do, worker, workload, run_id, start_at, seconds)))
             except Exception:
                 conn.send(("error", traceback.format_exc()))
     finally:
@@ -326,10 +342,10 @@ class Gang:
         self._ask(n, ("open", target, resource), timeout=120)
 
     def run(
-        self, n: int, target: str, op: str, contention: str, run_id: str, seconds: float
+        self, n: int, target: str, workload: str, run_id: str, seconds: float
     ) -> list[dict[str, Any]]:
         start_at = time.time() + 0.05
-        message = ("run", target, op, contention, run_id, start_at, seconds)
+        message = ("run", target, workload, run_id, start_at, seconds)
         return self._ask(n, message, timeout=seconds + 120)
 
     def close(self) -> None:
@@ -363,93 +379,105 @@ class Environment:
             except Exception as error:  # pragma: no cover - best effort teardown
                 print(f"cleanup failed: {error}", file=sys.stderr)
 
-    def count(self, target: str, table: str, prefix: str) -> int | None:
-        """Rows whose key starts with ``prefix`` in ``target``'s database (None: not checked)."""
+    def count(self, target: str, what: str, prefix: str) -> int | None:
+        """Entries or leases (``what``) whose key starts with ``prefix`` (None: not checked)."""
         if target == "serve-noop":
             return None
-        if target == "diskcache":
-            table = "Cache"  # a released diskcache lock is a deleted key
-        if target == "serve":
-            prefix = f"proj-dev-{prefix}"
         if target not in self._checkers:
             self._checkers[target] = _Counter(target, self.resources[target], self.workdir)
-        return self._checkers[target].count(table, prefix)
+        if target == "serve":
+            prefix = f"proj-dev-{prefix}"
+        return int(self._checkers[target].count(what, prefix))
 
 
 class _Counter:
-    """A read-only connection to one target's database, for the checks after timing."""
+    """A connection to one target's database, for the checks after timing."""
 
     def __init__(self, target: str, resource: str, workdir: Path) -> None:
-        self.engine: Any = None
-        self.conn: sqlite3.Connection | None = None
-        if target == "flytecache-postgresql":
-            import sqlalchemy as sa
+        self.target = target
+        self.thing: Any
+        if target.startswith("limit-"):
+            from benchmarks.limit import Limit
 
-            self.engine = sa.create_engine(resource, poolclass=sa.pool.NullPool)
+            self.thing = Limit.open(resource)
+        elif target == "diskcache":
+            self.thing = sqlite3.connect(Path(resource) / "cache.db", check_same_thread=False)
         else:
-            path = {"diskcache": Path(resource) / "cache.db", "serve": workdir / "serve.db"}
-            self.conn = sqlite3.connect(path.get(target, Path(resource)), check_same_thread=False)
+            from flytecache import CacheStore
 
-    def count(self, table: str, prefix: str) -> int:
-        query = f"SELECT count(*) FROM {table} WHERE key >= :lo AND key < :hi"
-        bounds = {"lo": prefix, "hi": prefix + "\uffff"}
-        if self.conn is not None:
-            return int(self.conn.execute(query, bounds).fetchone()[0])
+            self.thing = CacheStore.open(workdir / "serve.db" if target == "serve" else resource)
+
+    def count(self, what: str, prefix: str) -> int:
+        if self.target.startswith("limit-"):
+            return int(self.thing.count("kv" if what == "entries" else "lease", prefix))
+        if self.target == "diskcache":
+            # A released diskcache lock is a deleted key: both live in the Cache table.
+            query = "SELECT count(*) FROM Cache WHERE key >= ? AND key < ?"
+            return int(self.thing.execute(query, (prefix, prefix + "\uffff")).fetchone()[0])
         import sqlalchemy as sa
 
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.text(query), bounds).scalar())
+        # The design's table names and their key column: stable across schema revisions.
+        table = "entries" if what == "entries" else "reservations"
+        counted = sa.text(f"SELECT count(*) FROM {table} WHERE key >= :lo AND key < :hi")
+        with self.thing.engine.connect() as conn:
+            return int(conn.execute(counted, {"lo": prefix, "hi": prefix + "\uffff"}).scalar())
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-        if self.engine is not None:
-            self.engine.dispose()
+        self.thing.close()
 
 
-def prepare(targets: list[str], workdir: Path) -> Environment:
-    """Create each target's database (and start its server); unavailable ones get a note."""
-    from flytecache import CacheStore
+def _store_some(target: str, resource: str) -> None:
+    """Store the STORED entries the gets of ``mixed`` read, through the target's own API."""
+    from benchmarks._common import stored_output
 
-    env = Environment(workdir)
-    for name in ("flytecache-sqlite", "raw-sqlite3"):
-        if name in targets:
-            path = workdir / f"{name}.db"
-            CacheStore.open(path).close()
-            env.resources[name] = str(path)
-    if "diskcache" in targets:
+    if target.startswith("limit-"):
+        from benchmarks.limit import Limit
+
+        with Limit.open(resource) as limit:
+            for j in range(STORED):
+                limit.put(stored_key(j), stored_output(j))
+    elif target == "diskcache":
         import diskcache
 
-        directory = workdir / "diskcache"
-        diskcache.Cache(str(directory)).close()
-        env.resources["diskcache"] = str(directory)
-    if "flytecache-postgresql" in targets:
-        _prepare_postgres(env)
+        with diskcache.Cache(resource) as cache:
+            for j in range(STORED):
+                cache.set(stored_key(j), stored_output(j).SerializeToString())
+    else:
+        from flytecache import CacheStore
+
+        # serve scopes every key as <project>-<domain>-<key>; it is filled before it starts.
+        scope = "proj-dev-" if target == "serve" else ""
+        with CacheStore.open(resource) as store:
+            for j in range(STORED):
+                store.put(scope + stored_key(j), stored_output(j))
+
+
+def prepare(targets: list[str], workdir: Path, pg: Any) -> Environment:
+    """Create each target's database (and start its server); unavailable ones get a note.
+
+    ``pg`` is a ``benchmarks._postgres.Databases``, or a note saying why PostgreSQL is not
+    available.
+    """
+    env = Environment(workdir)
+    for name in ("flytecache-sqlite", "limit-sqlite"):
+        if name in targets:
+            env.resources[name] = str(workdir / f"{name}.db")
+    if "diskcache" in targets:
+        env.resources["diskcache"] = str(workdir / "diskcache")
+    for name in POSTGRES:
+        if name in targets:
+            if isinstance(pg, str):
+                env.notes[name] = pg
+            else:
+                env.resources[name] = pg.new_url()
+                env.versions["postgresql"] = pg.version
+    if "serve" in targets:
+        _store_some("serve", str(workdir / "serve.db"))
+    for name, resource in env.resources.items():
+        _store_some(name, resource)
     if "serve" in targets or "serve-noop" in targets:
         _prepare_servers(env, targets)
     return env
-
-
-def _prepare_postgres(env: Environment) -> None:
-    from benchmarks._postgres import PostgresServer, find_bindir
-    from flytecache import CacheStore
-
-    url = os.environ.get("FLYTECACHE_BENCH_PG_URL")
-    if not url:
-        bindir = find_bindir()
-        if bindir is None:
-            env.notes["flytecache-postgresql"] = "skipped: no PostgreSQL binaries on this machine"
-            return
-        try:
-            server = PostgresServer(bindir).start()
-        except Exception as error:
-            env.notes["flytecache-postgresql"] = f"skipped: PostgreSQL did not start ({error})"
-            return
-        env._cleanup.append(server.stop)
-        env.versions["postgresql"] = server.version()
-        url = server.url(server.create_database())
-    CacheStore.open(url).close()
-    env.resources["flytecache-postgresql"] = url
 
 
 def _prepare_servers(env: Environment, targets: list[str]) -> None:
@@ -487,21 +515,15 @@ def _prepare_servers(env: Environment, targets: list[str]) -> None:
         env.resources[name] = server.wait_ready()
 
 
-def _check(env: Environment, target: str, op: str, contention: str, run_id: str, ops: int) -> str:
+def _check(env: Environment, target: str, workload: str, run_id: str, writes: int) -> str:
     """After timing: the database holds exactly what the counted ops wrote ('' when it does)."""
     prefix = f"bench/{run_id}/"
-    if op == "put":
-        stored = env.count(target, "entries", prefix)
-        if contention == "hot":
-            good = stored is None or (0 < stored <= HOT_KEYS if ops else stored == 0)
-        else:
-            good = stored is None or stored == ops
-        if not good:
-            return f"{target} put/{contention}: {ops} puts counted, {stored} entries stored"
-        return ""
-    left = env.count(target, "reservations", prefix)
-    if left:
-        return f"{target} reserve/{contention}: {left} leases left after release"
+    if workload == "reserve":
+        left = env.count(target, "reservations", prefix)
+        return f"{target} reserve: {left} leases left after release" if left else ""
+    stored = env.count(target, "entries", prefix)
+    if stored is not None and stored != writes:
+        return f"{target} {workload}: {writes} puts counted, {stored} entries stored"
     return ""
 
 
@@ -514,6 +536,7 @@ def _summarize(answers: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     elapsed = max(a["elapsed"] for a in answers) or seconds
     return {
         "ops": ops,
+        "writes": sum(a["writes"] for a in answers),
         "ops_per_s": ops / elapsed,
         "requests_per_s": sum(a["requests"] for a in answers) / elapsed,
         "p50_ms": percentile(latencies, 0.50) / 1e6,
@@ -531,67 +554,80 @@ def run(
     repeats: int,
     procs: list[int],
     targets: list[str],
-    ops: list[str] | None = None,
-    contention: list[str] | None = None,
+    workloads: list[str] | None = None,
+    pg: Any = None,
     workdir: Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure every cell ``repeats`` times; per cell the medians (and every sample)."""
-    ops = ops or list(OPS)
-    contention = contention or list(CONTENTION)
+    """Measure every cell ``repeats`` times; per cell the medians (and every sample).
+
+    ``pg``: see :func:`prepare`; None starts a PostgreSQL server for this call when a
+    PostgreSQL target is asked for.
+    """
+    if pg is None and any(t in POSTGRES for t in targets):
+        from benchmarks._postgres import databases
+
+        with databases() as dbs:
+            return run(
+                seconds=seconds,
+                repeats=repeats,
+                procs=procs,
+                targets=targets,
+                workloads=workloads,
+                pg=dbs,
+                workdir=workdir,
+                log=log,
+            )
+    workloads = workloads or list(WORKLOADS)
     say = log or (lambda line: print(line, flush=True))
     with tempfile.TemporaryDirectory(prefix="flytecache-concurrency-") as tmp:
-        env = prepare(targets, Path(workdir or tmp))
+        env = prepare(targets, Path(workdir or tmp), pg)
         active = [t for t in targets if t in env.resources]
         gang = Gang(max(procs))
-        samples: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
+        samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         problems: list[str] = []
         try:
             for target in active:
                 gang.open(max(procs), target, env.resources[target])
             for rep in range(repeats):
-                for op, level, n in itertools.product(ops, contention, procs):
+                for workload, n in itertools.product(workloads, procs):
                     shift = (rep + n) % len(active)
                     for target in active[shift:] + active[:shift]:
-                        if target == "serve-noop" and level != contention[0]:
-                            continue  # a no-op service has no contention: measured once
-                        run_id = f"{rep}-{op}-{level}-{n}-{target}-{time.time_ns()}"
-                        answers = gang.run(n, target, op, level, run_id, seconds)
+                        run_id = f"{rep}-{workload}-{n}-{target}-{time.time_ns()}"
+                        answers = gang.run(n, target, workload, run_id, seconds)
                         cell = _summarize(answers, seconds)
-                        problem = _check(env, target, op, level, run_id, cell["ops"])
+                        problem = _check(env, target, workload, run_id, cell["writes"])
                         if problem:
                             problems.append(problem)
-                        samples.setdefault((target, op, level, n), []).append(cell)
+                        samples.setdefault((target, workload, n), []).append(cell)
                 say(f"  repeat {rep + 1}/{repeats} done")
         finally:
             gang.close()
             env.close()
     cells = []
-    for (target, op, level, n), runs in samples.items():
-        levels = contention if target == "serve-noop" else [level]
-        for shown in levels:
-            cells.append(
-                {
-                    "target": target,
-                    "op": op,
-                    "contention": shown,
-                    "procs": n,
-                    "ops_per_s": median([r["ops_per_s"] for r in runs]),
-                    "requests_per_s": median([r["requests_per_s"] for r in runs]),
-                    "p50_ms": median([r["p50_ms"] for r in runs]),
-                    "p99_ms": median([r["p99_ms"] for r in runs]),
-                    "max_ms": max(r["max_ms"] for r in runs),
-                    "busy": sum(r["busy"] for r in runs),
-                    "errors": sum(r["errors"] for r in runs),
-                    "first_error": next((r["first_error"] for r in runs if r["first_error"]), ""),
-                    "samples": [r["ops_per_s"] for r in runs],
-                    "requests_samples": [r["requests_per_s"] for r in runs],
-                }
-            )
+    for (target, workload, n), runs in samples.items():
+        cells.append(
+            {
+                "target": target,
+                "workload": workload,
+                "procs": n,
+                "ops_per_s": median([r["ops_per_s"] for r in runs]),
+                "requests_per_s": median([r["requests_per_s"] for r in runs]),
+                "p50_ms": median([r["p50_ms"] for r in runs]),
+                "p99_ms": median([r["p99_ms"] for r in runs]),
+                "max_ms": max(r["max_ms"] for r in runs),
+                "busy": sum(r["busy"] for r in runs),
+                "errors": sum(r["errors"] for r in runs),
+                "first_error": next((r["first_error"] for r in runs if r["first_error"]), ""),
+                "samples": [r["ops_per_s"] for r in runs],
+                "requests_samples": [r["requests_per_s"] for r in runs],
+            }
+        )
     return {
         "seconds": seconds,
         "repeats": repeats,
         "procs": procs,
+        "workloads": workloads,
         "targets": active,
         "notes": env.notes,
         "versions": env.versions,
@@ -602,14 +638,12 @@ def run(
 
 def _print(results: dict[str, Any]) -> None:
     print(
-        f"{'target':<22} {'op':<8} {'keys':<9} {'procs':>5} {'ops/s':>9} "
+        f"{'target':<22} {'workload':<8} {'procs':>5} {'ops/s':>9} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'busy':>5} {'err':>4}"
     )
-    for c in sorted(
-        results["cells"], key=lambda c: (c["op"], c["contention"], c["target"], c["procs"])
-    ):
+    for c in sorted(results["cells"], key=lambda c: (c["workload"], c["target"], c["procs"])):
         print(
-            f"{c['target']:<22} {c['op']:<8} {c['contention']:<9} {c['procs']:>5} "
+            f"{c['target']:<22} {c['workload']:<8} {c['procs']:>5} "
             f"{c['ops_per_s']:>9,.0f} {c['p50_ms']:>7.2f} {c['p99_ms']:>7.2f} "
             f"{c['max_ms']:>7.1f} {c['busy']:>5} {c['errors']:>4}"
         )
@@ -624,10 +658,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="0.4 s cells, 3 repeats")
     parser.add_argument("--seconds", type=float, help="seconds per cell")
     parser.add_argument("--repeats", type=int, help="repeats per cell (medians are reported)")
-    parser.add_argument("--procs", default="1,2,4,8", help="process counts")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets")
-    parser.add_argument("--ops", default=",".join(OPS))
-    parser.add_argument("--contention", default=",".join(CONTENTION))
+    parser.add_argument("--procs", default="1,4,8", help="process counts")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
@@ -639,8 +672,7 @@ def main(argv: list[str] | None = None) -> None:
         repeats=args.repeats or (3 if args.quick else 5),
         procs=[int(p) for p in args.procs.split(",")],
         targets=targets,
-        ops=[o for o in args.ops.split(",") if o],
-        contention=[c for c in args.contention.split(",") if c],
+        workloads=[w for w in args.workloads.split(",") if w],
     )
     _print(results)
     if args.json:

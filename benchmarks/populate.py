@@ -1,20 +1,24 @@
-"""Databases of 1k, 100k and 1M entries, built fast and cached between runs.
+"""Databases of 1k, 100k and 1M entries for flytecache, the limit and diskcache, cached.
 
-A store database is created with the store's own schema (``CacheStore.open`` runs the
-migrations), then filled with raw sqlite3 ``executemany`` in one transaction per table through
-INSERT statements compiled from the store's models, with journaling off while building. Every
-row is what ``CacheStore.put(entry_key(i), stored_output(i))`` writes: the store's own
-``entry_params`` flattens each of the 1024 distinct payloads once (``stored_output(i)`` is
-``typical_output(i % 1024)``), so a million rows cost a million tuple copies, not a million
-protobuf round trips. N entries come with N/10 leases left behind by crashed owners (all
-expired), which is what a long-lived cache accumulates between prunes.
+Every database holds the same N keys (``entry_key(i)``) and outputs (``stored_output(i)``),
+inserted in key order, plus N/10 leases left behind by crashed owners (all expired): what a
+long-lived cache accumulates between prunes.
 
-diskcache gets the same N keys and values (``stored_output(i).SerializeToString()``) inserted
-into its own ``Cache`` table the way ``Cache.set`` stores small byte values.
+*flytecache* rows are written by the store itself, through its public API only: a template
+database gets ``CacheStore.put`` of each of the PAYLOADS distinct outputs (and one expired lease
+through ``get_or_extend_reservation``), then every table's rows are copied N times by SQL with
+the key (and entry id) replaced. The copy knows nothing of the columns beyond the design's table
+names, ``entries.key`` and the foreign keys the schema declares, so a schema revision needs no
+change here; a read-back through ``CacheStore.get`` checks the result. (A million single puts
+would take minutes; the copy takes seconds.)
+
+*The limit* (``benchmarks.limit``) and *diskcache* get the same keys and serialized outputs
+through their own bulk inserts.
 
 Files live in ``benchmarks/.cache/`` (gitignored; ``FLYTECACHE_BENCH_CACHE`` overrides), named
-by size and a fingerprint of the schema and payload, so a schema change rebuilds them.
-Benchmarks copy them before writing, so a cached file is never modified.
+by kind, size and a fingerprint of the store's schema and the payload, so a schema change
+rebuilds them. Each is checkpointed (no WAL left) when built; benchmarks copy them before
+writing, so a cached file is never modified.
 
     python -m benchmarks.populate 1000 100000 1000000
 """
@@ -28,10 +32,12 @@ import os
 import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from benchmarks._common import (
     PAYLOAD_VERSION,
@@ -41,10 +47,15 @@ from benchmarks._common import (
     lease_key,
     stored_output,
 )
+from benchmarks.limit import Limit, checkpoint
 
 SIZES = (1_000, 100_000, 1_000_000)
-BASE_US = 1_700_000_000_000_000  # a fixed epoch for deterministic timestamps
-BATCH = 50_000
+KINDS = ("store", "limit", "diskcache")
+BASE = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+"""The store clock while building: fixed, so databases are deterministic (and leases expired)."""
+LEASE_OWNERS = 97
+BUILD_VERSION = 3
+"""Bump when the way databases are built changes: cached ones are rebuilt."""
 
 
 def cache_dir() -> Path:
@@ -56,8 +67,6 @@ def cache_dir() -> Path:
 
 def _schema_fingerprint() -> str:
     """A hash of the store's DDL (from a freshly migrated file) and the payload version."""
-    import tempfile
-
     from flytecache import CacheStore
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,7 +78,7 @@ def _schema_fingerprint() -> str:
         )
         revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
         conn.close()
-    text = json.dumps([PAYLOAD_VERSION, ddl, revision])
+    text = json.dumps([PAYLOAD_VERSION, BUILD_VERSION, ddl, revision])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -83,128 +92,158 @@ def fingerprint() -> str:
     return _FINGERPRINT
 
 
-def _entry_rows(
-    order: list[tuple[str, int]], columns: list[str]
-) -> Iterator[tuple[tuple[Any, ...], list[tuple[int, str, bytes]]]]:
-    """Per entry, the row ``CacheStore.put(entry_key(i), stored_output(i))`` writes.
-
-    The store's own ``entry_params`` flattens each of the PAYLOADS distinct outputs once;
-    each entry then takes its payload's values with its own key, id and timestamps.
-    """
-    from flytecache.store.codec import entry_params
-
-    payloads = [entry_params("", stored_output(j)) for j in range(PAYLOADS)]
-    at = {name: columns.index(name) for name in ("key", "id", "created_at", "last_updated_at")}
-    templates = []
-    for params, literals in payloads:
-        params.update(key=None, id=None, writes=0, created_at=None, last_updated_at=None)
-        templates.append(([params[c] for c in columns], literals))
-    for entry_id, (key, i) in enumerate(order, start=1):
-        values, literals = templates[i % PAYLOADS]
-        row = values.copy()
-        stamp = BASE_US + entry_id * 1000
-        row[at["key"]], row[at["id"]] = key, entry_id
-        row[at["created_at"]] = row[at["last_updated_at"]] = stamp
-        yield tuple(row), [(entry_id, name, value) for name, value in literals]
-
-
-def _statements(entry_columns: list[str]) -> dict[str, str]:
-    """INSERT statements compiled from the store's models (sqlite dialect, qmark style).
-
-    Each binds its columns in the order given (checked: the compiler orders by table).
-    """
-    import sqlalchemy as sa
-    from sqlalchemy.dialects import sqlite
-
-    from flytecache.store.models import Entry, Output, Reservation
-
-    def insert(table: Any, columns: list[str]) -> str:
-        stmt = sa.insert(table).values({c: sa.bindparam(c) for c in columns})
-        compiled = stmt.compile(dialect=sqlite.dialect())
-        if list(compiled.positiontup or ()) != columns:
-            raise SystemExit(f"populate: {table.name} binds {compiled.positiontup}")
-        return str(compiled)
-
-    return {
-        "entries": insert(Entry.__table__, entry_columns),
-        "outputs": insert(Output.__table__, ["entry_id", "name", "literal"]),
-        "reservations": insert(
-            Reservation.__table__,
-            [
-                "key",
-                "owner_id",
-                "heartbeat_interval",
-                "expires_at",
-                "created_at",
-                "updated_at",
-                "previous_owner",
-            ],
-        ),
-    }
-
-
-def _entry_columns() -> list[str]:
-    """The entry columns a put binds (whatever the model holds today), plus id and writes."""
-    import sqlalchemy as sa
-
-    from flytecache.store.codec import entry_params
-    from flytecache.store.models import Entry
-
-    params, _ = entry_params("probe", stored_output(0))
-    bound = {"id", "writes", "created_at", "last_updated_at", *params}
-    # In table order, which is the order the compiled INSERT binds them.
-    return [c.name for c in cast(sa.Table, Entry.__table__).columns if c.name in bound]
-
-
 def _sorted_keys(size: int) -> list[tuple[str, int]]:
     """(key, i) in key order: inserting in index order appends instead of splitting pages."""
     return sorted((entry_key(i), i) for i in range(size))
 
 
-def _batched(rows: Iterator[Any], size: int = BATCH) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _lease_keys(size: int) -> list[str]:
+    return sorted(lease_key(i) for i in range(0, size, 10))
 
 
-def build_store(size: int, path: Path) -> None:
-    """Create ``path`` with the store's schema and ``size`` entries (and ``size // 10`` leases)."""
-    from flytecache import CacheStore
-
-    CacheStore.open(path).close()
-    columns = _entry_columns()
-    sql = _statements(columns)
-    conn = sqlite3.connect(path, isolation_level=None)
+def _scratch(conn: sqlite3.Connection) -> None:
     # Building a scratch file: no journal, no fsync, a big page cache.
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.execute("PRAGMA journal_mode = OFF")
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -262144")
+
+
+# -- flytecache ---------------------------------------------------------------------------------
+
+
+def _template(path: Path) -> None:
+    """PAYLOADS entries and one expired lease, written by ``CacheStore`` itself."""
+    from flytecache import CacheStore, StoreSettings
+
+    settings = StoreSettings(max_heartbeat=timedelta(seconds=10))
+    with CacheStore.open(path, settings=settings, clock=lambda: BASE) as store:
+        for j in range(PAYLOADS):
+            store.put(f"template-{j:05d}", stored_output(j))
+        store.get_or_extend_reservation("template-lease", "crashed-owner", timedelta(seconds=10))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [str(row[1]) for row in conn.execute(f"PRAGMA main.table_info({table})")]
+
+
+def build_store(size: int, path: Path) -> None:
+    """``size`` entries and ``size // 10`` expired leases, copied from a template of real puts."""
+    from flytecache import CacheStore
+
+    CacheStore.open(path).close()
+    template = path.with_name(path.name + ".template")
+    template.unlink(missing_ok=True)
+    _template(template)
+    conn = sqlite3.connect(path, isolation_level=None)
+    _scratch(conn)
+    conn.execute("ATTACH DATABASE ? AS t", (str(template),))
+    tables = [
+        str(row[0])
+        for row in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")
+        if not str(row[0]).startswith(("sqlite_", "alembic_"))
+    ]
+    if "entries" not in tables or "reservations" not in tables:
+        raise SystemExit(f"populate: the store's tables are {tables}")
+    entry_cols = _columns(conn, "entries")
     conn.execute("BEGIN")
-    # Insert in key order: the unique key index is appended to, not split at random.
-    for batch in _batched(_entry_rows(_sorted_keys(size), columns)):
-        conn.executemany(sql["entries"], [row for row, _ in batch])
-        conn.executemany(sql["outputs"], [o for _, outputs in batch for o in outputs])
-    expired = BASE_US
-    leases = sorted((lease_key(i) for i in range(0, size, 10)), key=str)
+    # rank = position in key order; j = which template payload the entry copies.
+    conn.execute("CREATE TEMP TABLE ranked (rank INTEGER PRIMARY KEY, j INTEGER, key TEXT)")
     conn.executemany(
-        sql["reservations"],
-        (
-            (key, f"crashed-owner-{n % 97}", 10_000_000, expired, expired - 1, expired - 1, None)
-            for n, key in enumerate(leases)
-        ),
+        "INSERT INTO ranked VALUES (?, ?, ?)",
+        ((rank, i % PAYLOADS, key) for rank, (key, i) in enumerate(_sorted_keys(size), start=1)),
+    )
+    conn.execute("CREATE TEMP TABLE payload (j INTEGER PRIMARY KEY, key TEXT) WITHOUT ROWID")
+    conn.execute("INSERT INTO payload SELECT CAST(substr(key, 10) AS INTEGER), key FROM t.entries")
+    # Entries: every column from the template row, the key (and an integer id, if the
+    # schema has one) replaced; ids follow key order.
+    own = {"key": "r.key", "id": "r.rank"}
+    select = ", ".join(own.get(c, f"e.{c}") for c in entry_cols)
+    conn.execute(
+        f"INSERT INTO main.entries ({', '.join(entry_cols)}) SELECT {select} FROM ranked r"
+        " JOIN payload p ON p.j = r.j JOIN t.entries e ON e.key = p.key ORDER BY r.rank"
+    )
+    # Tables hanging off entries (by their declared foreign key): copied per entry.
+    for table in tables:
+        if table in ("entries", "reservations"):
+            continue
+        links = [
+            (str(fk[3]), str(fk[4]))
+            for fk in conn.execute(f"PRAGMA main.foreign_key_list({table})")
+            if fk[2] == "entries"
+        ]
+        if len(links) != 1:
+            raise SystemExit(f"populate: cannot tell how {table} refers to entries: {links}")
+        child, parent = links[0]
+        cols = _columns(conn, table)
+        new_parent = own.get(parent)
+        if new_parent is None:
+            raise SystemExit(f"populate: {table}.{child} refers to entries.{parent}")
+        select = ", ".join(new_parent if c == child else f"c.{c}" for c in cols)
+        conn.execute(
+            f"INSERT INTO main.{table} ({', '.join(cols)}) SELECT {select} FROM ranked r"
+            " JOIN payload p ON p.j = r.j JOIN t.entries e ON e.key = p.key"
+            f" JOIN t.{table} c ON c.{child} = e.{parent} ORDER BY r.rank"
+        )
+    lease_cols = _columns(conn, "reservations")
+    conn.execute("CREATE TEMP TABLE lease_keys (key TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.executemany("INSERT INTO lease_keys VALUES (?)", ((k,) for k in _lease_keys(size)))
+    select = ", ".join("k.key" if c == "key" else f"l.{c}" for c in lease_cols)
+    conn.execute(
+        f"INSERT INTO main.reservations ({', '.join(lease_cols)}) SELECT {select}"
+        " FROM lease_keys k, t.reservations l ORDER BY k.key"
     )
     conn.execute("COMMIT")
+    conn.execute("DETACH DATABASE t")
     conn.execute("PRAGMA journal_mode = WAL")
     count = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
     conn.close()
+    template.unlink()
     if count != size:
         raise SystemExit(f"populate: expected {size} entries, wrote {count}")
+    _check_store(path, size)
+    checkpoint(path)
+
+
+def _check_store(path: Path, size: int) -> None:
+    """Read a few entries back through the store: each is what its put stored."""
+    from flytecache import CacheStore
+
+    with CacheStore.open(path) as store:
+        for i in {0, 1, size // 2, size - 1}:
+            got = store.get(entry_key(i))
+            want = stored_output(i)
+            if got.output_literals != want.output_literals or (
+                got.metadata.key_map != want.metadata.key_map
+            ):
+                raise SystemExit(f"populate: entry {i} reads back differently")
+
+
+# -- the limit and diskcache ----------------------------------------------------------------------
+
+
+def _values() -> list[bytes]:
+    return [stored_output(j).SerializeToString() for j in range(PAYLOADS)]
+
+
+def build_limit(size: int, path: Path) -> None:
+    """The limit's ``kv`` and ``lease`` tables with the same keys, outputs and leases."""
+    values = _values()
+    expired = int(BASE.timestamp() * 1_000_000)
+    with Limit.open(path) as limit:
+        _scratch(limit.conn)
+        limit.load(
+            ((key, values[i % PAYLOADS]) for key, i in _sorted_keys(size)),
+            (
+                (key, f"crashed-owner-{n % LEASE_OWNERS}", expired)
+                for n, key in enumerate(_lease_keys(size))
+            ),
+        )
+        limit.conn.execute("PRAGMA journal_mode = WAL")
+        got = limit.get(entry_key(1 % size))
+        if got != stored_output(1 % size):
+            raise SystemExit("populate: the limit's value differs from stored_output")
+    checkpoint(path)
 
 
 def build_diskcache(size: int, directory: Path) -> None:
@@ -213,13 +252,9 @@ def build_diskcache(size: int, directory: Path) -> None:
 
     diskcache.Cache(str(directory)).close()
     conn = sqlite3.connect(directory / "cache.db", isolation_level=None)
-    conn.execute("PRAGMA journal_mode = DELETE")
-    conn.execute("PRAGMA journal_mode = OFF")
-    conn.execute("PRAGMA synchronous = OFF")
-    conn.execute("PRAGMA cache_size = -262144")
+    _scratch(conn)
     now = time.time()
-
-    values = [stored_output(j).SerializeToString() for j in range(PAYLOADS)]
+    values = _values()
 
     def rows() -> Iterator[tuple[Any, ...]]:
         for key, i in _sorted_keys(size):
@@ -227,12 +262,11 @@ def build_diskcache(size: int, directory: Path) -> None:
             yield (key, 1, now, None, now, 0, None, 0, 1, None, values[i % PAYLOADS])
 
     conn.execute("BEGIN")
-    for batch in _batched(rows()):
-        conn.executemany(
-            "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
-            " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            batch,
-        )
+    conn.executemany(
+        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count,"
+        " tag, size, mode, filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows(),
+    )
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
@@ -243,23 +277,31 @@ def build_diskcache(size: int, directory: Path) -> None:
             raise SystemExit("populate: diskcache value differs from typical_output")
 
 
+# -- the cache of built databases -----------------------------------------------------------------
+
+_BUILDERS = {"store": build_store, "limit": build_limit, "diskcache": build_diskcache}
+
+
 def cached_path(kind: str, size: int) -> Path:
-    """Where the ``kind`` ("store" or "diskcache") database of ``size`` entries is cached."""
-    return cache_dir() / f"{kind}-{size}-{fingerprint()}{'' if kind == 'diskcache' else '.db'}"
+    """Where the ``kind`` (store, limit, diskcache) database of ``size`` entries is cached."""
+    suffix = "" if kind == "diskcache" else ".db"
+    return cache_dir() / f"{kind}-{size}-{fingerprint()}{suffix}"
 
 
-def _cached(kind: str, size: int, builder: Any, *, is_dir: bool, log: bool) -> Path:
+def cached(kind: str, size: int, *, log: bool = True) -> Path:
+    """The cached ``kind`` database with ``size`` entries (built on first use)."""
     target = cached_path(kind, size)
     if target.exists():
         return target
     for stale in cache_dir().glob(f"{kind}-{size}-*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    is_dir = kind == "diskcache"
     scratch = target.with_name(target.name + f".building-{os.getpid()}")
     if is_dir:
         scratch.mkdir()
     started = time.perf_counter()
     try:
-        builder(size, scratch)
+        _BUILDERS[kind](size, scratch)
         os.replace(scratch, target)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True) if is_dir else scratch.unlink(missing_ok=True)
@@ -273,16 +315,6 @@ def _cached(kind: str, size: int, builder: Any, *, is_dir: bool, log: bool) -> P
     return target
 
 
-def store_db(size: int, *, log: bool = True) -> Path:
-    """The cached store database with ``size`` entries (built on first use)."""
-    return _cached("store", size, build_store, is_dir=False, log=log)
-
-
-def diskcache_dir(size: int, *, log: bool = True) -> Path:
-    """The cached diskcache directory with ``size`` keys (built on first use)."""
-    return _cached("diskcache", size, build_diskcache, is_dir=True, log=log)
-
-
 def _flushed_copy(source: Path, target: Path) -> None:
     # Flush the copy before anything is timed: otherwise the first fsync of a benchmark (at a
     # WAL checkpoint) waits for the kernel to write back the whole freshly copied file.
@@ -294,20 +326,20 @@ def _flushed_copy(source: Path, target: Path) -> None:
         os.close(fd)
 
 
-def copy_store(size: int, destination: Path) -> Path:
-    """A private copy of the ``size`` database (benchmarks write to it)."""
-    target = destination / f"store-{size}.db"
-    _flushed_copy(store_db(size), target)
-    return target
+def copy(kind: str, size: int, destination: Path, *, flush: bool = True) -> Path:
+    """A private copy of the cached ``kind`` database of ``size`` entries.
 
-
-def copy_diskcache(size: int, destination: Path) -> Path:
-    """A private copy of the ``size`` diskcache directory."""
-    source = diskcache_dir(size)
-    target = destination / f"diskcache-{size}"
+    ``flush`` (for benchmarks that write) waits until the copy is on disk.
+    """
+    source = cached(kind, size)
+    target = destination / source.name
+    copier = _flushed_copy if flush else shutil.copyfile
+    if kind != "diskcache":
+        copier(source, target)
+        return target
     target.mkdir()
     for item in source.iterdir():
-        _flushed_copy(item, target / item.name)
+        copier(item, target / item.name)
     return target
 
 
@@ -316,8 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sizes", nargs="*", type=int, default=list(SIZES))
     args = parser.parse_args(argv)
     for size in args.sizes:
-        store_db(size)
-        diskcache_dir(size)
+        for kind in KINDS:
+            cached(kind, size)
     print(cache_dir())
 
 

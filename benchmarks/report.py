@@ -1,13 +1,17 @@
-"""Write ``docs/benchmarks.md`` and its plots from a results document.
+"""Render the benchmark pages and plots from a results document.
 
-    python -m benchmarks.report benchmarks/results/<timestamp>.json
+    python -m benchmarks.report [RESULTS.json] [--docs DIR]   # re-render (default: the latest
+                                                             # run, into benchmarks/out/docs)
+    python -m benchmarks.report --publish                    # make bench-publish
 
-The page's text is hand-written Markdown in ``benchmarks/templates/``: ``benchmarks.md.tmpl``
-is the page, ``sections.md.tmpl`` and ``misses.md.tmpl`` hold the blocks shown when a phase
-ran or a target was missed. This module only fills their ``$placeholders`` (``string.Template``)
-with the run's numbers and generated tables. ``benchmarks.run`` calls :func:`render` at the end
-of every run; this entry point re-renders the page from a saved run (e.g. after editing the
-text) without measuring again.
+Two pages: ``benchmarks.md`` for a user choosing a deployment (what to expect, next to the
+peers, three plots) and ``benchmarks-details.md`` for contributors (targets with verdicts,
+every cell, profiles). Their text is hand-written Markdown in ``benchmarks/templates/``; this
+module fills the ``$placeholders`` (``string.Template``) with the run's numbers and tables.
+
+``--publish`` renders the latest run in ``benchmarks/out/results/`` into ``docs/`` and keeps
+its JSON as the one published run in ``benchmarks/results/``. Nothing else writes to tracked
+files.
 """
 
 from __future__ import annotations
@@ -16,19 +20,20 @@ import argparse
 import json
 import math
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from benchmarks import plots, targets
-from benchmarks._common import ROOT
+from benchmarks._common import OUT_DIR, RESULTS_DIR, ROOT
 from benchmarks._results import (
-    FC_PG,
+    CONTENDER_LABELS,
     OP_LABELS,
     TARGET_LABELS,
+    WORKLOAD_LABELS,
     cell,
-    paired_ratio,
     per_op_sizes,
     per_op_us,
 )
@@ -36,42 +41,24 @@ from benchmarks._results import (
 DOCS = ROOT / "docs"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 IMG = "img"
+PAGES = ("benchmarks.md", "benchmarks-details.md")
 
-_BLOCK = re.compile(r"^<!-- block: (\w+) -->\n", re.MULTILINE)
 _FIGURE = re.compile(r"!\[[^\]]*\]\(" + IMG + r"/([^)]+)\)")
 
 
-# -- templates --------------------------------------------------------------------------------
-
-
-def _blocks(name: str) -> dict[str, Template]:
-    """The named blocks of ``templates/<name>.md.tmpl`` (the text before the first is notes)."""
-    parts = _BLOCK.split((TEMPLATES / f"{name}.md.tmpl").read_text())
-    return {
-        block: Template(text.strip("\n"))
-        for block, text in zip(parts[1::2], parts[2::2], strict=True)
-    }
-
-
-def _fill(template: Template, where: str, values: dict[str, Any]) -> str:
-    """``template`` with every placeholder filled; a missing or unused value is an error."""
+def _fill(name: str, values: dict[str, Any]) -> str:
+    """Template ``name`` with every placeholder filled; a missing or unused value is an error."""
+    template = Template((TEMPLATES / f"{name}.tmpl").read_text())
     wanted = set(template.get_identifiers())
     if wanted != set(values):
         raise ValueError(
-            f"{where}: placeholders {sorted(wanted)} do not match the values {sorted(values)}"
+            f"{name}.tmpl: placeholders {sorted(wanted)} do not match the values {sorted(values)}"
         )
-    return template.substitute(values)
+    page = template.substitute(values)
+    return re.sub(r"\n{3,}", "\n\n", page).strip("\n") + "\n"
 
 
-def _section(block: str, **values: Any) -> str:
-    return _fill(_blocks("sections")[block], f"sections.md.tmpl, block {block}", values)
-
-
-def _miss(block: str, **values: Any) -> str:
-    return _fill(_blocks("misses")[block], f"misses.md.tmpl, block {block}", values)
-
-
-# -- generated Markdown -----------------------------------------------------------------------
+# -- formatting -------------------------------------------------------------------------------
 
 
 def _table(header: list[str], rows: Iterable[list[str]], align: str | None = None) -> str:
@@ -82,419 +69,451 @@ def _table(header: list[str], rows: Iterable[list[str]], align: str | None = Non
     return "\n".join(lines)
 
 
-def _fmt(value: float, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    return "–" if _nan(value) else f"{value:,.{digits}f}"
+
+
+def _sig(value: float) -> str:
+    """Two or three significant digits, for ratios and latencies of any size."""
+    if _nan(value):
         return "–"
-    return f"{value:,.{digits}f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) >= 1 else f"{value:.2g}"
+
+
+def _spread(s: dict[str, float], digits: int = 2) -> str:
+    if _nan(s["median"]):
+        return "–"
+    if s["min"] == s["max"]:
+        return f"{s['median']:.{digits}f}"
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}–{s['max']:.{digits}f}]"
+
+
+def _rate(s: dict[str, float]) -> str:
+    return f"{s['median']:,.0f} [{s['min']:,.0f}–{s['max']:,.0f}]"
+
+
+# -- the user's page --------------------------------------------------------------------------
+
+
+def _single_table(results: dict[str, Any]) -> str:
+    single = results.get("single")
+    if not single:
+        return "_Not measured in this run._"
+    names = list(single["get"]["rates"])
+    rows = []
+    for name in names:
+        row = [CONTENDER_LABELS[name]]
+        for op in ("get", "put"):
+            rate = single[op]["rates"][name]["median"]
+            row += [_sig(1e6 / rate), f"{rate:,.0f}"]
+        rows.append(row)
+    header = [
+        "",
+        "get (hit): µs of CPU",
+        "gets per CPU-second",
+        "put (new key): µs of CPU",
+        "puts per CPU-second",
+    ]
+    note = ""
+    if single.get("sdk_backend") is None:
+        note = "\n\n_The Flyte SDK is not installed: its cache was not measured._"
+    return _table(header, rows) + note
+
+
+def _sdk_hit(results: dict[str, Any]) -> str:
+    sdk = results.get("flyte_sdk")
+    if not sdk:
+        return ""
+    per_call = sdk["per_call"]
+    return (
+        "In a Flyte 2 SDK local run (`flyte.run`), a task whose result is cached takes "
+        f"**{per_call['flytecache']['median_us']:,.0f} µs** per call with flytecache installed "
+        f"(`flyte_sdk.install`) and {per_call['sdk']['median_us']:,.0f} µs with the SDK's own "
+        f"cache; the same task uncached takes {per_call['uncached']['median_us']:,.0f} µs. Most "
+        "of a call is the SDK's own controller (wall clock, median of "
+        f"{len(per_call['sdk']['rounds'])} rounds of {sdk['calls_per_round']} calls)."
+    )
+
+
+def _postgresql_user(results: dict[str, Any]) -> str:
+    pg = results.get("postgresql")
+    if not pg:
+        return ""
+    if "ratios" not in pg:
+        return f"_PostgreSQL: {pg['note']}._"
+    rows = []
+    for op, label in (
+        ("get", "get (hit)"),
+        ("put", "put (new key)"),
+        ("reserve", "reserve (new lease)"),
+        ("release", "release"),
+    ):
+        rates = pg["rates"][op]
+        ours, raw = rates["flytecache"]["median"], rates["psycopg"]["median"]
+        rows.append([label, _sig(1e6 / ours), _sig(1e6 / raw), _sig(pg["ratios"][op]["median"])])
+    return (
+        "On PostgreSQL (a local server, same machine) a call waits for the server, so it is "
+        "timed by the wall clock, in µs per call:\n\n"
+        + _table(
+            ["operation", "flytecache", "raw psycopg, one statement", "flytecache's speed ÷ it"],
+            rows,
+        )
+    )
+
+
+def _deployments_table(results: dict[str, Any]) -> str:
+    conc = results.get("concurrency")
+    if not conc:
+        return "_Not measured in this run._"
+    procs = conc["procs"]
+    mid = plots.latency_procs(results)
+    rows = []
+    for target in conc["targets"]:
+        mixed = [cell(results, target, "mixed", n) for n in procs]
+        at = cell(results, target, "mixed", mid)
+        put = cell(results, target, "put", mid)
+        reserve = cell(results, target, "reserve", mid)
+        rows.append(
+            [
+                TARGET_LABELS[target],
+                *[_fmt(c["ops_per_s"]) if c else "–" for c in mixed],
+                f"{_sig(at['p50_ms'])} · {_sig(at['p99_ms'])}" if at else "–",
+                _fmt(put["ops_per_s"]) if put else "–",
+                _fmt(reserve["ops_per_s"]) if reserve else "–",
+            ]
+        )
+    header = [
+        "",
+        *[f"90/10 ops/s, {n} proc" for n in procs],
+        f"90/10 latency p50 · p99 ms, {mid} procs",
+        f"puts/s (new keys), {mid} procs",
+        f"reservation cycles/s (10 hot keys), {mid} procs",
+    ]
+    notes = "".join(
+        f"\n\n_{TARGET_LABELS.get(t, t)}: {note}._" for t, note in conc.get("notes", {}).items()
+    )
+    return _table(header, rows) + notes
+
+
+# -- the contributor's page -------------------------------------------------------------------
 
 
 def _targets_table(evaluated: list[dict[str, Any]]) -> str:
     rows = []
     for t in evaluated:
-        shown = _fmt(t["value"], 0 if t["key"] == "busy_8p" else 2)
+        if t["key"] == "busy_8p":
+            shown = _fmt(t["value"])
+        elif t["low"] == t["high"] or _nan(t["low"]):
+            shown = _fmt(t["value"], 2)
+        else:
+            shown = f"{t['value']:.2f} [{t['low']:.2f}–{t['high']:.2f}]"
         goal = f"{t['direction']} {t['goal']:g}"
         rows.append([t["target"], t["measured"], shown, goal, f"**{t['verdict']}**"])
-    return _table(["target", "measured", "ratio", "goal", "verdict"], rows, "llrll")
+    return _table(["target", "measured", "ratio [min–max]", "goal", "verdict"], rows, "llrll")
 
 
-def _machine(results: dict[str, Any]) -> dict[str, Any]:
-    meta = results["meta"]
-    m = meta["machine"]
-    versions = results.get("concurrency", {}).get("versions", {})
-    return {
-        "revision": meta.get("revision", "unknown"),
-        "cpu_model": m["cpu_model"],
-        "nproc": m["nproc"],
-        "platform": m["platform"],
-        "python": m["python"],
-        "sqlite": m["sqlite"],
-        "sqlalchemy": m["sqlalchemy"],
-        "protobuf": m["protobuf"],
-        "diskcache": m["diskcache"],
-        "psycopg": m["psycopg"],
-        "postgresql_version": f", {versions['postgresql']}" if versions.get("postgresql") else "",
-        "loadavg_start": ", ".join(f"{x:.2f}" for x in m["loadavg"]),
-        "loadavg_end": ", ".join(f"{x:.2f}" for x in meta["loadavg_end"]),
-    }
-
-
-def _single(results: dict[str, Any]) -> str:
+def _single_detail(results: dict[str, Any]) -> str:
     single = results.get("single")
     if not single:
-        return _section("not_run")
+        return "_not run_"
     rows = []
     for op in ("get", "put"):
         r = single[op]
-        for impl, value in r["rates"].items():
-            ratio = "1.00" if impl == "flytecache" else _fmt(r["ratios"][impl], 2)
-            rows.append([op, impl, _fmt(value), ratio])
-    header = ["op", "implementation", "ops/s", "flytecache ÷ it"]
-    return _section(
-        "single",
-        get_n=f"{single['get']['n']:,}",
-        put_n=f"{single['put']['n']:,}",
-        repeats=single["get"]["repeats"],
-        table=_table(header, rows, "llrr"),
-    )
+        for name, rate in r["rates"].items():
+            ratio = "–" if name == "flytecache" else _spread(r["ratios"][name])
+            rows.append([op, CONTENDER_LABELS[name], _rate(rate), ratio])
+    header = ["op", "contender", "calls per CPU-second [min–max]", "flytecache ÷ it [min–max]"]
+    return _table(header, rows, "llrr")
 
 
-def _scaling(results: dict[str, Any]) -> str:
-    scaling = results.get("scaling")
-    if not scaling:
-        return _section("not_run")
-    small, big = scaling["sizes"]
+def _postgresql_detail(results: dict[str, Any]) -> str:
+    pg = results.get("postgresql")
+    if not pg:
+        return "_not run_"
+    if "ratios" not in pg:
+        return f"_{pg['note']}._"
     rows = []
-    for op in ("get_hit", "put_new"):
-        a, b = scaling["ops"][op][str(small)], scaling["ops"][op][str(big)]
+    for op, by in pg["rates"].items():
+        rows.append([op, _rate(by["flytecache"]), _rate(by["psycopg"]), _spread(pg["ratios"][op])])
+    intro = (
+        f"Blocks of {pg['n']:,} calls, {pg['repeats']} repeats, {pg['version']}; "
+        "1,000 entries in each database.\n\n"
+    )
+    header = ["op", "flytecache calls/s", "raw psycopg calls/s", "ratio [min–max]"]
+    return intro + _table(header, rows, "lrrr")
+
+
+def _growth(results: dict[str, Any]) -> str:
+    growth = results.get("growth")
+    if not growth:
+        return "_not run_"
+    small, big = growth["sizes"]
+    rows = []
+    for name in ("flytecache", "limit"):
+        us = growth["median_us"][name]
         rows.append(
             [
-                OP_LABELS[op],
-                _fmt(a["median_us"], 1),
-                _fmt(b["median_us"], 1),
-                _fmt(b["median_us"] / a["median_us"], 2),
-                _fmt(a["mean_us"], 1),
-                _fmt(b["mean_us"], 1),
-                f"{a['calls']:,}",
+                CONTENDER_LABELS[name],
+                _fmt(us[str(small)], 1),
+                _fmt(us[str(big)], 1),
+                _spread(growth["growth"][name]),
             ]
         )
-    header = [
-        "operation",
-        f"median µs @{small:,}",
-        f"median µs @{big:,}",
-        "ratio",
-        f"mean µs @{small:,}",
-        f"mean µs @{big:,}",
-        "calls per size",
+    intro = (
+        f"Median µs per get (hit, uniformly random keys), all four databases open at once and "
+        f"timed in alternating blocks of {growth['block']} calls, {growth['rounds']} rounds; "
+        "growth per round, median [min–max].\n\n"
+    )
+    header = ["", f"µs @ {small:,}", f"µs @ {big:,}", "growth [min–max]"]
+    return intro + _table(header, rows)
+
+
+def _footprint(results: dict[str, Any]) -> str:
+    fp = results.get("footprint")
+    if not fp:
+        return ""
+    rows = [
+        [CONTENDER_LABELS[name], _fmt(fp[name])] for name in ("flytecache", "limit", "diskcache")
     ]
-    return _section("scaling", table=_table(header, rows))
+    intro = (
+        f"Bytes per entry: file size ÷ {fp['entries']:,} entries (with their 10 % leases), "
+        "after a checkpoint.\n\n"
+    )
+    return intro + _table(["", "bytes per entry"], rows)
 
 
-def _concurrency_table(results: dict[str, Any], op: str, level: str) -> str:
-    procs = results["concurrency"]["procs"]
-    rows: list[list[str]] = []
-    for target in results["concurrency"]["targets"]:
-        found = [cell(results, target, op, level, n) for n in procs]
-        if not any(found):
-            continue
-        latency = " / ".join(
-            f"{c['p50_ms']:.2f}·{c['p99_ms']:.1f}·{c['max_ms']:.0f}" if c else "–" for c in found
-        )
-        busy = str(sum(c["busy"] for c in found if c))
-        if any(c and c["errors"] for c in found):
-            busy += f" (+{sum(c['errors'] for c in found if c)} other)"
-        rates = [_fmt(c["ops_per_s"]) if c else "–" for c in found]
-        rows.append([TARGET_LABELS[target], *rates, latency, busy])
-    header = ["target", *[f"{n} proc" for n in procs], "latency by procs", "busy"]
-    return _table(header, rows, "l" + "r" * len(procs) + "lr")
-
-
-def _concurrency(results: dict[str, Any]) -> str:
+def _concurrency_detail(results: dict[str, Any]) -> str:
     conc = results.get("concurrency")
     if not conc:
-        return _section("not_run")
-    notes = [
-        _section("concurrency_note", target=TARGET_LABELS.get(target, target), note=note)
-        for target, note in conc.get("notes", {}).items()
-    ]
-    return _section(
-        "concurrency",
-        seconds=f"{conc['seconds']:g}",
-        repeats=conc["repeats"],
-        notes="\n\n".join(notes),
-        **{
-            f"{op}_{level}": _concurrency_table(results, op, level)
-            for op in ("put", "reserve")
-            for level in ("hot", "distinct")
-        },
-    )
-
-
-def _postgresql(results: dict[str, Any]) -> str:
-    conc = results.get("concurrency")
-    if not conc or FC_PG not in conc["targets"]:
-        return _section(
-            "postgresql_not_run", note=(conc or {}).get("notes", {}).get(FC_PG, "not run")
+        return "_not run_"
+    procs = conc["procs"]
+    parts = []
+    for workload in conc["workloads"]:
+        rows = []
+        for target in conc["targets"]:
+            found = [cell(results, target, workload, n) for n in procs]
+            if not any(found):
+                continue
+            latency = " / ".join(
+                f"{c['p50_ms']:.2f}·{c['p99_ms']:.1f}·{c['max_ms']:.0f}" if c else "–"
+                for c in found
+            )
+            errors = sum(c["busy"] for c in found if c)
+            other = sum(c["errors"] for c in found if c)
+            shown = f"{errors}" + (f" (+{other} other)" if other else "")
+            rows.append(
+                [
+                    TARGET_LABELS[target],
+                    *[_fmt(c["ops_per_s"]) if c else "–" for c in found],
+                    latency,
+                    shown,
+                ]
+            )
+        header = ["target", *[f"{n} proc" for n in procs], "latency by procs", "busy"]
+        parts.append(
+            f"**{WORKLOAD_LABELS[workload]}** — ops/s by processes\n\n"
+            + _table(header, rows, "l" + "r" * len(procs) + "lr")
         )
-    rows = []
-    for op in ("put", "reserve"):
-        for level in ("hot", "distinct"):
-            for n in (1, 4, 8):
-                sq = cell(results, "flytecache-sqlite", op, level, n)
-                pg = cell(results, FC_PG, op, level, n)
-                if not sq or not pg:
-                    continue
-                rows.append(
-                    [
-                        op,
-                        level,
-                        str(n),
-                        _fmt(sq["ops_per_s"]),
-                        _fmt(pg["ops_per_s"]),
-                        _fmt(paired_ratio(pg, sq), 2),
-                        f"{sq['p99_ms']:.1f} / {pg['p99_ms']:.1f}",
-                    ]
-                )
-    header = ["op", "keys", "procs", "SQLite ops/s", "PostgreSQL ops/s", "PG ÷ SQLite"]
-    return _table([*header, "p99 ms SQLite / PG"], rows, "lllrrrr")
-
-
-def _server(results: dict[str, Any]) -> str:
-    conc = results.get("concurrency")
-    if not conc or "serve" not in conc["targets"]:
-        return _section("not_run")
-    rows = []
-    for op in ("put", "reserve"):
-        for level in ("hot", "distinct"):
-            for n in conc["procs"]:
-                real = cell(results, "serve", op, level, n)
-                noop = cell(results, "serve-noop", op, level, n)
-                if not real or not noop:
-                    continue
-                rows.append(
-                    [
-                        op,
-                        level,
-                        str(n),
-                        _fmt(real["requests_per_s"]),
-                        _fmt(noop["requests_per_s"]),
-                        _fmt(paired_ratio(real, noop, "requests_samples"), 2),
-                    ]
-                )
-    return _table(["op", "keys", "clients", "serve req/s", "no-op req/s", "ratio"], rows, "lllrrr")
+    notes = [f"> {TARGET_LABELS.get(t, t)}: {n}" for t, n in conc.get("notes", {}).items()]
+    return "\n\n".join(parts + notes)
 
 
 def _per_op(results: dict[str, Any]) -> str:
     per_op = results.get("per_op")
     if not per_op:
-        return _section("not_run")
+        return "_not run_"
     rows_in = per_op["benchmarks"]
     sizes = per_op_sizes(results)
     ops = [op for op in OP_LABELS if any(r["op"] == op and r["size"] for r in rows_in)]
     header = ["operation"]
     for s in sizes:
-        header += [f"flytecache {s:,}", f"raw {s:,}", f"diskcache {s:,}"]
-    header += [f"÷raw @{sizes[0]:,}", f"{sizes[-1]:,} ÷ {sizes[0]:,}"]
+        header += [f"flytecache {s:,}", f"limit {s:,}", f"diskcache {s:,}"]
     rows = []
     for op in ops:
         row = [OP_LABELS[op]]
         for s in sizes:
             row += [
                 _fmt(per_op_us(results, op, impl, s), 1)
-                for impl in ("flytecache", "raw", "diskcache")
+                for impl in ("flytecache", "limit", "diskcache")
             ]
-        ours = per_op_us(results, op, "flytecache", sizes[0])
-        raw = per_op_us(results, op, "raw", sizes[0])
-        row.append(_fmt(raw / ours, 2))
-        row.append(_fmt(per_op_us(results, op, "flytecache", sizes[-1]) / ours, 2))
         rows.append(row)
-    parsed = [r for r in rows_in if r["impl"] == "diskcache+parse"]
     keys = [r for r in rows_in if r["op"] == "cache_key"]
-    return _section(
-        "per_op",
-        table=_table(header, rows),
-        parsed=_section(
-            "per_op_parsed",
-            latencies=", ".join(f"{_fmt(r['median_us'], 1)} µs at {r['size']:,}" for r in parsed),
+    key_line = ""
+    if keys:
+        key_line = "\n\n`cache_key` for a 20-input task (no database): " + ", ".join(
+            f"{r['impl']} {_fmt(r['median_us'], 1)} µs" for r in keys
         )
-        if parsed
-        else "",
-        cache_key=_section(
-            "per_op_cache_key",
-            latencies=", ".join(f"{r['impl']} {_fmt(r['median_us'], 1)} µs" for r in keys),
-        )
-        if keys
-        else "",
-    )
+    return "Median µs per call.\n\n" + _table(header, rows) + key_line
 
 
 def _profile(results: dict[str, Any]) -> str:
     prof = results.get("profile")
     if not prof:
-        return _section("not_run")
-    b = prof["breakdown"]
-    breakdown = _table(
-        ["call", "total", "SQL on a raw connection", "protobuf ↔ rows", "the rest"],
-        [
-            [
-                "get (hit)",
-                _fmt(b["get"]["total"], 1),
-                _fmt(b["get"]["sql"], 1),
-                _fmt(b["get"]["rows_to_protobuf"], 1),
-                _fmt(b["get"]["other"], 1),
-            ],
-            [
-                "put (new)",
-                _fmt(b["put"]["total"], 1),
-                _fmt(b["put"]["sql"], 1),
-                _fmt(b["put"]["protobuf_to_rows"], 1),
-                _fmt(b["put"]["other"], 1),
-            ],
-        ],
-    )
-    profiles = {
-        f"{op}_profile": _table(
-            ["function", "calls", "own", "cumulative"],
-            [
-                [
-                    f"`{r['function']}`",
-                    f"{r['calls']:,}",
-                    f"{r['own_share']:.0%}",
-                    f"{r['cumulative_share']:.0%}",
-                ]
-                for r in prof["profile"][op]
-            ],
-        )
-        for op in ("get", "put")
-    }
-    variant = prof.get("schema_variant")
-    return _section(
-        "profile",
-        breakdown=breakdown,
-        flytecache_pages=f"{prof['wal_pages_per_put']['flytecache']:.1f}",
-        diskcache_pages=f"{prof['wal_pages_per_put']['diskcache']:.1f}",
-        schema_variant=_schema_variant(variant) if variant else "",
-        **profiles,
-    )
-
-
-def _schema_variant(variant: dict[str, Any]) -> str:
-    r, p = variant["rates"], variant["pages_per_put"]
-    header = ["", "today's schema (raw)", "one-blob variant (raw)", "diskcache", "pages/put"]
-    rows = [
-        [
-            "put (new)",
-            _fmt(r["put_today"]),
-            _fmt(r["put_variant"]),
-            _fmt(r["put_diskcache"]),
-            f"{p['today']:.1f} → {p['variant']:.1f}",
-        ],
-        [
-            "get (hit) → CachedOutput",
-            _fmt(r["get_today"]),
-            _fmt(r["get_variant"]),
-            _fmt(r["get_diskcache"]) + " (bytes)",
-            "",
-        ],
+        return "_not run_"
+    pages = prof["wal_pages_per_put"]
+    parts = [
+        "Pages written per put (WAL frames per commit, puts into the 1k database): "
+        + ", ".join(f"{CONTENDER_LABELS[k]} **{v:.1f}**" for k, v in pages.items())
+        + "."
     ]
-    return _section("schema_variant", table=_table(header, rows))
-
-
-# -- what limits each missed target -----------------------------------------------------------
-
-
-def _misses(results: dict[str, Any], evaluated: list[dict[str, Any]]) -> str:
-    """Each missed target with the analysis of what limits it, in this run's numbers."""
-    missed = [t for t in evaluated if t["verdict"] == "MISS"]
-    if not missed:
-        return _miss("none_missed")
-    return "\n\n".join(
-        _miss(
-            "missed",
-            target=t["target"],
-            value=f"{t['value']:.2f}",
-            analysis=_analysis(results, t["key"]),
+    for op in ("get", "put"):
+        rows = [
+            [
+                f"`{r['function']}`",
+                f"{r['calls']:,}",
+                f"{r['own_share']:.0%}",
+                f"{r['cumulative_share']:.0%}",
+            ]
+            for r in prof["profile"][op]
+        ]
+        parts.append(
+            f"cProfile of `CacheStore.{op}`, top functions by own time:\n\n"
+            + _table(["function", "calls", "own", "cumulative"], rows)
         )
-        for t in missed
+    return "\n\n".join(parts)
+
+
+def _sdk_run(results: dict[str, Any]) -> str:
+    sdk = results.get("flyte_sdk")
+    if not sdk:
+        return "_not run (the Flyte SDK is not installed, or the phase was skipped)_"
+    rows = [
+        [name, _fmt(v["median_us"], 0), f"{_fmt(v['min_us'])}–{_fmt(v['max_us'])}"]
+        for name, v in sdk["per_call"].items()
+    ]
+    return (
+        f"µs per call of a cached child task awaited {sdk['calls_per_round']} times inside one "
+        "`flyte.run` (wall clock; `uncached` is the same child with caching disabled).\n\n"
+        + _table(["cache", "median µs", "min–max"], rows)
     )
 
 
-def _analysis(results: dict[str, Any], key: str) -> str:
-    prof = results.get("profile") or {}
-    b = prof.get("breakdown", {})
-    pages = prof.get("wal_pages_per_put", {})
-    single = results.get("single", {})
-    if key == "put_vs_diskcache" and single:
-        rates = single["put"]["rates"]
-        ours, raw, dc = (1e6 / rates[k] for k in ("flytecache", "raw", "diskcache"))
-        return _miss(
-            key,
-            diskcache_us=f"{dc:.0f}",
-            raw_us=f"{raw:.0f}",
-            raw_share=f"{raw / dc:.2f}",
-            flytecache_us=f"{ours:.0f}",
-            flytecache_pages=f"{pages.get('flytecache', math.nan):.1f}",
-            diskcache_pages=f"{pages.get('diskcache', math.nan):.1f}",
-            own_us=f"{ours - raw:.0f}",
-            protobuf_us=f"{b.get('put', {}).get('protobuf_to_rows', math.nan):.0f}",
-            other_us=f"{b.get('put', {}).get('other', math.nan):.0f}",
-        )
-    if key == "get_vs_diskcache" and single:
-        rates = single["get"]["rates"]
-        return _miss(
-            key,
-            raw_share=f"{rates['raw'] / rates['diskcache']:.2f}",
-            protobuf_us=f"{b.get('get', {}).get('rows_to_protobuf', math.nan):.1f}",
-            sql_us=f"{b.get('get', {}).get('sql', math.nan):.1f}",
-            parse_share=f"{rates['diskcache+parse'] / rates['diskcache']:.2f}",
-            other_us=f"{b.get('get', {}).get('other', math.nan):.1f}",
-        )
-    if key in ("get_hit_scaling", "put_new_scaling"):
-        op = key.removesuffix("_scaling")
-        sizes = per_op_sizes(results)
-        raw_note = ""
-        if len(sizes) > 1:
-            lo = per_op_us(results, op, "raw", sizes[0])
-            hi = per_op_us(results, op, "raw", sizes[-1])
-            raw_note = _miss(
-                "latency_scaling_raw",
-                small_us=f"{lo:.1f}",
-                big_us=f"{hi:.1f}",
-                ratio=f"{hi / lo:.2f}",
-            )
-            raw_note += "\n"
-        return _miss("latency_scaling", raw=raw_note)
-    if key in ("get_vs_raw", "reserve_vs_diskcache", "server_vs_ceiling", "busy_8p"):
-        return _miss(key)
-    return _miss("unexplained")
+# -- rendering --------------------------------------------------------------------------------
 
 
-# -- the page ---------------------------------------------------------------------------------
+def _common(results: dict[str, Any]) -> dict[str, Any]:
+    meta = results["meta"]
+    m = meta["machine"]
+    conc = results.get("concurrency") or {}
+    pg = results.get("postgresql") or {}
+    return {
+        "made_by": "make bench-quick" if meta["mode"] == "quick" else "make bench",
+        "mode": meta["mode"],
+        "revision": meta.get("revision", "unknown"),
+        "single_repeats": (results.get("single") or {}).get("repeats", "–"),
+        "conc_repeats": conc.get("repeats", "–"),
+        "pg_version": pg.get("version", "").removeprefix("postgres (PostgreSQL) ") or "(not run)",
+        "_m": m,
+    }
 
 
-def render(results: dict[str, Any], docs_dir: Path = DOCS) -> Path:
-    """Write ``benchmarks.md`` and the plots into ``docs_dir``; returns the page's path."""
+def render(results: dict[str, Any], docs_dir: Path, results_path: str | None = None) -> Path:
+    """Write both pages and the plots into ``docs_dir``; returns the user page's path."""
     evaluated = results.get("targets") or targets.evaluate(results)
     drawn = plots.draw(results, docs_dir / IMG)
     meta = results["meta"]
-    page = _fill(
-        Template((TEMPLATES / "benchmarks.md.tmpl").read_text()),
-        "benchmarks.md.tmpl",
+    common = _common(results)
+    m = common.pop("_m")
+    conc = results.get("concurrency") or {}
+    single = results.get("single") or {}
+    user = _fill(
+        "benchmarks.md",
         {
-            "made_by": "make bench-quick" if meta["mode"] == "quick" else "make bench",
-            "mode": meta["mode"],
-            "duration_s": f"{meta['duration_s']:.0f}",
-            "timestamp": meta["timestamp"],
-            "results_file": meta["results_file"],
-            "targets": _targets_table(evaluated),
-            **_machine(results),
-            "single": _single(results),
-            "scaling": _scaling(results),
-            "concurrency": _concurrency(results),
-            "postgresql": _postgresql(results),
-            "server": _server(results),
-            "per_op": _per_op(results),
-            "profile": _profile(results),
-            "misses": _misses(results, evaluated),
+            **common,
+            "date": meta["timestamp"][:10],
+            "single_table": _single_table(results),
+            "sdk_hit": _sdk_hit(results),
+            "postgresql": _postgresql_user(results),
+            "deployments_table": _deployments_table(results),
+            "cpu_model": m["cpu_model"],
+            "nproc": m["nproc"],
+            "platform": m["platform"],
+            "python": m["python"],
+            "sqlite": m["sqlite"],
+            "protobuf": m["protobuf"],
+            "diskcache": m["diskcache"],
+            "psycopg": m["psycopg"],
+            "loadavg_start": f"{m['loadavg'][0]:.1f}",
+            "loadavg_end": f"{meta.get('loadavg_end', [math.nan])[0]:.1f}",
         },
     )
-    # Optional blocks that were left out leave runs of blank lines behind.
-    page = re.sub(r"\n{3,}", "\n\n", page).strip("\n") + "\n"
-    missing = sorted(set(_FIGURE.findall(page)) - set(drawn.values()))
-    if missing:
-        raise ValueError(f"the page shows figures that were not drawn: {missing}")
+    details = _fill(
+        "benchmarks-details.md",
+        {
+            "made_by": common["made_by"],
+            "mode": common["mode"],
+            "revision": common["revision"],
+            "single_repeats": common["single_repeats"],
+            "conc_repeats": common["conc_repeats"],
+            "duration_s": f"{meta.get('duration_s', math.nan):.0f}",
+            "timestamp": meta["timestamp"],
+            "results_path": results_path or f"benchmarks/out/results/{meta['results_file']}",
+            "targets": _targets_table(evaluated),
+            "get_n": f"{single.get('n_get', 0):,}",
+            "put_n": f"{single.get('n_put', 0):,}",
+            "sdk_backend": single.get("sdk_backend") or "not installed",
+            "single_detail": _single_detail(results),
+            "postgresql_detail": _postgresql_detail(results),
+            "growth": _growth(results),
+            "footprint": _footprint(results),
+            "seconds": f"{conc.get('seconds', math.nan):g}",
+            "concurrency_detail": _concurrency_detail(results),
+            "per_op": _per_op(results),
+            "profile": _profile(results),
+            "sdk_run": _sdk_run(results),
+        },
+    )
     docs_dir.mkdir(parents=True, exist_ok=True)
-    path = docs_dir / "benchmarks.md"
-    path.write_text(page)
-    return path
+    for name, page in zip(PAGES, (user, details), strict=True):
+        missing = sorted(set(_FIGURE.findall(page)) - set(drawn.values()))
+        if missing and results.get("concurrency") and results.get("single"):
+            raise ValueError(f"{name} shows figures that were not drawn: {missing}")
+        (docs_dir / name).write_text(page)
+    return docs_dir / PAGES[0]
 
 
-def main() -> None:
+def latest(results_dir: Path = OUT_DIR / "results") -> Path:
+    """The newest results document in ``results_dir``."""
+    found = sorted(results_dir.glob("*.json"))
+    if not found:
+        raise SystemExit(f"no results in {results_dir}: run `make bench-quick` first")
+    return found[-1]
+
+
+def publish(source: Path) -> Path:
+    """Render ``source`` into docs/ and keep it as the one published run in benchmarks/results/."""
+    results = json.loads(source.read_text())
+    if results["meta"]["mode"] == "smoke":
+        raise SystemExit(f"{source} is a smoke run: its numbers mean nothing")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    for old in RESULTS_DIR.glob("*.json"):
+        old.unlink()
+    kept = RESULTS_DIR / source.name
+    shutil.copyfile(source, kept)
+    for stale in (DOCS / IMG).glob("bench-*.png"):
+        stale.unlink()
+    return render(results, DOCS, str(kept.relative_to(ROOT)))
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path)
-    parser.add_argument("--docs", type=Path, default=DOCS)
-    args = parser.parse_args()
-    results = json.loads(args.results.read_text())
-    print(render(results, args.docs))
+    parser.add_argument("results", type=Path, nargs="?", help="default: the latest run")
+    parser.add_argument("--docs", type=Path, default=OUT_DIR / "docs")
+    parser.add_argument(
+        "--publish", action="store_true", help="render into docs/ and keep the JSON (tracked)"
+    )
+    args = parser.parse_args(argv)
+    source = args.results or latest()
+    if args.publish:
+        print(publish(source))
+        return
+    print(render(json.loads(source.read_text()), args.docs))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
-"""Run every benchmark, write ``benchmarks/results/<timestamp>.json`` and ``docs/benchmarks.md``.
+"""Run every benchmark; write the results, the pages and the plots to ``benchmarks/out/``.
 
     python -m benchmarks.run            # make bench: long cells, more repeats
-    python -m benchmarks.run --quick    # make bench-quick: the same matrix in < 5 minutes
+    python -m benchmarks.run --quick    # make bench-quick: the same matrix, short cells
+    python -m benchmarks.report --publish   # make bench-publish: the latest run → docs/
 
-Phases, in order: build or reuse the 1k/100k/1M databases; per-operation latency
-(pytest-benchmark over ``bench_store.py`` and ``bench_keys.py``); single-process get/put vs
-raw sqlite3 and diskcache, and get/put latency at 1k vs 1M interleaved (``store_harness``);
-processes × contention × targets (``concurrency``); where the time goes (``profile_store``);
-then the targets are evaluated (``targets``) and the page and plots regenerated (``report``).
+Phases, in order: build or reuse the cached databases (``populate``); per-operation latency
+(pytest-benchmark over ``bench_store.py`` and ``bench_keys.py``); single-process get/put per
+CPU-second against the limit, diskcache and the Flyte SDK's cache, get latency growth by size
+and bytes per entry (``store_harness``); PostgreSQL against raw psycopg (``pg_cells``);
+processes × workloads × targets (``concurrency``); profiles (``profile_store``); a cache hit in
+a Flyte SDK local run (``flyte_sdk``). Then the targets are evaluated (``targets``) and the
+pages and plots rendered (``report``) into ``benchmarks/out/docs/`` — never into ``docs/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -25,45 +29,50 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import populate
-from benchmarks._common import RESULTS_DIR, ROOT, machine, revision, write_json
+from benchmarks._common import OUT_DIR, ROOT, machine, revision, write_json
 
 MODES: dict[str, dict[str, Any]] = {
     "full": {
         "sizes": populate.SIZES,
         "pytest": ["--benchmark-max-time=1.0", "--benchmark-min-rounds=50"],
         "rounds": 2000,
-        "single": {"quick": False},
-        "scaling_rounds": 30,
+        "single": {"n": 10_000, "repeats": 7},
+        "growth_rounds": 30,
+        "postgresql": {"n": 2_000, "repeats": 5},
         "concurrency": {"seconds": 1.5, "repeats": 5, "procs": [1, 2, 4, 8]},
         "profile": {"quick": False},
         "flyte_sdk": {"rounds": 7, "calls": 300},
     },
     "quick": {
-        "sizes": populate.SIZES,
+        "sizes": (1_000, 1_000_000),
         "pytest": ["--benchmark-max-time=0.1", "--benchmark-min-rounds=20"],
         "rounds": 300,
-        "single": {"quick": True},
-        "scaling_rounds": 10,
-        "concurrency": {"seconds": 0.4, "repeats": 3, "procs": [1, 2, 4, 8]},
+        "single": {"n": 2_000, "repeats": 5},
+        "growth_rounds": 10,
+        "postgresql": {"n": 500, "repeats": 3},
+        "concurrency": {"seconds": 0.4, "repeats": 3, "procs": [1, 4, 8]},
         "profile": {"quick": True},
         "flyte_sdk": {"rounds": 3, "calls": 100},
     },
     # For the test suite: every phase end to end on tiny inputs, no meaningful numbers.
     "smoke": {
-        "sizes": (1_000,),
+        "sizes": (1_000, 2_000),
         "pytest": [
             "--benchmark-max-time=0.0005",
             "--benchmark-min-rounds=1",
             "--benchmark-calibration-precision=1",
         ],
         "rounds": 2,
-        "single": {"repeats": 1, "n": 30},
-        "scaling_rounds": 1,
+        "single": {"n": 30, "repeats": 1},
+        "growth_rounds": 1,
+        "postgresql": {"n": 5, "repeats": 1},
         "concurrency": {"seconds": 0.05, "repeats": 1, "procs": [1, 2]},
-        "profile": {"n": 20, "repeats": 1},
+        "profile": {"n": 20},
         "flyte_sdk": {"rounds": 1, "calls": 3},
     },
 }
+
+PHASES = ("per_op", "single", "postgresql", "concurrency", "profile", "flyte_sdk")
 
 
 def _log(message: str) -> None:
@@ -72,13 +81,12 @@ def _log(message: str) -> None:
 
 def _build(job: tuple[str, int]) -> str:
     kind, size = job
-    builder = populate.store_db if kind == "store" else populate.diskcache_dir
-    return str(builder(size))
+    return str(populate.cached(kind, size))
 
 
 def ensure_databases(sizes: tuple[int, ...]) -> None:
     """Build the missing cached databases, two at a time (one per core)."""
-    jobs = [(kind, size) for size in sizes for kind in ("store", "diskcache")]
+    jobs = [(kind, size) for size in sizes for kind in populate.KINDS]
     missing = [job for job in jobs if not populate.cached_path(*job).exists()]
     if not missing:
         return
@@ -167,20 +175,25 @@ def flyte_sdk_hits(rounds: int, calls: int) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="the whole matrix in < 5 minutes")
+    group.add_argument("--quick", action="store_true", help="the whole matrix, short cells")
     group.add_argument("--smoke", action="store_true", help="tiny inputs (for the test suite)")
-    parser.add_argument("--targets", help="concurrency targets (default: all)")
+    parser.add_argument("--targets", help="concurrency targets (default: all but serve-noop)")
     parser.add_argument(
-        "--skip",
-        default="",
-        help="comma-separated phases to skip: per_op,single,concurrency,profile,flyte_sdk",
+        "--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)}"
     )
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=OUT_DIR,
+        help="results/<stamp>.json and docs/ (pages, plots) go here (default: benchmarks/out)",
+    )
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     config = MODES[mode]
     skip = {s for s in args.skip.split(",") if s}
+    unknown = skip - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES)}")
     started = time.perf_counter()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results: dict[str, Any] = {
@@ -199,35 +212,45 @@ def main(argv: list[str] | None = None) -> Path:
         _log(f"[{time.perf_counter() - started:6.1f} s] {name} ...")
         return time.perf_counter()
 
-    from benchmarks import concurrency, profile_store, report, store_harness, targets
+    from benchmarks import concurrency, pg_cells, profile_store, report, store_harness, targets
+    from benchmarks._postgres import databases
 
+    sizes = tuple(config["sizes"])
     t = phase("databases")
-    ensure_databases(tuple(config["sizes"]))
+    ensure_databases(sizes)
     phases["databases"] = time.perf_counter() - t
-    if "per_op" not in skip:
-        t = phase("per-operation latency (pytest-benchmark)")
-        sizes = tuple(config["sizes"])
-        results["per_op"] = per_operation(sizes, config["pytest"], config["rounds"])
-        phases["per_op"] = time.perf_counter() - t
-    if "single" not in skip:
-        t = phase("single-process get/put vs raw sqlite3 and diskcache")
-        results["single"] = store_harness.run(**config["single"])
-        sizes = tuple(config["sizes"])
-        if len(sizes) > 1:
-            results["scaling"] = store_harness.scaling(
-                (min(sizes), max(sizes)), rounds=config["scaling_rounds"]
+    with contextlib.ExitStack() as stack:
+        pg: Any = None
+        if {"postgresql", "concurrency"} - skip:
+            pg = stack.enter_context(databases())
+        if "per_op" not in skip:
+            t = phase("per-operation latency (pytest-benchmark)")
+            results["per_op"] = per_operation(sizes, config["pytest"], config["rounds"])
+            phases["per_op"] = time.perf_counter() - t
+        if "single" not in skip:
+            t = phase("single process: get/put per CPU-second, growth by size, bytes per entry")
+            results["single"] = store_harness.single(**config["single"])
+            results["growth"] = store_harness.growth(
+                (min(sizes), max(sizes)), rounds=config["growth_rounds"]
             )
-        phases["single"] = time.perf_counter() - t
-    if "concurrency" not in skip:
-        t = phase("processes × contention × targets")
-        measured = args.targets.split(",") if args.targets else list(concurrency.TARGETS)
-        results["concurrency"] = concurrency.run(
-            targets=measured, log=_log, **config["concurrency"]
-        )
-        problems = results["concurrency"]["problems"]
-        if problems:
-            raise SystemExit("checks after timing failed: " + "; ".join(problems))
-        phases["concurrency"] = time.perf_counter() - t
+            results["footprint"] = store_harness.footprint(max(sizes))
+            phases["single"] = time.perf_counter() - t
+        if "postgresql" not in skip:
+            t = phase("PostgreSQL: flytecache vs raw psycopg")
+            results["postgresql"] = pg_cells.run(pg, **config["postgresql"])
+            phases["postgresql"] = time.perf_counter() - t
+        if "concurrency" not in skip:
+            t = phase("processes × workloads × targets")
+            measured = (
+                args.targets.split(",") if args.targets else list(concurrency.DEFAULT_TARGETS)
+            )
+            results["concurrency"] = concurrency.run(
+                targets=measured, log=_log, pg=pg, **config["concurrency"]
+            )
+            problems = results["concurrency"]["problems"]
+            if problems:
+                raise SystemExit("checks after timing failed: " + "; ".join(problems))
+            phases["concurrency"] = time.perf_counter() - t
     if "profile" not in skip:
         t = phase("profiles")
         results["profile"] = profile_store.run(**config["profile"])
@@ -240,15 +263,15 @@ def main(argv: list[str] | None = None) -> Path:
     results["meta"]["loadavg_end"] = list(os.getloadavg())
     # The page reports the run's duration, so it is taken before rendering (~5 s of plots).
     results["meta"]["duration_s"] = time.perf_counter() - started
-    path = args.results_dir / f"{stamp}.json"
+    path = args.out_dir / "results" / f"{stamp}.json"
     write_json(path, results)
     phase("report")
-    page = report.render(results, args.docs_dir)
+    page = report.render(results, args.out_dir / "docs")
     _log(f"[{time.perf_counter() - started:6.1f} s] done: {path} and {page}")
     for target in results["targets"]:
         print(
-            f"{target['verdict']:4}  {target['target']:<64} {target['value']:6.2f}  "
-            f"({target['measured']})"
+            f"{target['verdict']:4}  {target['target']:<66} {target['value']:6.2f} "
+            f"[{target['low']:.2f}–{target['high']:.2f}]  ({target['measured']})"
         )
     return path
 

@@ -1,8 +1,9 @@
-"""The performance targets: each one evaluated from a results document, PASS or MISS.
+"""The targets of issue #14, each evaluated from a results document: PASS or MISS.
 
-A target compares flytecache with a baseline measured in the same run (raw sqlite3, diskcache,
-the server's no-op ceiling) or with itself at another database size, so the verdict does not
-depend on how fast or how busy the machine was.
+Every target compares flytecache with a baseline measured in the same run (the limit, diskcache,
+the Flyte SDK's cache, raw psycopg) or with the limit's own growth, so the verdict does not
+depend on how fast or how busy the machine was. Each carries the median and the min–max of its
+per-repeat ratios.
 """
 
 from __future__ import annotations
@@ -10,152 +11,151 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from benchmarks._common import median
-from benchmarks._results import FC_PG, cell, paired_ratio, per_op_sizes, per_op_us
+from benchmarks._common import spread
+from benchmarks._results import cell, paired, per_op_sizes, per_op_us
+
+RESERVE_PROCS = (1, 4, 8)
+MIXED_PROCS = 4
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every issue-7 target with its measured value, ratio and PASS/MISS."""
+    """Every issue-14 target with its measured ratio, spread and PASS/MISS."""
     targets: list[dict[str, Any]] = []
 
-    def add(key: str, name: str, measured: str, value: float, goal: float, *, lower: bool) -> None:
-        if math.isnan(value):
+    def add(
+        key: str, name: str, measured: str, value: dict[str, float], goal: float, *, lower: bool
+    ) -> None:
+        v = value["median"]
+        if math.isnan(v):
             verdict = "n/a"
         else:
-            verdict = "PASS" if (value <= goal if lower else value >= goal) else "MISS"
+            verdict = "PASS" if (v <= goal if lower else v >= goal) else "MISS"
         targets.append(
             {
                 "key": key,
                 "target": name,
                 "measured": measured,
-                "value": value,
+                "value": v,
+                "low": value["min"],
+                "high": value["max"],
                 "goal": goal,
                 "direction": "<=" if lower else ">=",
                 "verdict": verdict,
             }
         )
 
-    single = results.get("single", {})
+    single = results.get("single")
     if single:
-        put, get = single["put"], single["get"]
-        rates = put["rates"]
-        add(
-            "put_vs_raw",
-            "put ≥ 0.5× raw sqlite3",
-            f"{rates['flytecache']:,.0f} vs {rates['raw']:,.0f} puts/s",
-            put["ratios"]["raw"],
-            0.5,
-            lower=False,
-        )
-        add(
-            "put_vs_diskcache",
-            "put ≥ 1.0× diskcache.Cache.set",
-            f"{rates['flytecache']:,.0f} vs {rates['diskcache']:,.0f} puts/s",
-            put["ratios"]["diskcache"],
-            1.0,
-            lower=False,
-        )
-        rates = get["rates"]
-        add(
-            "get_vs_raw",
-            "get (hit) ≥ 0.35× raw sqlite3",
-            f"{rates['flytecache']:,.0f} vs {rates['raw']:,.0f} gets/s",
-            get["ratios"]["raw"],
-            0.35,
-            lower=False,
-        )
-        add(
-            "get_vs_diskcache",
-            "get (hit) ≥ 0.8× diskcache.Cache.get",
-            f"{rates['flytecache']:,.0f} vs {rates['diskcache']:,.0f} gets/s",
-            get["ratios"]["diskcache"],
-            0.8,
-            lower=False,
-        )
-    if results.get("concurrency"):
-        ours = cell(results, "flytecache-sqlite", "reserve", "hot", 4)
-        what = "reservation, 4 processes × 10 hot keys"
-        for peer, key, name, goal in (
-            ("raw-sqlite3", "reserve_vs_raw", f"{what} ≥ 0.5× raw", 0.5),
-            ("diskcache", "reserve_vs_diskcache", f"{what} ≥ 1.0× diskcache.Lock", 1.0),
+        for op, goals in (
+            ("put", (("limit", 0.7), ("diskcache", 1.2))),
+            ("get", (("limit", 0.7), ("diskcache", 1.2), ("sdk", 2.0))),
         ):
-            other = cell(results, peer, "reserve", "hot", 4)
-            measured = (
-                f"{ours['ops_per_s']:,.0f} vs {other['ops_per_s']:,.0f} cycles/s"
-                if ours and other
-                else "not measured"
-            )
-            add(key, name, measured, paired_ratio(ours, other), goal, lower=False)
-    scaling = results.get("scaling")
-    if scaling:
-        small, big = scaling["sizes"]
-        for op, label in (("get_hit", "get"), ("put_new", "put")):
-            a = scaling["ops"][op][str(small)]["median_us"]
-            b = scaling["ops"][op][str(big)]["median_us"]
-            add(
-                f"{op}_scaling",
-                f"{label} latency at {big:,} entries ≤ 1.5× at {small:,}",
-                f"median {b:.1f} µs vs {a:.1f} µs (interleaved)",
-                b / a,
-                1.5,
-                lower=True,
-            )
-    elif results.get("per_op"):
-        sizes = per_op_sizes(results)
-        if sizes:
-            small, big = sizes[0], sizes[-1]
-            for op, label in (("get_hit", "get"), ("put_new", "put")):
-                a = per_op_us(results, op, "flytecache", small)
-                b = per_op_us(results, op, "flytecache", big)
+            rates = single[op]["rates"]
+            for peer, goal in goals:
+                if peer not in single[op]["ratios"]:
+                    continue
                 add(
-                    f"{op}_scaling",
-                    f"{label} latency at {big:,} entries ≤ 1.5× at {small:,}",
-                    f"{b:.1f} µs vs {a:.1f} µs",
-                    b / a if a == a and b == b and small != big else float("nan"),
-                    1.5,
-                    lower=True,
+                    f"{op}_vs_{peer}",
+                    f"{op} ≥ {goal}× {_PEER_NAMES[peer]}",
+                    f"{rates['flytecache']['median']:,.0f} vs {rates[peer]['median']:,.0f} "
+                    f"{op}s per CPU-second",
+                    single[op]["ratios"][peer],
+                    goal,
+                    lower=False,
                 )
     if results.get("concurrency"):
-        cells = [
-            c
-            for c in results["concurrency"]["cells"]
-            if c["procs"] == 8 and c["target"] in ("flytecache-sqlite", FC_PG, "serve")
-        ]
-        busy = sum(c["busy"] for c in cells)
-        other = sum(c["errors"] for c in cells)
+        for n in RESERVE_PROCS:
+            ours = cell(results, "flytecache-sqlite", "reserve", n)
+            limit = cell(results, "limit-sqlite", "reserve", n)
+            add(
+                f"reserve_vs_limit_{n}p",
+                f"reservation cycle ≥ 0.7× the limit's lease, {n} process{'es' if n > 1 else ''}",
+                f"{ours['ops_per_s']:,.0f} vs {limit['ops_per_s']:,.0f} cycles/s"
+                if ours and limit
+                else "not measured",
+                paired(ours, limit),
+                0.7,
+                lower=False,
+            )
+        eight = cell(results, "flytecache-sqlite", "reserve", 8)
         add(
             "busy_8p",
-            "0 busy errors at 8 processes",
-            f"{busy} busy, {other} other errors in {len(cells)} cells "
-            "(flytecache on SQLite and PostgreSQL, serve; all repeats)"
-            if cells
+            "0 busy errors at 8 processes (reservation cycle)",
+            f"{eight['busy']} busy, {eight['errors']} other errors over all repeats"
+            if eight
             else "not measured",
-            float(busy + other) if cells else float("nan"),
+            spread([float(eight["busy"] + eight["errors"])] if eight else []),
             0,
             lower=True,
         )
-        ratios = []
-        for c in results["concurrency"]["cells"]:
-            if c["target"] != "serve":
-                continue
-            ceiling = cell(results, "serve-noop", c["op"], c["contention"], c["procs"])
-            if ceiling:
-                ratio = paired_ratio(c, ceiling, "requests_samples")
-                ratios.append((ratio, c["op"], c["contention"], c["procs"]))
-        if ratios:
-            worst = min(ratios)
-            per_op = ", ".join(
-                f"{op} {median([r[0] for r in ratios if r[1] == op]):.2f}"
-                for op in ("put", "reserve")
-                if any(r[1] == op for r in ratios)
-            )
+        ours = cell(results, "flytecache-sqlite", "mixed", MIXED_PROCS)
+        limit = cell(results, "limit-sqlite", "mixed", MIXED_PROCS)
+        add(
+            "mixed_vs_limit",
+            f"mixed 90 % get / 10 % put ≥ 0.7× the limit, {MIXED_PROCS} processes",
+            f"{ours['ops_per_s']:,.0f} vs {limit['ops_per_s']:,.0f} ops/s"
+            if ours and limit
+            else "not measured",
+            paired(ours, limit),
+            0.7,
+            lower=False,
+        )
+    footprint = results.get("footprint")
+    if footprint:
+        ratio = footprint["ratio"]
+        add(
+            "bytes_per_entry",
+            "bytes per entry ≤ 1.2× the limit",
+            f"{footprint['flytecache']:,.0f} vs {footprint['limit']:,.0f} bytes "
+            f"({footprint['entries']:,} entries, after a checkpoint)",
+            {"median": ratio, "min": ratio, "max": ratio},
+            1.2,
+            lower=True,
+        )
+    growth = results.get("growth")
+    if growth:
+        small, big = growth["sizes"]
+        ours, limit = growth["growth"]["flytecache"], growth["growth"]["limit"]
+        add(
+            "get_growth",
+            f"get latency growth {small:,} → {big:,} entries ≤ the limit's own",
+            f"flytecache ×{ours['median']:.2f}, the limit ×{limit['median']:.2f} "
+            "(median per-call latency, interleaved)",
+            growth["ratio"],
+            1.0,
+            lower=True,
+        )
+    pg = results.get("postgresql")
+    if pg and "ratios" in pg:
+        for op in ("get", "put", "reserve", "release"):
+            rates = pg["rates"][op]
             add(
-                "server_vs_ceiling",
-                f"server ≥ 0.6× its no-op ceiling (median of {len(ratios)} cells)",
-                f"requests/s; median by op: {per_op}; "
-                f"worst cell {worst[1]}/{worst[2]} ×{worst[3]}: {worst[0]:.2f}",
-                median([r[0] for r in ratios]),
-                0.6,
+                f"pg_{op}_vs_psycopg",
+                f"PostgreSQL {op} ≥ 0.8× raw psycopg (one statement)",
+                f"{rates['flytecache']['median']:,.0f} vs {rates['psycopg']['median']:,.0f} "
+                "calls/s (wall clock)",
+                pg["ratios"][op],
+                0.8,
                 lower=False,
             )
+    sizes = per_op_sizes(results)
+    if sizes:
+        key_us = per_op_us(results, "cache_key", "flytecache", 0)
+        get_us = per_op_us(results, "get_hit", "flytecache", sizes[0])
+        ratio = key_us / get_us
+        add(
+            "cache_key_vs_get",
+            "a 20-input cache_key ≤ 1.5× a store get",
+            f"{key_us:.1f} µs vs {get_us:.1f} µs (pytest-benchmark medians, {sizes[0]:,} entries)",
+            {"median": ratio, "min": ratio, "max": ratio},
+            1.5,
+            lower=True,
+        )
     return targets
+
+
+_PEER_NAMES = {
+    "limit": "the limit",
+    "diskcache": "diskcache",
+    "sdk": "the Flyte SDK's local cache",
+}

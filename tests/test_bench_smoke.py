@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from benchmarks import bench_keys, concurrency, report, store_harness
 from benchmarks import run as bench_run
-from benchmarks._common import RESULTS_DIR, typical_output
-from benchmarks.limit import KvLimit
+from benchmarks._common import RESULTS_DIR, ROOT, typical_output
+from benchmarks.limit import KvLimit, Limit
 
 
 @pytest.fixture(autouse=True)
@@ -22,14 +23,42 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("FLYTECACHE_BENCH_CACHE", str(cache))
 
 
+def _tracked_changes() -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "docs", "benchmarks"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_limit_semantics(tmp_path: Path) -> None:
+    """The limit is a cache: get what was put, keep or overwrite; a lease is exclusive."""
+    with Limit.open(tmp_path / "limit.db") as limit:
+        assert limit.get("k") is None
+        assert limit.put("k", typical_output(1))
+        assert not limit.put("k", typical_output(2))
+        assert limit.get("k") == typical_output(1)
+        assert limit.put("k", typical_output(2), overwrite=True)
+        assert limit.get("k") == typical_output(2)
+        assert limit.acquire("lease", "a")
+        assert limit.acquire("lease", "a")  # extends its own
+        assert not limit.acquire("lease", "b")
+        assert not limit.release("lease", "b")
+        assert limit.release("lease", "a")
+        assert limit.acquire("lease", "b")
+        assert not limit.acquire("lease", "a", ttl_us=1)
+        assert limit.acquire("expired", "a", ttl_us=-1)
+        assert limit.acquire("expired", "b")  # an expired lease is taken over
+
+
 def test_store_harness_smoke() -> None:
-    results = store_harness.run(repeats=1, n=50)
-    assert set(results) == {"put", "get"}
-    assert set(results["get"]["rates"]) == {"flytecache", "raw", "diskcache", "diskcache+parse"}
-    assert set(results["put"]["rates"]) == {"flytecache", "raw", "diskcache"}
-    for numbers in results.values():
-        assert all(rate > 0 for rate in numbers["rates"].values())
-        assert all(ratio > 0 for ratio in numbers["ratios"].values())
+    results = store_harness.single(n=30, repeats=1)
+    expected = {"flytecache", "limit", "diskcache"}
+    assert expected <= set(results["get"]["rates"]) == set(results["put"]["rates"])
+    for op in ("get", "put"):
+        assert all(r["median"] > 0 for r in results[op]["rates"].values())
+        assert all(r["median"] > 0 for r in results[op]["ratios"].values())
 
 
 def test_key_cost_harness_smoke() -> None:
@@ -60,48 +89,43 @@ def test_limit_answers_like_a_store(tmp_path: Path) -> None:
         limit.close()
 
 
-def test_runner_smoke_writes_results_and_page(tmp_path: Path) -> None:
-    """Per-operation suites (pytest-benchmark), single-process harness, profiles, report."""
+def test_runner_smoke_writes_results_and_pages_outside_the_repository(tmp_path: Path) -> None:
+    """Every phase but the multi-process one and the SDK run; nothing tracked is written."""
+    before = _tracked_changes()
     path = bench_run.main(
-        [
-            "--smoke",
-            "--skip",
-            "concurrency,flyte_sdk",
-            "--results-dir",
-            str(tmp_path),
-            "--docs-dir",
-            str(tmp_path / "docs"),
-        ]
+        ["--smoke", "--skip", "concurrency,flyte_sdk", "--out-dir", str(tmp_path)]
     )
+    assert path.parent == tmp_path / "results"
     results = json.loads(path.read_text())
     ops = {(r["op"], r["impl"]) for r in results["per_op"]["benchmarks"]}
     for op in ("get_hit", "get_miss", "put_new", "put_overwrite", "lease_cycle"):
-        assert {(op, "flytecache"), (op, "raw"), (op, "diskcache")} <= ops
-    for op in ("reserve_new", "reserve_extend", "reserve_held", "release", "client_get"):
-        assert (op, "flytecache") in ops
+        assert {(op, "flytecache"), (op, "limit"), (op, "diskcache")} <= ops
+    for op in ("reserve_new", "reserve_extend", "reserve_held", "release"):
+        assert {(op, "flytecache"), (op, "limit")} <= ops
     assert ("cache_key", "flytecache") in ops
-    assert {t["key"] for t in results["targets"]} >= {"put_vs_raw", "get_vs_diskcache"}
-    assert results["profile"]["wal_pages_per_put"]["flytecache"] > 0
-    page = (tmp_path / "docs" / "benchmarks.md").read_text()
-    assert "## Summary: the performance targets" in page
-    assert "![latency by database size](img/bench-size.png)" in page
-    assert (tmp_path / "docs" / "img" / "bench-size.png").stat().st_size > 0
+    keys = {t["key"] for t in results["targets"]}
+    assert {"put_vs_limit", "get_vs_diskcache", "bytes_per_entry", "get_growth"} <= keys
+    assert results["footprint"]["limit"] > 0
+    assert results["profile"]["wal_pages_per_put"]["limit"] > 0
+    docs = tmp_path / "docs"
+    assert "# Benchmarks: what to expect" in (docs / "benchmarks.md").read_text()
+    assert "## Targets (issue #14)" in (docs / "benchmarks-details.md").read_text()
+    assert (docs / "img" / "bench-single.png").stat().st_size > 0
+    assert _tracked_changes() == before
 
 
-def test_report_fills_every_block_from_a_saved_run(tmp_path: Path) -> None:
-    """The smoke run skips phases; a saved full run shows every section and every analysis."""
+def test_report_renders_the_published_run(tmp_path: Path) -> None:
+    """The published run renders both pages, every figure drawn and every section filled."""
     saved = sorted(RESULTS_DIR.glob("*.json"))
     if not saved:
-        pytest.skip("no saved run in benchmarks/results")
+        pytest.skip("no published run in benchmarks/results")
     results = json.loads(saved[-1].read_text())
-    for target in results["targets"]:
-        target["verdict"] = "MISS"
     page = report.render(results, tmp_path / "docs").read_text()
-    assert "_not run_" not in page
-    assert page.count("** — measured ") == len(results["targets"])
-    assert "## Misses: what limits them" in page
+    details = (tmp_path / "docs" / "benchmarks-details.md").read_text()
+    assert "_not run_" not in details
+    assert details.count("**PASS**") + details.count("**MISS**") == len(results["targets"])
     figures = re.findall(r"!\[[^\]]*\]\(img/([^)]+)\)", page)
-    assert len(figures) == 4
+    assert len(figures) == 3
     for name in figures:
         assert (tmp_path / "docs" / "img" / name).stat().st_size > 0
 
@@ -111,12 +135,12 @@ def test_concurrency_smoke_library(tmp_path: Path) -> None:
         seconds=0.05,
         repeats=1,
         procs=[1, 2],
-        targets=["flytecache-sqlite", "raw-sqlite3", "diskcache"],
+        targets=["flytecache-sqlite", "limit-sqlite", "diskcache"],
         log=lambda _: None,
     )
     assert results["problems"] == []
-    cells = {(c["target"], c["op"], c["contention"], c["procs"]) for c in results["cells"]}
-    assert len(cells) == 3 * 2 * 2 * 2
+    cells = {(c["target"], c["workload"], c["procs"]) for c in results["cells"]}
+    assert len(cells) == 3 * 3 * 2
     for cell in results["cells"]:
         assert cell["ops_per_s"] > 0
         assert cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"]
