@@ -122,6 +122,10 @@ def _processes(plt: Any, results: dict[str, Any]) -> Any:
     return fig
 
 
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
 def latency_procs(results: dict[str, Any]) -> int:
     """The process count the latency figure shows: LATENCY_PROCS, or the most measured below."""
     procs = results["concurrency"]["procs"]
@@ -154,7 +158,7 @@ def _latency(plt: Any, results: dict[str, Any]) -> Any:
             linewidth=0.5,
         )
         for x, v in zip(xs + offset, values, strict=True):
-            ax.text(x, v, f"{v:.2g}", ha="center", va="bottom", fontsize=7)
+            ax.text(x, v, _ms(v), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(xs, [TARGET_LABELS[t].replace(" (", "\n(") for t in targets], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("milliseconds per call (log, lower is better)")

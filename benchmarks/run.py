@@ -50,7 +50,7 @@ MODES: dict[str, dict[str, Any]] = {
         "single": {"n": 2_000, "repeats": 5},
         "growth_rounds": 10,
         "postgresql": {"n": 500, "repeats": 3},
-        "concurrency": {"seconds": 0.4, "repeats": 3, "procs": [1, 4, 8]},
+        "concurrency": {"seconds": 0.4, "repeats": 5, "procs": [1, 4, 8]},
         "profile": {"quick": True},
         "flyte_sdk": {"rounds": 3, "calls": 100},
     },
