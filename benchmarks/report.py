@@ -167,6 +167,23 @@ def _postgresql_user(results: dict[str, Any]) -> str:
     )
 
 
+def _large(results: dict[str, Any]) -> str:
+    growth, fp = results.get("growth"), results.get("footprint")
+    if not growth or not fp:
+        return ""
+    small, big = growth["sizes"]
+    ours, limit = growth["median_us"]["flytecache"], growth["median_us"]["limit"]
+    return (
+        f"**Large caches.** At {big:,} entries a get (hit, random key) takes "
+        f"{ours[str(big)]:.0f} µs against {ours[str(small)]:.0f} µs at {small:,} (the limit: "
+        f"{limit[str(big)]:.0f} against {limit[str(small)]:.0f} µs; wall clock, medians): "
+        "a lookup walks deeper B-trees whose pages no longer fit in SQLite's page cache. "
+        f"An entry takes {fp['flytecache']:,.0f} bytes on disk "
+        f"({fp['flytecache'] * 1_000_000 / 1e9:.1f} GB per million entries), "
+        f"the limit {fp['limit']:,.0f}, diskcache {fp['diskcache']:,.0f}."
+    )
+
+
 def _deployments_table(results: dict[str, Any]) -> str:
     conc = results.get("concurrency")
     if not conc:
@@ -430,6 +447,7 @@ def render(results: dict[str, Any], docs_dir: Path, results_path: str | None = N
             "single_table": _single_table(results),
             "sdk_hit": _sdk_hit(results),
             "postgresql": _postgresql_user(results),
+            "large": _large(results),
             "deployments_table": _deployments_table(results),
             "cpu_model": m["cpu_model"],
             "nproc": m["nproc"],
