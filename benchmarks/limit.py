@@ -26,15 +26,22 @@ from typing import Any
 
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
-__all__ = ["SQLITE_PRAGMAS", "KvLimit", "Limit"]
+__all__ = ["KvLimit", "Limit", "checkpoint", "sqlite_pragmas"]
 
-SQLITE_PRAGMAS = (
-    "PRAGMA busy_timeout = 5000",
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = NORMAL",
-    "PRAGMA foreign_keys = ON",
-)
-"""flytecache's connection settings with its default ``StoreSettings``."""
+
+def sqlite_pragmas() -> tuple[str, ...]:
+    """flytecache's connection settings with its default ``StoreSettings`` (see
+    ``flytecache/store/engine.py``), in the order its engine sets them."""
+    from flytecache import StoreSettings
+
+    settings = StoreSettings()
+    return (
+        f"PRAGMA busy_timeout = {int(settings.busy_timeout.total_seconds() * 1000)}",
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA synchronous = {settings.synchronous}",
+        "PRAGMA foreign_keys = ON",
+    )
+
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value {blob} NOT NULL)",
@@ -93,7 +100,7 @@ class Limit:
                 conn.execute(ddl.format(blob="BYTEA"))
             return cls(conn, postgres=True)
         conn = sqlite3.connect(text, isolation_level=None, check_same_thread=False)
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in sqlite_pragmas():
             conn.execute(pragma)
         for ddl in _SCHEMA:
             conn.execute(ddl.format(blob="BLOB"))
