@@ -16,9 +16,9 @@ would take minutes; the copy takes seconds.)
 through their own bulk inserts.
 
 Files live in ``benchmarks/.cache/`` (gitignored; ``FLYTECACHE_BENCH_CACHE`` overrides), named
-by kind, size and a fingerprint of the store's schema and the payload, so a schema change
-rebuilds them. Each is checkpointed (no WAL left) when built; benchmarks copy them before
-writing, so a cached file is never modified.
+by kind, size and a fingerprint — for the store's, of its DDL and of the rows its puts write —
+so a schema or encoding change rebuilds them. Each is checkpointed (no WAL left) when built;
+benchmarks copy them before writing, so a cached file is never modified.
 
     python -m benchmarks.populate 1000 100000 1000000
 """
@@ -66,19 +66,29 @@ def cache_dir() -> Path:
 
 
 def _schema_fingerprint() -> str:
-    """A hash of the store's DDL (from a freshly migrated file) and the payload version."""
-    from flytecache import CacheStore
-
+    """A hash of the store's DDL and of the rows its puts write (from a fresh file), and of
+    the payload: a schema or encoding change rebuilds the cached databases."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "schema.db"
-        CacheStore.open(path).close()
+        _template(path, payloads=3)
         conn = sqlite3.connect(path)
         ddl = sorted(
             str(row[0]) for row in conn.execute("SELECT sql FROM sqlite_master WHERE sql NOT NULL")
         )
-        revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        tables = [
+            str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        ]
+        rows = {
+            table: sorted(repr(row) for row in conn.execute(f"SELECT * FROM {table}"))
+            for table in sorted(tables)
+        }
         conn.close()
-    text = json.dumps([PAYLOAD_VERSION, BUILD_VERSION, ddl, revision])
+    text = json.dumps([PAYLOAD_VERSION, BUILD_VERSION, ddl, rows])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _payload_fingerprint() -> str:
+    text = json.dumps([PAYLOAD_VERSION, BUILD_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -112,13 +122,13 @@ def _scratch(conn: sqlite3.Connection) -> None:
 # -- flytecache ---------------------------------------------------------------------------------
 
 
-def _template(path: Path) -> None:
-    """PAYLOADS entries and one expired lease, written by ``CacheStore`` itself."""
+def _template(path: Path, payloads: int = PAYLOADS) -> None:
+    """``payloads`` entries and one expired lease, written by ``CacheStore`` itself."""
     from flytecache import CacheStore, StoreSettings
 
     settings = StoreSettings(max_heartbeat=timedelta(seconds=10))
     with CacheStore.open(path, settings=settings, clock=lambda: BASE) as store:
-        for j in range(PAYLOADS):
+        for j in range(payloads):
             store.put(f"template-{j:05d}", stored_output(j))
         store.get_or_extend_reservation("template-lease", "crashed-owner", timedelta(seconds=10))
 
@@ -285,7 +295,9 @@ _BUILDERS = {"store": build_store, "limit": build_limit, "diskcache": build_disk
 def cached_path(kind: str, size: int) -> Path:
     """Where the ``kind`` (store, limit, diskcache) database of ``size`` entries is cached."""
     suffix = "" if kind == "diskcache" else ".db"
-    return cache_dir() / f"{kind}-{size}-{fingerprint()}{suffix}"
+    # Only the store's files follow its schema; the others change with the payload alone.
+    stamp = fingerprint() if kind == "store" else _payload_fingerprint()
+    return cache_dir() / f"{kind}-{size}-{stamp}{suffix}"
 
 
 def cached(kind: str, size: int, *, log: bool = True) -> Path:
