@@ -65,6 +65,12 @@ def cache_dir() -> Path:
     return path
 
 
+def _stable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # protobuf writes map entries in a per-process order (string hashing): compare the bytes
+    # of a serialized value as a multiset, which an encoding change still alters.
+    return tuple(bytes(sorted(v)) if isinstance(v, bytes) else v for v in row)
+
+
 def _schema_fingerprint() -> str:
     """A hash of the store's DDL and of the rows its puts write (from a fresh file), and of
     the payload: a schema or encoding change rebuilds the cached databases."""
@@ -79,7 +85,7 @@ def _schema_fingerprint() -> str:
             str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         ]
         rows = {
-            table: sorted(repr(row) for row in conn.execute(f"SELECT * FROM {table}"))
+            table: sorted(repr(_stable(row)) for row in conn.execute(f"SELECT * FROM {table}"))
             for table in sorted(tables)
         }
         conn.close()
