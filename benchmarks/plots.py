@@ -80,12 +80,12 @@ def _single(plt: Any, single: dict[str, Any]) -> Any:
             color=[COLORS[n] for n in names],
             capsize=3,
         )
-        for y, v in zip(ys, values, strict=True):
-            ax.text(v, y, f" {v:,.0f}k", va="center", fontsize=8)
+        for y, v, n in zip(ys, values, names, strict=True):
+            ax.text(rates[n]["max"] / 1000, y, f"  {v:,.0f}k", va="center", fontsize=8)
         ax.set_yticks(ys, [CONTENDER_LABELS[n] for n in names])
         ax.set_title(title)
         ax.set_xlabel("thousand calls per CPU-second (higher is better)")
-        ax.set_xlim(0, max(values) * 1.25)
+        ax.set_xlim(0, max(rates[n]["max"] for n in names) / 1000 * 1.3)
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle("One process on SQLite: what a call costs (bars: median; whiskers: min–max)")
     fig.tight_layout()

@@ -226,10 +226,12 @@ def _targets_table(evaluated: list[dict[str, Any]]) -> str:
     for t in evaluated:
         if t["key"] == "busy_8p":
             shown = _fmt(t["value"])
-        elif t["low"] == t["high"] or _nan(t["low"]):
-            shown = _fmt(t["value"], 2)
         else:
-            shown = f"{t['value']:.2f} [{t['low']:.2f}–{t['high']:.2f}]"
+            # A third decimal where two would round a miss onto its goal.
+            digits = 3 if abs(t["value"] - t["goal"]) < 0.005 else 2
+            shown = _fmt(t["value"], digits)
+            if not (t["low"] == t["high"] or _nan(t["low"])):
+                shown += f" [{t['low']:.2f}–{t['high']:.2f}]"
         goal = f"{t['direction']} {t['goal']:g}"
         rows.append([t["target"], t["measured"], shown, goal, f"**{t['verdict']}**"])
     return _table(["target", "measured", "ratio [min–max]", "goal", "verdict"], rows, "llrll")

@@ -49,11 +49,8 @@ def test_concurrency_smoke_server_and_ceiling() -> None:
         seconds=0.1, repeats=1, procs=[2], targets=["serve", "serve-noop"], log=lambda _: None
     )
     assert results["problems"] == []
-    assert {(c["target"], c["op"], c["contention"]) for c in results["cells"]} == {
-        (t, op, level)
-        for t in ("serve", "serve-noop")
-        for op in ("put", "reserve")
-        for level in ("hot", "distinct")
+    assert {(c["target"], c["workload"]) for c in results["cells"]} == {
+        (t, workload) for t in ("serve", "serve-noop") for workload in concurrency.WORKLOADS
     }
     for cell in results["cells"]:
         assert cell["requests_per_s"] >= cell["ops_per_s"] > 0
@@ -70,12 +67,12 @@ def test_concurrency_smoke_postgresql() -> None:
         seconds=0.05,
         repeats=1,
         procs=[2],
-        targets=["flytecache-postgresql"],
+        targets=["flytecache-postgresql", "limit-postgresql"],
         log=lambda _: None,
     )
-    assert results["targets"] == ["flytecache-postgresql"], results["notes"]
+    assert results["targets"] == ["flytecache-postgresql", "limit-postgresql"], results["notes"]
     assert results["problems"] == []
-    assert len(results["cells"]) == 4
+    assert len(results["cells"]) == 2 * len(concurrency.WORKLOADS)
     for cell in results["cells"]:
         assert cell["ops_per_s"] > 0
         assert cell["errors"] == 0, cell["first_error"]
