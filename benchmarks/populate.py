@@ -53,6 +53,8 @@ SIZES = (1_000, 100_000, 1_000_000)
 KINDS = ("store", "limit", "diskcache")
 BASE = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
 """The store clock while building: fixed, so databases are deterministic (and leases expired)."""
+BASE_US = int(BASE.timestamp() * 1_000_000)
+"""``BASE`` in microseconds since the epoch: every built entry's timestamps."""
 LEASE_OWNERS = 97
 BUILD_VERSION = 3
 """Bump when the way databases are built changes: cached ones are rebuilt."""
@@ -245,7 +247,7 @@ def _values() -> list[bytes]:
 def build_limit(size: int, path: Path) -> None:
     """The limit's ``kv`` and ``lease`` tables with the same keys, outputs and leases."""
     values = _values()
-    expired = int(BASE.timestamp() * 1_000_000)
+    expired = BASE_US
     with Limit.open(path) as limit:
         _scratch(limit.conn)
         limit.load(
@@ -359,6 +361,11 @@ def copy(kind: str, size: int, destination: Path, *, flush: bool = True) -> Path
     for item in source.iterdir():
         copier(item, target / item.name)
     return target
+
+
+def copy_store(size: int, destination: Path) -> Path:
+    """A private copy of the store's database of ``size`` entries (``copy("store", ...)``)."""
+    return copy("store", size, destination)
 
 
 def main(argv: list[str] | None = None) -> None:
