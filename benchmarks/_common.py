@@ -171,11 +171,12 @@ def raw_put(
 
 def raw_reserve(conn: sqlite3.Connection, sql: Any, key: str, owner: str) -> str:
     """The store's get-or-extend transaction on a raw connection; returns the holder."""
-    now = time.time_ns() // 1000
     hb = 10_000_000
+    params = {"key": key, "owner_id": owner, "heartbeat_interval": hb, "lease": 3 * hb}
+    params["now"] = time.time_ns() // 1000
     conn.execute("BEGIN IMMEDIATE")
     try:
-        row = conn.execute(sql.reserve.text, (key, owner, hb, now + 3 * hb, now, now)).fetchone()
+        row = conn.execute(sql.reserve.text, sql.reserve.args(params)).fetchone()
         holder = owner
         if row is None:
             held = conn.execute(sql.holder.text, (key,)).fetchone()
@@ -199,10 +200,10 @@ def raw_release(conn: sqlite3.Connection, sql: Any, key: str, owner: str) -> Non
 
 
 def check_reserve_sql(sql: Any) -> None:
-    """The raw reservation helpers bind positionally in this order; fail loudly if it changes."""
-    expected = ("key", "owner_id", "heartbeat_interval", "expires_at", "now", "now")
+    """The raw reservation helpers bind these parameters; fail loudly if they change."""
+    expected = {"key", "owner_id", "heartbeat_interval", "lease", "now"}
     reserve, release = bind_order(sql.reserve), bind_order(sql.release)
-    if reserve != expected or release != ("key", "owner_id"):
+    if set(reserve) != expected or release != ("key", "owner_id"):
         raise SystemExit(f"the store's reservation SQL changed: {reserve}, {release}")
 
 
