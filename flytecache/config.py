@@ -26,6 +26,7 @@ _DURATION_UNITS = {
 }
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+LEASE_CLOCKS = ("auto", "database", "host")
 
 
 def parse_duration(text: str | float | timedelta, *, name: str = "duration") -> timedelta:
@@ -139,6 +140,14 @@ class StoreSettings:
     """Permission bits of the SQLite files flytecache creates (the database, whose mode its
     ``-wal`` and ``-shm`` inherit, backups, exports), whatever the umask. Existing files keep
     theirs."""
+    lease_clock: Literal["auto", "database", "host"] = "auto"
+    """Which clock decides leases (the "now" an expiry is compared with and extended from).
+    ``database``: PostgreSQL's, read inside each statement, so replicas with skewed host clocks
+    never hold one lease twice; a store's injected clock then decides only entry times.
+    ``host``: the store's clock (injected, else the system's), as on SQLite. ``auto``:
+    ``database`` on PostgreSQL unless a clock is injected (a test's fake clock keeps deciding),
+    ``host`` on SQLite. ``database`` on SQLite is refused at open: SQLite has no clock of its
+    own, every process reads its one host's (see docs/operations.md, Clocks)."""
 
     def __post_init__(self) -> None:
         for name in ("max_heartbeat", "busy_timeout", "pool_timeout"):
@@ -179,6 +188,11 @@ class StoreSettings:
                 f"got {self.wal_size_limit!r}"
             )
         check_file_mode(self.file_mode)
+        if self.lease_clock not in LEASE_CLOCKS:
+            raise InvalidArgumentError(
+                f"lease_clock must be 'auto', 'database' or 'host', got {self.lease_clock!r}",
+                field="lease_clock",
+            )
 
     def replace(self, **changes: Any) -> StoreSettings:
         """A copy with ``changes`` applied (and validated)."""
@@ -192,7 +206,8 @@ class StoreSettings:
         ``FLYTECACHE_BUSY_TIMEOUT``, ``FLYTECACHE_SYNCHRONOUS``,
         ``FLYTECACHE_ALLOW_NETWORK_FILESYSTEM``, ``FLYTECACHE_POOL_SIZE``,
         ``FLYTECACHE_MAX_OVERFLOW``, ``FLYTECACHE_POOL_TIMEOUT``, ``FLYTECACHE_WAL_SIZE_LIMIT``
-        (a size: ``64MiB``), ``FLYTECACHE_FILE_MODE`` (octal: ``600``, ``0640``).
+        (a size: ``64MiB``), ``FLYTECACHE_FILE_MODE`` (octal: ``600``, ``0640``),
+        ``FLYTECACHE_LEASE_CLOCK`` (``auto``, ``database`` or ``host``).
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -210,6 +225,8 @@ class StoreSettings:
                     raise InvalidArgumentError(f"{var}: {raw!r} is not a number") from None
             elif field.name == "synchronous":
                 values[field.name] = raw.strip().upper()
+            elif field.name == "lease_clock":
+                values[field.name] = raw.strip().lower()
             elif field.name == "allow_network_filesystem":
                 values[field.name] = _env_bool(raw, var)
             elif field.name == "wal_size_limit":

@@ -64,3 +64,112 @@ def open_worker(path: str, barrier: Any) -> str:
     with CacheStore.open(path) as store:
         store.get_or_extend_reservation("k", "o")
     return "ok"
+
+
+def skewed_lease_worker(
+    url: str,
+    process: int,
+    offset: timedelta,
+    keys: list[str],
+    start: Any,
+    seconds: float,
+    lease_clock: str,
+) -> dict[str, Any]:
+    """Three threads in one process whose host clock is off by ``offset`` (the store's
+    injected clock), started together by the ``start`` barrier and running for ``seconds``,
+    each heartbeating leases on hot keys every 50–200 ms; a holder releases,
+    or crashes and leaves its lease to expire (the thread goes on as a new owner: a crashed
+    owner never touches the key again).
+
+    Returns ``(key, start, end, owner, how)`` for each interval during which an owner
+    believed it held a key, in microseconds of the machine's real clock (the database
+    server's: it runs on this machine): from receiving the grant to sending the release, cut
+    at the expiry of the last extension received.
+    """
+    import threading
+    from datetime import UTC, datetime
+
+    intervals: list[tuple[str, int, int, str, str]] = []
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    settings = StoreSettings(lease_clock=lease_clock)  # type: ignore[arg-type]
+    shift_us = 0  # a host clock's expiries are off the real clock by its offset
+
+    def skewed() -> datetime:
+        return datetime.now(UTC) + offset
+
+    def real_us() -> int:
+        return time.time_ns() // 1000
+
+    def expires_us(lease: Any) -> int:
+        expires = lease.expires_at.seconds * 10**6 + lease.expires_at.nanos // 1000
+        return int(expires - shift_us)
+
+    def owner_loop(store: CacheStore, name: str, seed: int) -> None:
+        rng = random.Random(seed)
+        mine: list[tuple[str, int, int, str, str]] = []
+        counts: dict[str, int] = {}
+        generation = 0
+
+        def reserve(key: str, owner: str, hb: timedelta) -> tuple[Any, str]:
+            lease, outcome = store.get_or_extend_reservation(key, owner, hb, with_outcome=True)
+            counts[outcome.value] = counts.get(outcome.value, 0) + 1
+            return lease, outcome.value
+
+        while time.monotonic() < stop_at:
+            owner = f"{name}-{generation}"
+            key = rng.choice(keys)
+            hb = timedelta(milliseconds=rng.randint(50, 200))
+            lease_us = hb // timedelta(microseconds=1) * 3
+            lease, how = reserve(key, owner, hb)
+            if lease.owner_id != owner:
+                time.sleep(rng.uniform(0.005, 0.03))
+                continue
+            start, claim_end = real_us(), expires_us(lease)
+            end: int | None = None
+            for _ in range(rng.randint(0, 2)):
+                time.sleep(hb.total_seconds())
+                sent = real_us()
+                lease, outcome = reserve(key, owner, hb)
+                if lease.owner_id != owner:  # lost it: this heartbeat came too late
+                    end, how = min(sent, claim_end), how + ",lost"
+                    break
+                granted_at = expires_us(lease) - lease_us  # the statement's "now"
+                if granted_at >= claim_end:  # extended after it had expired: a new holding
+                    mine.append((key, start, claim_end, owner, how + ",late"))
+                    start, how = real_us(), "late-" + outcome
+                claim_end = expires_us(lease)
+            if end is None and rng.random() < 0.3:
+                end, how = claim_end, how + ",crashed"
+                generation += 1
+            elif end is None:
+                end, how = min(real_us(), claim_end), how + ",released"
+                store.release_reservation(key, owner)
+            mine.append((key, start, end, owner, how))
+        with lock:
+            # A grant received after its own expiry was never held.
+            intervals.extend(interval for interval in mine if interval[2] > interval[1])
+            for outcome_name, count in counts.items():
+                outcomes[outcome_name] = outcomes.get(outcome_name, 0) + count
+
+    with CacheStore.open(url, settings=settings, clock=skewed) as store:
+        measured_skew_us = store.now_us() - real_us()
+        if store.lease_clock == "host":
+            shift_us = offset // timedelta(microseconds=1)
+        start.wait()
+        stop_at = time.monotonic() + seconds
+        threads = [
+            threading.Thread(target=owner_loop, args=(store, f"p{process}-t{t}", process * 10 + t))
+            for t in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        lease_clock_used = store.lease_clock
+    return {
+        "intervals": intervals,
+        "outcomes": outcomes,
+        "skew_us": measured_skew_us,
+        "lease_clock": lease_clock_used,
+    }

@@ -298,6 +298,7 @@ def test_auth_off_ignores_authorization_headers(server: ServerProcess) -> None:
         (["--header-timeout", "0s"], "header_timeout must be a positive"),
         (["--body-timeout", "later"], "is not a duration"),
         (["--keep-alive-timeout", "-1s"], "is not a duration"),
+        (["--lease-clock", "ntp"], "lease_clock must be 'auto', 'database' or 'host'"),
     ],
 )
 def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:

@@ -165,7 +165,7 @@ def gc(
         from flytecache.store import admin
 
         with open_store(db) as store:
-            now = store.now_us()
+            now = store.lease_now_us()
             expired = admin.count_reservations(store, state="expired", now_us=now)
             if dry_run:
                 removed = expired

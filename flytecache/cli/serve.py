@@ -92,6 +92,14 @@ def register(app: typer.Typer) -> None:
             ),
         ] = "60s",
         file_mode: FileModeOption = DEFAULT_FILE_MODE,
+        lease_clock: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_LEASE_CLOCK",
+                help="Which clock decides leases: database (PostgreSQL's), host (each "
+                "process's), or auto (database on PostgreSQL, host on SQLite).",
+            ),
+        ] = "auto",
         max_inflight_bytes: Annotated[
             str,
             typer.Option(
@@ -182,6 +190,7 @@ def register(app: typer.Typer) -> None:
                 grace_multiplier=grace_multiplier,
                 wal_size_limit=parse_size(wal_size_limit, name="--wal-size-limit"),
                 file_mode=parse_file_mode(file_mode, name="--file-mode"),
+                lease_clock=lease_clock.strip().lower(),
             )
             settings = ServerSettings(
                 host=host,

@@ -48,6 +48,32 @@ class ReservationOutcome(Enum):
     HELD_BY_OTHER = "held_by_other"
 
 
+def database_now() -> sa.ColumnElement[int]:
+    """PostgreSQL's clock as the store's integer microseconds, fixed for the statement."""
+    epoch = sa.extract("epoch", sa.func.statement_timestamp())
+    # EXTRACT gives numeric on PostgreSQL 14 and later: exact at the microsecond (before
+    # 14 a double: within a microsecond).
+    return sa.cast(epoch * sa.literal_column("1000000"), sa.BigInteger)
+
+
+def resolve_lease_clock(
+    setting: str, *, sqlite: bool, clock_injected: bool
+) -> Literal["database", "host"]:
+    """Which clock decides leases for ``StoreSettings.lease_clock`` (see its docstring);
+    :class:`InvalidArgumentError` for ``database`` on SQLite, which has no clock of its own."""
+    if setting == "database":
+        if sqlite:
+            raise InvalidArgumentError(
+                "lease_clock='database' needs PostgreSQL: SQLite has no clock of its own (every "
+                "process reads its one host's); use 'auto' or 'host'",
+                field="lease_clock",
+            )
+        return "database"
+    if setting == "host" or sqlite or clock_injected:
+        return "host"
+    return "database"
+
+
 class Statements:
     """The store's hot-path statements: portable Core, compiled once for the engine's dialect.
 
@@ -57,7 +83,7 @@ class Statements:
     payload over ``SPILL_BYTES`` runs two statements, inside one transaction.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, database_clock: bool = False) -> None:
         e = cast(sa.Table, Entry.__table__)
         o = cast(sa.Table, Output.__table__)
         r = cast(sa.Table, Reservation.__table__)
@@ -133,13 +159,20 @@ class Statements:
         self.drop_spill = Sql.compile(sa.delete(o).where(o.c.entry_id == b("entry_id")), engine)
         self.delete_entry = Sql.compile(sa.delete(e).where(e.c.key == b("key")), engine)
 
+        # The lease clock: the caller's ``now``, or PostgreSQL's. statement_timestamp() is
+        # one value for the whole statement, so the lease's created_at, updated_at, expires_at
+        # and the expiry test all agree; it is read before any row lock is waited for, so it
+        # can only be earlier than the decision: a takeover is never early, and the lease
+        # granted ends no later than its lease time after the decision.
+        now: Any = database_now() if database_clock else b("now", type_=sa.BigInteger)
+        self.clock = Sql.compile(sa.select(database_now()), engine) if database_clock else None
         lease = insert(r).values(
             key=b("key"),
             owner_id=b("owner_id"),
             heartbeat_interval=b("heartbeat_interval"),
-            expires_at=b("expires_at"),
-            created_at=b("now"),
-            updated_at=b("now"),
+            expires_at=now + b("lease", type_=sa.BigInteger),
+            created_at=now,
+            updated_at=now,
             previous_owner=sa.null(),
         )
         ex = lease.excluded
@@ -159,7 +192,7 @@ class Statements:
                 # The requester may extend its own lease (live or expired) or take over an
                 # expired one; a live lease of another owner is left alone (no row returned).
                 where=sa.or_(r.c.owner_id == ex.owner_id, r.c.expires_at <= ex.updated_at),
-            ).returning(r.c.previous_owner),
+            ).returning(r.c.previous_owner, r.c.expires_at),
             engine,
         )
         self.holder = Sql.compile(
@@ -191,7 +224,10 @@ class CacheStore:
         self._settings = settings
         self._now_us = make_now_us(clock)
         self._clock = clock
-        self._sql = Statements(engine)
+        self._lease_clock = resolve_lease_clock(
+            settings.lease_clock, sqlite=is_sqlite(engine), clock_injected=clock is not None
+        )
+        self._sql = Statements(engine, database_clock=self._lease_clock == "database")
         self._pool = HotPool(
             engine,
             keep=max(settings.pool_size, 8) if is_sqlite(engine) else settings.pool_size,
@@ -218,7 +254,9 @@ class CacheStore:
         ``url_or_path`` is a file path, ``sqlite:///path`` or ``postgresql+psycopg://...``.
         ``settings`` default to :meth:`StoreSettings.from_env` (the ``FLYTECACHE_*``
         variables, as for every command). ``clock`` returns an aware datetime; every timestamp
-        the store writes or compares comes from it (default: the system clock). With
+        the store writes or compares comes from it (default: the system clock), except lease
+        times when :attr:`lease_clock` is ``"database"`` (by default on PostgreSQL when no
+        ``clock`` is given; ``StoreSettings.lease_clock`` chooses). With
         ``migrate=False`` a database that is not at the current schema raises
         :class:`~flytecache.errors.SchemaError`.
         """
@@ -290,9 +328,26 @@ class CacheStore:
         """Whether the database is SQLite."""
         return is_sqlite(self._engine)
 
+    @property
+    def lease_clock(self) -> Literal["database", "host"]:
+        """The clock that decides leases: ``"database"`` (PostgreSQL's, read by each lease
+        statement) or ``"host"`` (the store clock), resolved from
+        ``StoreSettings.lease_clock``."""
+        return self._lease_clock
+
     def now_us(self) -> int:
-        """The store clock, in microseconds since the epoch."""
+        """The store clock, in microseconds since the epoch (entry times; lease times too
+        unless :attr:`lease_clock` is ``"database"``)."""
         return self._now_us()
+
+    def lease_now_us(self) -> int:
+        """Now by the clock that decides leases, in microseconds since the epoch: one query of
+        the database's clock, or the store clock. For the admin tools that judge expiry."""
+        sql = self._sql.clock
+        if sql is None:
+            return self._now_us()
+        self._check_open()
+        return int(self._pool.fetchall(sql, {})[0][0])
 
     def _check_open(self) -> None:
         if self._closed:
@@ -444,27 +499,24 @@ class CacheStore:
         hb = requested if 0 < requested < max_hb else max_hb
         fetchall = self._pool.fetchall
         sql = self._sql
+        params: dict[str, Any] = {
+            "key": key,
+            "owner_id": owner_id,
+            "heartbeat_interval": hb,
+            "lease": hb * self._grace if type(self._grace) is int else round(hb * self._grace),
+        }
+        host_clock = sql.clock is None
         # The upsert decides atomically (one statement: on SQLite it holds the write lock
         # from its start, like BEGIN IMMEDIATE). Only when another owner's live lease stopped
         # it is the holder read, by a second statement; if that holder released in between,
-        # the upsert is simply tried again.
+        # the upsert is simply tried again. The lease returned carries the expiry the
+        # statement wrote, whichever clock computed it.
         for _ in range(5):
-            now = self._now_us()
-            expires = now + (
-                hb * self._grace if type(self._grace) is int else round(hb * self._grace)
-            )
-            rows = fetchall(
-                sql.reserve,
-                {
-                    "key": key,
-                    "owner_id": owner_id,
-                    "heartbeat_interval": hb,
-                    "expires_at": expires,
-                    "now": now,
-                },
-            )
+            if host_clock:
+                params["now"] = self._now_us()
+            rows = fetchall(sql.reserve, params)
             if rows:
-                previous = rows[0][0]
+                previous, expires = rows[0]
                 outcome = (
                     ReservationOutcome.ACQUIRED
                     if previous is None

@@ -132,7 +132,7 @@ def open_store(
     to create a SQLite file. A SQLite file whose directory cannot be written (so no WAL can be
     made) is opened read-only: reads work, writes fail clearly. Errors name the database.
     """
-    from flytecache.store.cache import CacheStore
+    from flytecache.store.cache import CacheStore, resolve_lease_clock
 
     if settings is None:
         settings = StoreSettings.from_env()
@@ -141,6 +141,10 @@ def open_store(
     if clock is not None and not callable(clock):
         raise InvalidArgumentError("clock must be a callable returning a datetime", field="clock")
     url = normalize_url(url_or_path)
+    # Refused before anything is created: lease_clock='database' on SQLite.
+    resolve_lease_clock(
+        settings.lease_clock, sqlite=is_sqlite(url), clock_injected=clock is not None
+    )
     if must_exist:
         require_database(url)
     engine = _engine(url, settings)

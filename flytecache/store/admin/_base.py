@@ -51,6 +51,14 @@ def now_us_of(store: CacheStore, now_us: int | None) -> int:
     return store.now_us()
 
 
+def lease_now_us_of(store: CacheStore, now_us: int | None) -> int:
+    """``now_us`` if given, else now by the clock that decides the store's leases (the
+    database's on PostgreSQL by default: see ``StoreSettings.lease_clock``)."""
+    if now_us is not None:
+        return now_us
+    return store.lease_now_us()
+
+
 _POSTGRES_INSTEAD = {
     "backup": "back it up with pg_dump (or `flytecache export`)",
     "checkpoint": "the server checkpoints on its own (or run CHECKPOINT as a superuser)",

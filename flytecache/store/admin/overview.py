@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from flytecache.errors import InvalidArgumentError
-from flytecache.store.admin._base import ENTRIES, RESERVATIONS, now_us_of, snapshot
+from flytecache.store.admin._base import (
+    ENTRIES,
+    RESERVATIONS,
+    lease_now_us_of,
+    now_us_of,
+    snapshot,
+)
 from flytecache.store.admin.maintenance import sqlite_files
 from flytecache.store.cache import CacheStore
 from flytecache.store.urls import is_sqlite
@@ -63,6 +69,7 @@ def overview(
     from flytecache.store.opening import schema_state
 
     now = now_us_of(store, now_us)
+    lease_now = lease_now_us_of(store, now_us)
     today = now // DAY_US
     first_day = today - days + 1
     engine = store.engine
@@ -73,7 +80,7 @@ def overview(
     task = tuple(sa.func.coalesce(ENTRIES.c[name], "") for name in ("project", "domain", "name"))
     with snapshot(engine) as conn:
         active = sa.func.coalesce(
-            sa.func.sum(sa.case((RESERVATIONS.c.expires_at > now, 1), else_=0)), 0
+            sa.func.sum(sa.case((RESERVATIONS.c.expires_at > lease_now, 1), else_=0)), 0
         )
         leases, live = conn.execute(sa.select(count, active).select_from(RESERVATIONS)).one()
         tasks = [

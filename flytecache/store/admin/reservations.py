@@ -17,7 +17,7 @@ from flytecache.store.admin._base import (
     ENTRIES,
     RESERVATIONS,
     keyset_pages,
-    now_us_of,
+    lease_now_us_of,
 )
 from flytecache.store.cache import CacheStore
 from flytecache.store.engine import read_connection, write_connection
@@ -99,7 +99,7 @@ def iter_reservations(
     """
     if limit is not None and limit <= 0:
         return
-    now = now_us_of(store, now_us)
+    now = lease_now_us_of(store, now_us)
     clauses = _reservation_clauses(state, owner, now)
 
     def page(after: str | None) -> sa.Select[Any]:
@@ -150,7 +150,7 @@ def search_reservations(
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise InvalidArgumentError(f"limit must be in 1..1000, got {limit!r}", field="limit")
-    now = now_us_of(store, now_us)
+    now = lease_now_us_of(store, now_us)
     where = _reservation_clauses(state, None, now)
     if text:
         check_text(text, "search")
@@ -194,7 +194,7 @@ def search_reservations(
 def get_reservation(store: CacheStore, key: str, *, now_us: int | None = None) -> ReservationInfo:
     """The lease on ``key``; NotFoundError if there is none."""
     check_text(key, "key")
-    now = now_us_of(store, now_us)
+    now = lease_now_us_of(store, now_us)
     with read_connection(store.engine) as conn:
         row = conn.execute(sa.select(RESERVATIONS).where(RESERVATIONS.c.key == key)).one_or_none()
     if row is None:
@@ -210,7 +210,7 @@ def count_reservations(
     now_us: int | None = None,
 ) -> int:
     """How many leases match."""
-    clauses = _reservation_clauses(state, owner, now_us_of(store, now_us))
+    clauses = _reservation_clauses(state, owner, lease_now_us_of(store, now_us))
     with read_connection(store.engine) as conn:
         return int(conn.execute(sa.select(sa.func.count()).where(*clauses)).scalar_one())
 
@@ -219,7 +219,7 @@ def gc_reservations(
     store: CacheStore, *, now_us: int | None = None, batch_size: int = BATCH, dry_run: bool = False
 ) -> int:
     """Delete expired leases (``expires_at <= now``) in batches; return how many."""
-    now = now_us_of(store, now_us)
+    now = lease_now_us_of(store, now_us)
     if dry_run:
         return count_reservations(store, state="expired", now_us=now)
     expired = RESERVATIONS.c.expires_at <= now

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flytecache.store.admin._base import (
     ENTRIES,
     RESERVATIONS,
-    now_us_of,
+    lease_now_us_of,
     snapshot,
 )
 from flytecache.store.admin.maintenance import sqlite_files
@@ -24,7 +24,7 @@ from flytecache.timeutil import (
 def stats(store: CacheStore, *, now_us: int | None = None, top: int = 5) -> dict[str, Any]:
     """Counts, sizes and the biggest projects/domains/tasks, as a JSON-ready dict."""
     engine = store.engine
-    now = now_us_of(store, now_us)
+    now = lease_now_us_of(store, now_us)  # only leases are judged by it here
     inline = sa.func.coalesce(sa.func.sum(sa.case((ENTRIES.c.output_uri.is_(None), 1), else_=0)), 0)
     active = sa.func.coalesce(
         sa.func.sum(sa.case((RESERVATIONS.c.expires_at > now, 1), else_=0)), 0
