@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from _catalog import literal_map, make_key
+from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import catalog_pb2
 
 from flytecache import CacheStore, CatalogClient, CatalogKey, ReservationCache
@@ -41,7 +42,8 @@ class Backend:
 @pytest.fixture(params=["sqlite", "postgresql", "remote"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, clock) -> Iterator[Backend]:
     """Locally (the store's fake clock is advanced) or through ``flytecache serve`` (real
-    clock: entries are made older by rewriting ``last_updated_at`` in the database)."""
+    clock: entries are made older by rewriting ``last_updated_at`` in the database, in its
+    column and in the stored bytes a get returns)."""
     if request.param == "remote":
         server = request.getfixturevalue("cache_server")
         with CacheStore.open(server.database) as store:
@@ -51,10 +53,20 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, clock) -> Iterator[B
 
             def age(delta: timedelta) -> None:
                 with store.engine.begin() as conn:
-                    conn.exec_driver_sql(
-                        "UPDATE entries SET last_updated_at = last_updated_at - ?",
-                        (delta // timedelta(microseconds=1),),
-                    )
+                    rows = conn.exec_driver_sql("SELECT id, payload FROM entries").all()
+                    for entry_id, payload in rows:
+                        output = cs.CachedOutput.FromString(bytes(payload))
+                        updated = output.metadata.last_updated_at.ToDatetime() - delta
+                        output.metadata.last_updated_at.FromDatetime(updated)
+                        conn.exec_driver_sql(
+                            "UPDATE entries SET payload = ?, "
+                            "last_updated_at = last_updated_at - ? WHERE id = ?",
+                            (
+                                output.SerializeToString(),
+                                delta // timedelta(microseconds=1),
+                                entry_id,
+                            ),
+                        )
 
             yield Backend(server.url, age)
         return

@@ -9,7 +9,7 @@ the payload (identifier parts, timestamps, size) exist for listings and age chec
 Payloads over :data:`SPILL_BYTES` live in the ``outputs`` table (one row per entry) so the
 ``entries`` b-tree keeps many rows per page for listings and the ``last_updated_at`` walk.
 
-Public for the store, the migrations and the benchmarks; the row layout follows the schema and
+Public for the store, the migrations, imports and the tests; the row layout follows the schema and
 is not a stable API.
 """
 
