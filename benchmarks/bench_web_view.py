@@ -21,19 +21,35 @@ from pathlib import Path
 from urllib.parse import quote
 
 from benchmarks._common import TASKS, entry_key
-from benchmarks.populate import BASE_US, copy_store
+from benchmarks.populate import copy_store
 
 BOUND_MS = 50.0
 _TOTAL = re.compile(r"total;dur=([\d.]+)")
 
 
-def pages(size: int) -> dict[str, str]:
-    """Name → path of each page measured (deterministic: the populated data is)."""
+def _halfway_cursor(db: Path, size: int) -> str:
+    """The listing cursor ``<last_updated_at>.<id>`` of the entry half-way down the list."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        updated, row_id = conn.execute(
+            "SELECT last_updated_at, id FROM entries ORDER BY last_updated_at DESC, id DESC "
+            "LIMIT 1 OFFSET ?",
+            (size // 2,),
+        ).fetchone()
+    finally:
+        conn.close()
+    return f"{updated}.{row_id}"
+
+
+def pages(size: int, db: Path) -> dict[str, str]:
+    """Name → path of each page measured on the populated database ``db``."""
     middle = size // 2
     task = "workflows.pipeline.task_7"
     return {
         "entries: newest": "/ui/entries",
-        "entries: halfway (cursor)": f"/ui/entries?after={BASE_US + middle * 1000}.{middle}",
+        "entries: halfway (cursor)": f"/ui/entries?after={_halfway_cursor(db, size)}",
         "entries: one project (every entry)": "/ui/entries?project=flytesnacks",
         "entries: a project with no entries": "/ui/entries?project=nobody",
         "entries: one task": f"/ui/entries?name={task}",
@@ -101,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             Path(tmp) / "server.log",
         )
         try:
-            results = measure(server.wait_ready(), pages(args.size), args.requests)
+            results = measure(server.wait_ready(), pages(args.size, db), args.requests)
         finally:
             server.stop()
     print(f"{args.size:,} entries ({TASKS} tasks), {args.requests} loads per page; server ms")
