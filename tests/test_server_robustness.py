@@ -144,6 +144,8 @@ def test_malformed_requests_get_connect_errors_and_the_server_keeps_serving(
     assert response.status_code == status, response.text
     if code is not None:
         assert response.json()["code"] == code
+    if status == 415:  # says what it takes (the docs' error table)
+        assert "application/proto" in response.headers["accept-post"]
     _still_serving(server)
 
 

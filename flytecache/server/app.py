@@ -251,7 +251,12 @@ class CacheServiceApp:
         if protocol == "grpc" and "http.response.trailers" not in scope.get("extensions", {}):
             # gRPC needs HTTP/2 trailers; over HTTP/1.1 only Connect and gRPC-Web work.
             await self._discard(receive)
-            await _http_error(send, 415, "gRPC needs HTTP/2 (h2c); over HTTP/1.1 use Connect")
+            await _http_error(
+                send,
+                415,
+                "gRPC needs HTTP/2 (h2c); over HTTP/1.1 use Connect",
+                extra=[(b"accept-post", _ACCEPTED.encode())],
+            )
             return
         if protocol == "connect":
             skipped_compression.set(skipped)
