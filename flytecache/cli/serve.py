@@ -210,7 +210,10 @@ def register(app: typer.Typer) -> None:
                 ui_admin=ui_admin,
             )
         except InvalidArgumentError as error:
-            raise typer.BadParameter(str(error)) from None
+            # Name the option (and so its variable, in the usage message) the value came from.
+            field = error.fields.get("field")
+            option = f"--{field.replace('_', '-')}" if isinstance(field, str) else None
+            raise typer.BadParameter(str(error), param_hint=option and f"'{option}'") from None
         with cli_errors(verbose):
             run_server(
                 db,
