@@ -212,7 +212,9 @@ def register(app: typer.Typer) -> None:
         except InvalidArgumentError as error:
             # Name the option (and so its variable, in the usage message) the value came from.
             field = error.fields.get("field")
-            option = f"--{field.replace('_', '-')}" if isinstance(field, str) else None
+            option = None
+            if isinstance(field, str):
+                option = field if field.startswith("--") else f"--{field.replace('_', '-')}"
             raise typer.BadParameter(str(error), param_hint=option and f"'{option}'") from None
         with cli_errors(verbose):
             run_server(
