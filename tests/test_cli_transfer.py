@@ -75,7 +75,7 @@ def dump(db: str) -> list[tuple[Any, ...]]:
     out = []
     for row in rows:
         payload = bytes(row[-1])
-        key_map = tuple(sorted(codec.stored_message(payload).metadata.key_map.values.items()))
+        key_map = tuple(codec.key_map(payload).items())
         out.append((*row[:-1], key_map, tuple(sorted(codec.literal_map_entries(payload)))))
     return sorted(out)
 

@@ -305,7 +305,7 @@ def downgrade() -> None:
 
 def _old_metadata(payload: bytes) -> dict[str, Any]:
     """0001's ``key_map`` (sorted JSON) and ``metadata_pb`` (metadata without timestamps)."""
-    metadata = codec.stored_message(payload).metadata
+    metadata = codec.cached_output(payload).metadata
     metadata.ClearField("created_at")
     metadata.ClearField("last_updated_at")
     values = dict(metadata.key_map.values)

@@ -28,12 +28,12 @@ __all__ = [
     "SPILL_BYTES",
     "cached_output",
     "entry_params",
+    "key_map",
     "literal_map_bytes",
     "literal_map_entries",
     "metadata_from_columns",
     "payload",
     "payload_from_parts",
-    "stored_message",
 ]
 
 SPILL_BYTES = 2048
@@ -305,14 +305,14 @@ def _timestamps_field(created_at: int, last_updated_at: int) -> bytes:
 
 
 def cached_output(payload: bytes) -> cs.CachedOutput:
-    """The ``CachedOutput`` a get returns for a stored payload. Raises protobuf's
-    ``DecodeError`` only for a corrupt payload."""
-    return cs.CachedOutput.FromString(payload)
+    """The ``CachedOutput`` a get returns for a stored payload (any bytes-like). Raises
+    protobuf's ``DecodeError`` only for a corrupt payload."""
+    return cs.CachedOutput.FromString(payload if type(payload) is bytes else bytes(payload))
 
 
-def stored_message(payload: bytes) -> cs.CachedOutput:
-    """The payload as a message (what a get returns); for admin reads."""
-    return cs.CachedOutput.FromString(bytes(payload))
+def key_map(payload: bytes) -> dict[str, str]:
+    """A stored payload's key map, sorted by name (protobuf maps have no stable order)."""
+    return dict(sorted(cached_output(payload).metadata.key_map.values.items()))
 
 
 def literal_map_entries(payload: bytes) -> list[tuple[str, bytes]]:

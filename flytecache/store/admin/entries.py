@@ -288,7 +288,7 @@ def get_entry(store: CacheStore, key: str) -> EntryDetail:
     payload = bytes(row.payload)
     outputs = None if row.output_uri is not None else sorted(codec.literal_map_entries(payload))
     try:
-        key_map = dict(sorted(codec.stored_message(payload).metadata.key_map.values.items()))
+        key_map = codec.key_map(payload)
     except DecodeError:
         key_map = {"(unreadable)": "the stored payload does not parse"}
     return EntryDetail(entry=_summary(row), key_map=key_map, outputs=outputs)

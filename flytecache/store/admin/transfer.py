@@ -105,10 +105,7 @@ def _export_lines(conn: sa.Connection, header: dict[str, Any], page_size: int) -
         for row in rows:
             payload = bytes(row.payload if row.payload is not None else spilled[row.id])
             record = {column: row._mapping[column] for column in _ROW_FIELDS}
-            # Sorted, as the export always wrote it: protobuf maps have no stable order.
-            record["key_map"] = dict(
-                sorted(codec.stored_message(payload).metadata.key_map.values.items())
-            )
+            record["key_map"] = codec.key_map(payload)  # sorted, as exports always were
             record["outputs"] = (
                 {
                     name: base64.b64encode(literal).decode()
