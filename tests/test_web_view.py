@@ -129,7 +129,7 @@ def _sign_in(driver: Any, server: ServerProcess) -> None:
     driver.delete_all_cookies()
     driver.get(server.url + "/ui/login")
     driver.find_element("name", "token").send_keys(TOKEN)
-    driver.find_element("css selector", "form.login button").click()
+    _click_through(driver, driver.find_element("css selector", "form.login button"))
     _wait(lambda: driver.current_url.endswith("/ui/"))
 
 
@@ -149,6 +149,26 @@ def _wait(condition: Any, timeout: float = 15.0) -> Any:
         time.sleep(0.05)
 
 
+def _click_through(driver: Any, element: Any) -> None:
+    """Click ``element`` and wait until the browser has replaced the page.
+
+    A click that submits a form or follows a link returns before the new page
+    exists, so reading the page straight after it can still see the old one.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    old = driver.find_element("tag name", "html")
+    element.click()
+
+    def replaced() -> bool:
+        try:
+            return not old.is_enabled()  # any call on a replaced page's element raises
+        except StaleElementReferenceException:
+            return True
+
+    _wait(replaced)
+
+
 # -- in the browser --------------------------------------------------------------------------
 
 
@@ -159,10 +179,10 @@ def test_sign_in_with_the_token_sets_a_strict_http_only_cookie(
     browser.get(admin_server.url + "/ui/entries?name=wf.task_1")
     assert "/ui/login" in browser.current_url  # sent to the form, remembering the page
     browser.find_element("name", "token").send_keys("wrong")
-    browser.find_element("css selector", "form.login button").click()
+    _click_through(browser, browser.find_element("css selector", "form.login button"))
     assert "not this server" in browser.find_element("css selector", "[role=alert]").text
     browser.find_element("name", "token").send_keys(TOKEN)
-    browser.find_element("css selector", "form.login button").click()
+    _click_through(browser, browser.find_element("css selector", "form.login button"))
     _wait(lambda: "/ui/entries?name=wf.task_1" in browser.current_url)
     assert browser.find_element("tag name", "h1").text == "Entries"
     (cookie,) = browser.get_cookies()
@@ -173,7 +193,7 @@ def test_sign_in_with_the_token_sets_a_strict_http_only_cookie(
     assert httpx.get(admin_server.url + "/healthz").status_code == 200
     assert httpx.get(admin_server.url + "/ui/").status_code == 303
     assert httpx.get(admin_server.url + "/metrics").status_code == 401
-    browser.find_element("css selector", "header form button").click()  # sign out
+    _click_through(browser, browser.find_element("css selector", "header form button"))  # sign out
     _wait(lambda: "/ui/login" in browser.current_url)
     browser.get(admin_server.url + "/ui/")
     assert "/ui/login" in browser.current_url
@@ -183,13 +203,13 @@ def test_filter_entries_and_page_through_them(browser: Any, server: ServerProces
     browser.get(server.url + "/ui/entries?limit=4")
     assert len(_css(browser, "table.entries tbody tr")) == 4
     browser.find_element("name", "name").send_keys("wf.task_2")
-    browser.find_element("css selector", "form.filters button").click()
+    _click_through(browser, browser.find_element("css selector", "form.filters button"))
     _wait(lambda: "name=wf.task_2" in browser.current_url)
     tasks = {td.text for td in _css(browser, "td.task")}
     assert tasks == {"wf.task_2"} and len(_css(browser, "td.task")) == 4
     seen = [a.get_attribute("title") for a in _css(browser, ".key a")]
     while _css(browser, "a[rel=next]"):
-        _css(browser, "a[rel=next]")[0].click()
+        _click_through(browser, _css(browser, "a[rel=next]")[0])
         _wait(lambda: browser.find_element("tag name", "h1").text == "Entries")
         seen += [a.get_attribute("title") for a in _css(browser, ".key a")]
     # Every entry of the task once, newest first (its keys end in i = 29, 26, ..., 2).
@@ -214,7 +234,7 @@ def test_open_an_entry_from_the_list(browser: Any, server: ServerProcess) -> Non
         "navigator.clipboard.readText().then(arguments[0], e => arguments[0]('error: ' + e))"
     )
     assert pasted == REPORT_KEY  # the full key, one click away
-    link.click()
+    _click_through(browser, link)
     _wait(lambda: "/ui/entry?" in browser.current_url)
     assert browser.find_element("id", "key").text == REPORT_KEY
     outputs = browser.find_element("css selector", "ul.outputs").text
@@ -267,7 +287,7 @@ def test_every_page_reads_without_javascript(server: ServerProcess) -> None:
         assert len(_css(driver, "table.entries tbody tr")) == 10
         # Times stay in UTC, said so, without the script that localises them.
         assert _css(driver, "td time")[0].text.endswith(" UTC")
-        driver.find_element("css selector", ".key a").click()
+        _click_through(driver, driver.find_element("css selector", ".key a"))
         _wait(lambda: "/ui/entry?" in driver.current_url)
         assert "exec-" in driver.find_element("tag name", "main").text
         driver.get(server.url + "/ui/reservations?q=exec-nojs")
@@ -312,7 +332,7 @@ def test_admin_buttons_delete_an_entry_and_release_a_lease(
     _sign_in(browser, admin_server)
     key = f"proj-dev-{'h' * 70}-05"
     browser.get(admin_server.url + f"/ui/entry?key={quote(key, safe='')}")
-    browser.find_element("id", "delete-entry").click()
+    _click_through(browser, browser.find_element("id", "delete-entry"))
     _wait(lambda: browser.current_url.endswith("/ui/entries"))
     with CacheStore.open(_db(admin_server)) as store:
         assert key not in {e.key for e in _all_entries(store)}
@@ -321,7 +341,7 @@ def test_admin_buttons_delete_an_entry_and_release_a_lease(
         headers={"authorization": f"Bearer {TOKEN}"},
     )
     browser.get(admin_server.url + "/ui/reservations?q=exec-holder")
-    browser.find_element("css selector", "button.release").click()
+    _click_through(browser, browser.find_element("css selector", "button.release"))
     _wait(lambda: "No reservations match" in browser.find_element("tag name", "tbody").text)
     assert "q=exec-holder" in browser.current_url  # back where the button was
 
