@@ -116,10 +116,17 @@ class Statements:
             b("overwrite", type_=sa.Boolean),
             e.c.last_updated_at < b("expired_before", type_=sa.BigInteger),
         )
-        spilled = sa.exists().where(o.c.entry_id == e.c.id)
+        # Whether the existing entry has a spilled payload (which a replacement must drop).
+        # Written out: SQLAlchemy correlates a subquery neither inside ON CONFLICT's WHERE
+        # (it would test every entry) nor inside RETURNING.
+        had_spill: Any = sa.literal_column(
+            "EXISTS (SELECT 1 FROM outputs WHERE outputs.entry_id = entries.id)"
+        )
         # The one-statement put: inserts, and replaces only an entry whose replacement needs
         # nothing more (the payload's created_at is right, no spilled payload to drop).
-        # Refused otherwise (no row returned): then the put runs ``put`` in a transaction.
+        # Refused otherwise (no row changed): then the put runs ``put`` in a transaction. No
+        # RETURNING: SQLite buffers returned rows in an ephemeral table, which cost a tenth of
+        # the statement; the count of changed rows says the same.
         self.put_simple = Sql.compile(
             upsert.on_conflict_do_update(
                 index_elements=[e.c.key],
@@ -130,15 +137,10 @@ class Statements:
                         b("request_created_at", type_=sa.BigInteger).is_not(None),
                         e.c.created_at == b("created_at", type_=sa.BigInteger),
                     ),
-                    ~spilled,
+                    ~had_spill,
                 ),
-            ).returning(e.c.id),
+            ),
             engine,
-        )
-        # Whether the entry has a spilled payload (the previous version's, which must go).
-        # Written out: SQLAlchemy does not correlate a subquery inside RETURNING.
-        had_spill: Any = sa.literal_column(
-            "EXISTS (SELECT 1 FROM outputs WHERE outputs.entry_id = entries.id)"
         )
         self.put = Sql.compile(
             upsert.on_conflict_do_update(
@@ -409,7 +411,7 @@ class CacheStore:
         params["expired_before"] = expired_before
         params["payload"] = payload(params["head"], params["meta"], created, now)
         if len(params["payload"]) <= SPILL_BYTES:
-            if self._pool.fetchall(self._sql.put_simple, params):
+            if self._pool.rowcount(self._sql.put_simple, params):
                 return
             if not overwrite and max_age is None:
                 raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
