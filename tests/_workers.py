@@ -173,3 +173,25 @@ def skewed_lease_worker(
         "skew_us": measured_skew_us,
         "lease_clock": lease_clock_used,
     }
+
+
+def flip_worker(path: str, key: str, rounds: int, started: Any) -> int:
+    """Rewrite ``key`` ``rounds`` times through its three states: a small inline payload, a
+    spilled one (over SPILL_BYTES, in ``outputs``) and no entry. Version ``i``'s value is
+    ``"<i>:"`` padded to its size class. Returns the number of rewrites."""
+    from flyteidl2.cacheservice import cacheservice_pb2 as cs
+    from flyteidl2.core import literals_pb2
+
+    from flytecache.store.codec import SPILL_BYTES
+
+    with CacheStore.open(path) as store:
+        started.set()
+        for i in range(rounds):
+            if i % 3 == 2:
+                store.delete(key)
+                continue
+            literals = literals_pb2.LiteralMap()
+            text = f"{i}:".ljust(SPILL_BYTES * 2 if i % 3 == 1 else 10, "x")
+            literals.literals["o"].scalar.primitive.string_value = text
+            store.put(key, cs.CachedOutput(output_literals=literals), overwrite=True)
+    return rounds

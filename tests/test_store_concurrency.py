@@ -83,3 +83,35 @@ def test_many_processes_open_a_brand_new_file_at_once(tmp_path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("select count(*) from alembic_version").fetchone() == (1,)
     conn.close()
+
+
+def test_gets_see_whole_versions_while_a_payload_moves_between_row_and_outputs(
+    db_url: str,
+) -> None:
+    """A get of a spilled payload takes two statements; a writer that makes the entry inline,
+    spilled again or deleted between them never shows a reader half of a change."""
+    from flytecache.errors import NotFoundError
+    from flytecache.store.codec import SPILL_BYTES
+
+    with CacheStore.open(db_url) as store:
+        manager = CTX.Manager()
+        started = manager.Event()
+        with ProcessPoolExecutor(1, mp_context=CTX) as pool:
+            writer = pool.submit(_workers.flip_worker, db_url, "flip", 3_000, started)
+            assert started.wait(60)
+            seen = defaultdict(int)
+            while not writer.done():
+                try:
+                    value = store.get("flip").output_literals.literals["o"]
+                except NotFoundError:
+                    seen["absent"] += 1
+                    continue
+                text = value.scalar.primitive.string_value
+                version = int(text.split(":")[0])
+                # Each version is whole: its size class is the one it was written with.
+                assert version % 3 != 2
+                assert len(text) == (SPILL_BYTES * 2 if version % 3 == 1 else 10), version
+                seen["spilled" if version % 3 == 1 else "inline"] += 1
+            assert writer.result() == 3_000
+        manager.shutdown()
+    assert seen["spilled"] and seen["inline"]  # both paths were read while the writer ran
