@@ -34,7 +34,7 @@ DB_AT_ZERO_NS = 1_800_000_000 * 10**9  # the fake database's time when the monot
 
 
 class FakeHost:
-    """A monotonic clock and a database whose clock is ``DB_AT_ZERO_NS`` ahead of it; each
+    """A monotonic clock and a database whose clock is ``database_ahead_ns`` ahead of it; each
     query takes the next of ``round_trips`` (1 ms when none is left) and is answered at
     ``position`` of its round trip (0: as it is sent, 1: as the answer arrives)."""
 
@@ -43,12 +43,13 @@ class FakeHost:
         self.round_trips: list[int] = []
         self.position = 0.5
         self.reads = 0
+        self.database_ahead_ns = DB_AT_ZERO_NS
 
     def monotonic_ns(self) -> int:
         return self.mono
 
     def database_us(self) -> int:
-        return (self.mono + DB_AT_ZERO_NS) // 1000
+        return (self.mono + self.database_ahead_ns) // 1000
 
     def read(self, timer) -> tuple[int, int, int]:  # type: ignore[no-untyped-def]
         self.reads += 1
@@ -123,6 +124,20 @@ def test_a_due_sample_is_replaced_unless_the_new_one_is_worse(
     db_clock.now_us()  # a fast one replaces it
     assert host.reads == 5 and db_clock.sample is not first
     assert db_clock.error_us() == 501
+
+
+def test_a_step_of_the_database_clock_is_followed_at_the_next_sample(
+    host: FakeHost, db_clock: DatabaseClock
+) -> None:
+    """A new sample that contradicts the one in use (their bounds do not overlap) is taken
+    even when its round trip was slower: the database's clock stepped."""
+    db_clock.now_us()
+    host.mono += RESAMPLE_NS
+    host.round_trips = [100 * MS]
+    host.database_ahead_ns += 5 * 10**9  # the database's clock steps 5 s forward
+    assert db_clock.now_us() == host.database_us()
+    sample = db_clock.sample
+    assert sample is not None and sample.round_trip_ns == 100 * MS
 
 
 def test_an_exact_reading_serves_as_a_sample(host: FakeHost, db_clock: DatabaseClock) -> None:

@@ -71,9 +71,10 @@ class DatabaseClock:
     plus the monotonic time elapsed since. A step of the host's wall clock (``time.time``)
     changes nothing: only the monotonic clock is read. The error is at most half the
     sample's round trip plus the monotonic clock's drift since the sample (see
-    :meth:`Sample.error_ns`); the first reading takes the best of three samples, and a
-    sample older than ``RESAMPLE_NS`` is replaced by a new one unless the new one's error
-    would be larger (its round trip was slow).
+    :meth:`Sample.error_ns`); the first reading takes the best of three samples, and every
+    ``RESAMPLE_NS`` a new sample replaces the one in use unless that one, drift included,
+    is still the more accurate (the new round trip was slow) and the two agree (when they
+    cannot both be right, the database's clock stepped, and the new one is taken).
 
     Thread-safe: one thread samples while the others go on with the previous sample. A
     forked child keeps the sample, which stays right there (the monotonic clock is the
@@ -135,8 +136,14 @@ class DatabaseClock:
         kept. ``next_ns`` reschedules the next sampling."""
         state = self._state
         best = new
-        if state is not None and state[0].error_ns(new.received_ns) < new.error_ns(new.received_ns):
-            best = state[0]
+        if state is not None:
+            old = state[0]
+            old_error, new_error = old.error_ns(new.received_ns), new.error_ns(new.received_ns)
+            # Two samples that cannot both be right (their bounds do not overlap) mean the
+            # database's clock stepped: the new one is right.
+            agree = abs(old.offset_ns - new.offset_ns) <= old_error + new_error
+            if agree and old_error < new_error:
+                best = old
         if next_ns is None:
             next_ns = new.received_ns + self._resample_ns if state is None else state[1]
         self._state = (best, next_ns)
