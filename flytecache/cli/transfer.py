@@ -183,17 +183,16 @@ def import_(
     if (path is None) == (from_flytekit_cache is None):
         raise typer.BadParameter("give an export file or --from-flytekit-cache DIR (one of them)")
     with cli_errors(verbose):
-        from flytecache.store import opening
-
         if from_flytekit_cache is not None:
-            with opening.created_or_nothing(db, create_directory=False):
-                _import_flytekit_cache(
-                    from_flytekit_cache, db, project, domain, overwrite, dry_run, json
-                )
+            # It checks the cache directory before a database is opened or created; ``db``
+            # may also be a cache service's http(s):// URL there.
+            _import_flytekit_cache(
+                from_flytekit_cache, db, project, domain, overwrite, dry_run, json
+            )
             return
         assert path is not None
         from flytecache.errors import InvalidArgumentError
-        from flytecache.store import admin
+        from flytecache.store import admin, opening
 
         # Moving a cache to a new machine creates and migrates the database (not on a dry
         # run); a failed import leaves no new empty database behind. The input is opened
