@@ -82,8 +82,8 @@ class CatalogClient:
 
     ``max_cache_age`` (a non-negative timedelta; ``None`` or zero: no limit, as Flyte's
     ``maxCacheAge: 0``) makes older entries misses; ``clock`` (an aware-datetime callable)
-    decides "now" for that check and for ``created_at``. A client built on a store uses the
-    store's clock unless given its own (SPEC §5.3).
+    decides "now" for that check and for ``created_at``. A client on a store (given, or opened
+    from a path/URL) uses the store's entry clock unless given its own (SPEC §5.3).
     """
 
     def __init__(
@@ -107,15 +107,17 @@ class CatalogClient:
             )
         if clock is not None and not callable(clock):
             raise InvalidArgumentError("clock must be callable", field="clock")
-        if clock is None and isinstance(target, CacheStore):
-            store = target
+        self.max_cache_age = max_cache_age
+        self._backend = _open_backend(target, clock=clock, auth_token=auth_token)
+        if clock is None and isinstance(self._backend, ScopedStore):
+            # The store's entry clock (the database's on PostgreSQL), whether the store was
+            # passed in or opened from a path/URL: ages are judged as the store writes them.
+            store = self._backend.store
             self._clock: Callable[[], datetime] = lambda: (
                 _EPOCH + timedelta(microseconds=store.now_us())
             )
         else:
             self._clock = clock or (lambda: datetime.now(UTC))
-        self.max_cache_age = max_cache_age
-        self._backend = _open_backend(target, clock=clock, auth_token=auth_token)
         self._memo: OrderedDict[str, ReservationCache] = OrderedDict()
         self._memo_size = reservation_cache_size
         self._memo_lock = threading.Lock()

@@ -141,13 +141,18 @@ class StoreSettings:
     ``-wal`` and ``-shm`` inherit, backups, exports), whatever the umask. Existing files keep
     theirs."""
     lease_clock: Literal["auto", "database", "host"] = "auto"
-    """Which clock decides leases (the "now" an expiry is compared with and extended from).
-    ``database``: PostgreSQL's, read inside each statement, so replicas with skewed host clocks
-    never hold one lease twice; a store's injected clock then decides only entry times.
-    ``host``: the store's clock (injected, else the system's), as on SQLite. ``auto``:
-    ``database`` on PostgreSQL unless a clock is injected (a test's fake clock keeps deciding),
-    ``host`` on SQLite. ``database`` on SQLite is refused at open: SQLite has no clock of its
-    own, every process reads its one host's (see docs/operations.md, Clocks)."""
+    """Which clock decides leases (the "now" an expiry is compared with and extended from) and,
+    unless a clock is injected, entry times (``created_at``, ``last_updated_at``, ``max_age``
+    and the admin tools' entry ages): the name predates the entries and is kept.
+    ``database``: PostgreSQL's. Lease statements read it themselves, so replicas with skewed
+    host clocks never hold one lease twice; entry times come from a sample of it carried
+    forward by the host's monotonic clock (no extra round trip per put; off by at most half
+    the sample's round trip plus the drift since, re-sampled every 30 s). An injected clock
+    then decides only entry times. ``host``: the store's clock (injected, else the system's),
+    as on SQLite. ``auto``: ``database`` on PostgreSQL unless a clock is injected (a test's
+    fake clock keeps deciding), ``host`` on SQLite. ``database`` on SQLite is refused at open:
+    SQLite has no clock of its own, every process reads its one host's (see
+    docs/operations.md, Clocks)."""
 
     def __post_init__(self) -> None:
         for name in ("max_heartbeat", "busy_timeout", "pool_timeout"):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -78,3 +81,27 @@ def lease(key: str, owner: str, hb: timedelta, expires: datetime) -> cs.Reservat
     return cs.Reservation(
         key=key, owner_id=owner, heartbeat_interval=dur(hb), expires_at=ts(expires)
     )
+
+
+def in_forked_child(child: Callable[[], bool], *, timeout: float = 30) -> bool:
+    """Run ``child`` in a forked process: whether it returned True (False when it raised or
+    did not answer within ``timeout`` seconds, e.g. stuck on a lock it inherited)."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            ok = False
+            try:
+                ok = child()
+            finally:
+                os.write(write_end, b"\x00" if ok else b"\x01")
+                os._exit(0)
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        answer = os.read(read_end, 1) if ready else b""
+        if not ready:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return answer == b"\x00"
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -195,3 +195,65 @@ def flip_worker(path: str, key: str, rounds: int, started: Any) -> int:
             literals.literals["o"].scalar.primitive.string_value = text
             store.put(key, cs.CachedOutput(output_literals=literals), overwrite=True)
     return rounds
+
+
+def skewed_entry_worker(
+    url: str, offset: timedelta, lease_clock: str, own: str, fresh: str, old: str
+) -> dict[str, Any]:
+    """A process whose host clock (``time.time``/``time.time_ns``) is off by ``offset``.
+
+    Writes ``own`` between two readings of the database's clock; then, for two entries
+    another process wrote, makes ``fresh`` 0 s and ``old`` 3 s old by the database's clock
+    (set in SQL, a moment before) and puts each again with ``max_age=1.5s``. Returns the
+    measured skew, the readings, the times ``own`` got, the clock's error bound, and for the
+    two puts ``"replaced"`` or ``"exists"``.
+    """
+    import sqlalchemy as sa
+
+    from flytecache.errors import AlreadyExistsError
+    from flytecache.store.cache import database_now
+    from flytecache.store.models import Entry
+
+    real_ns = time.time_ns
+    shift_ns = offset // timedelta(microseconds=1) * 1000
+    time.time_ns = lambda: real_ns() + shift_ns
+    time.time = lambda: (real_ns() + shift_ns) / 1e9
+
+    from flyteidl2.cacheservice import cacheservice_pb2 as cs
+
+    def us(ts: Any) -> int:
+        return int(ts.seconds * 10**6 + ts.nanos // 1000)
+
+    entries = Entry.__table__
+    settings = StoreSettings(lease_clock=lease_clock)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    with CacheStore.open(url, settings=settings) as store:
+
+        def database_us() -> int:  # whichever clock the store uses
+            with store.engine.connect() as conn:
+                return int(conn.execute(sa.select(database_now())).scalar_one())
+
+        out["skew_us"] = time.time_ns() // 1000 - database_us()
+        out["before"] = database_us()
+        store.put(own, cs.CachedOutput(output_uri="s3://b/own"))
+        out["after"] = database_us()
+        meta = store.get(own).metadata
+        out["created"], out["updated"] = us(meta.created_at), us(meta.last_updated_at)
+        out["error_us"] = store.clock_error_us()
+        ages = {fresh: 0, old: 3_000_000}
+        with store.engine.begin() as conn:
+            for key, age in ages.items():
+                conn.execute(
+                    sa.update(entries)  # type: ignore[arg-type]
+                    .where(entries.c.key == key)
+                    .values(last_updated_at=database_now() - age)
+                )
+        for key, name in ((fresh, "fresh"), (old, "old")):
+            try:
+                store.put(
+                    key, cs.CachedOutput(output_uri="s3://b/new"), max_age=timedelta(seconds=1.5)
+                )
+                out[name] = "replaced"
+            except AlreadyExistsError:
+                out[name] = "exists"
+    return out

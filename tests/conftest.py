@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -113,6 +114,21 @@ def migrated_pg_url(pg_server: _postgres.PostgresServer | None, pg_shared: str |
         pytest.skip("no PostgreSQL binaries on this machine")
     _postgres.truncate(pg_server.dsn(pg_shared))
     return pg_server.url(pg_shared)
+
+
+@pytest.fixture
+def local_pg(migrated_pg_url: str) -> str:
+    """The suite's PostgreSQL, checked to read this machine's clock: the clock tests compare
+    times the server wrote with times measured here."""
+    from flytecache import StoreSettings
+
+    with CacheStore.open(migrated_pg_url, settings=StoreSettings(lease_clock="database")) as s:
+        before = time.time_ns() // 1000
+        server = s.lease_now_us()
+        after = time.time_ns() // 1000
+    if not before <= server <= after:
+        pytest.skip("the PostgreSQL server's clock is not this machine's (an external server)")
+    return migrated_pg_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

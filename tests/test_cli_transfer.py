@@ -624,6 +624,88 @@ def test_non_utf8_and_empty_input(db: str, tmp_path: Path) -> None:
     assert "the input is empty" in fails(run(db, "import", str(path)))
 
 
+# -- a failed import creates nothing ------------------------------------------------------------
+
+_VALID = [HEADER, _entry(key="a")]
+FAILING_INPUTS: dict[str, tuple[str, bytes | None, str]] = {
+    # name: (file name, contents (None: no such file), what the one line says)
+    "missing file": ("gone.jsonl", None, "No such file or directory"),
+    "not gzip": ("dump.jsonl.gz", "\n".join(_VALID).encode(), "not gzip data, although"),
+    "random bytes as gz": ("dump.gz", bytes(range(256)), "not gzip data, although"),
+    "empty gz": ("empty.jsonl.gz", b"", "not gzip data, although"),
+    "truncated gzip": (
+        "cut.jsonl.gz",
+        gzip.compress(b"\n".join([HEADER.encode()] * 99))[:40],
+        "ends early",
+    ),
+    "bad json": ("bad.jsonl", f"{HEADER}\n{{nope\n".encode(), "line 2: not valid JSON"),
+    "wrong version": (
+        "v2.jsonl",
+        json.dumps({**json.loads(HEADER), "version": 2}).encode(),
+        "version 2",
+    ),
+    "duplicate key": ("dup.jsonl", "\n".join([*_VALID, _entry(key="a")]).encode(), "duplicate"),
+    "empty file": ("empty.jsonl", b"", "the input is empty"),
+}
+
+
+def _failing_input(tmp_path: Path, case: str) -> tuple[Path, str]:
+    name, contents, message = FAILING_INPUTS[case]
+    path = tmp_path / "input" / name
+    path.parent.mkdir(exist_ok=True)
+    if contents is not None:
+        path.write_bytes(contents)
+    return path, message
+
+
+@pytest.mark.parametrize("case", FAILING_INPUTS, ids=list(FAILING_INPUTS))
+def test_a_failed_import_creates_no_database(tmp_path: Path, case: str) -> None:
+    """Exit 1 with one line naming the file, and no database (nor its directories) left
+    where there was none."""
+    path, message = _failing_input(tmp_path, case)
+    target = tmp_path / "new" / "place" / "cache.db"
+    line = fails(run(str(target), "import", str(path)))
+    assert str(path) in line and message in line, line
+    assert not (tmp_path / "new").exists()
+    # Next to an existing file: only the database's own files would have been created.
+    (tmp_path / "there").mkdir()
+    (tmp_path / "there" / "keep.txt").write_text("mine")
+    target = tmp_path / "there" / "cache.db"
+    fails(run(str(target), "import", str(path)))
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("case", FAILING_INPUTS, ids=list(FAILING_INPUTS))
+def test_a_failed_import_leaves_an_existing_database_alone(
+    tmp_path: Path, template: str, case: str
+) -> None:
+    path, message = _failing_input(tmp_path, case)
+    target = fresh(template, tmp_path, "cache.db")
+    with open_store(target) as store:
+        put_uri(store, "mine")
+    before = dump(target)
+    line = fails(run(target, "import", str(path)))
+    assert str(path) in line and message in line, line
+    assert dump(target) == before
+    empty = fresh(template, tmp_path, "empty.db")  # existing and empty: kept all the same
+    fails(run(empty, "import", str(path)))
+    assert dump(empty) == []
+
+
+def test_a_gz_that_is_not_gzip_says_so_in_one_line(db: str, tmp_path: Path) -> None:
+    plain = tmp_path / "dump.jsonl"
+    ok(run(db, "export", str(plain)))
+    renamed = tmp_path / "dump.jsonl.gz"
+    plain.rename(renamed)
+    line = fails(run(db, "import", str(renamed)))
+    assert line == (
+        f"error: {renamed}: not gzip data, although the name ends in .gz (an uncompressed "
+        "export? rename it); nothing was imported"
+    )
+    renamed.rename(plain)
+    ok(run(db, "import", str(plain)))  # the same bytes under their right name
+
+
 def test_staging_does_not_block_writers(db: str) -> None:
     """While the file is read and validated, other processes can still write."""
     with open_store(db) as importer, open_store(db, busy_timeout=timedelta(milliseconds=100)) as o:

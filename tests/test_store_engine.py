@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from _store import in_forked_child
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
 from flytecache import CacheStore, StoreSettings
@@ -125,22 +125,14 @@ def test_forked_child_never_reuses_parent_connections(db_path: str) -> None:
         store.put("parent", cs.CachedOutput(output_uri="s3://b/p"))
         with store.dbapi_connection() as parent_conn:  # the one the put used (LIFO)
             pass
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child
-            status = 1
-            try:
-                with store.dbapi_connection() as fresh:
-                    ok = fresh is not parent_conn
-                store.put("child", cs.CachedOutput(output_uri="s3://b/c"))
-                status = 0 if ok and store.get("parent").output_uri == "s3://b/p" else 2
-            finally:
-                os.write(write_end, bytes([status]))
-                os._exit(0)
-        os.waitpid(pid, 0)
-        assert os.read(read_end, 1) == b"\x00"
-        os.close(read_end)
-        os.close(write_end)
+
+        def child() -> bool:
+            with store.dbapi_connection() as fresh:
+                ok = fresh is not parent_conn
+            store.put("child", cs.CachedOutput(output_uri="s3://b/c"))
+            return ok and store.get("parent").output_uri == "s3://b/p"
+
+        assert in_forked_child(child)
         # The parent's connection still works after the child exited.
         assert store.get("child").output_uri == "s3://b/c"
         with store.dbapi_connection() as conn:

@@ -8,7 +8,6 @@ decides everything, and a skew larger than a lease lets a process take a live le
 from __future__ import annotations
 
 import multiprocessing
-import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -42,19 +41,6 @@ class Skewed:
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
-
-
-@pytest.fixture
-def local_pg(migrated_pg_url: str) -> str:
-    """The suite's PostgreSQL, checked to read this machine's clock: the audits below compare
-    times the server wrote with times measured here."""
-    with CacheStore.open(migrated_pg_url, settings=StoreSettings(lease_clock="database")) as s:
-        before = time.time_ns() // 1000
-        server = s.lease_now_us()
-        after = time.time_ns() // 1000
-    if not before <= server <= after:
-        pytest.skip("the PostgreSQL server's clock is not this machine's (an external server)")
-    return migrated_pg_url
 
 
 # -- the setting -----------------------------------------------------------------------------

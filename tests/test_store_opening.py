@@ -222,3 +222,29 @@ def test_data_survives_reopen(db_path: str, clock):
             second.get_or_extend_reservation("r", "owner-b", with_outcome=True)[1]
             is ReservationOutcome.HELD_BY_OTHER
         )
+
+
+def test_created_or_nothing_removes_only_what_the_failed_block_created(tmp_path: Path) -> None:
+    from flytecache.store.opening import created_or_nothing
+
+    target = tmp_path / "new" / "dir" / "cache.db"
+    with pytest.raises(RuntimeError), created_or_nothing(target):
+        CacheStore.open(target).close()
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+    # Another process wrote to the new database meanwhile: it is kept, with its directory.
+    with pytest.raises(RuntimeError), created_or_nothing(target):
+        with CacheStore.open(target) as store:
+            store.put("theirs", uri_output("s3://b/1"))
+        raise RuntimeError
+    assert target.exists()
+    # An existing database is never removed, even when empty; success removes nothing.
+    with CacheStore.open(target) as store:
+        store.delete("theirs")
+    with pytest.raises(RuntimeError), created_or_nothing(target):
+        raise RuntimeError
+    assert target.exists()
+    other = tmp_path / "ok" / "cache.db"
+    with created_or_nothing(other):
+        CacheStore.open(other).close()
+    assert other.exists()

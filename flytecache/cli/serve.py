@@ -96,8 +96,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 envvar="FLYTECACHE_LEASE_CLOCK",
-                help="Which clock decides leases: database (PostgreSQL's), host (each "
-                "process's), or auto (database on PostgreSQL, host on SQLite).",
+                help="Which clock decides leases and entry times: database (PostgreSQL's), "
+                "host (each process's), or auto (database on PostgreSQL, host on SQLite).",
             ),
         ] = "auto",
         max_inflight_bytes: Annotated[

@@ -65,20 +65,27 @@ def _writer(path: str, file_mode: int) -> Iterator[IO[bytes]]:
 def _reader(path: str) -> Iterator[IO[bytes]]:
     """stdin for ``-``; else the file (gunzipped when it starts with the gzip magic).
 
-    A damaged or cut-off gzip stream is an :class:`InvalidArgumentError` naming the file
-    (the reading happens in the caller's block, which then writes nothing).
+    A ``.gz`` file that is not gzip, and a damaged or cut-off gzip stream, are an
+    :class:`InvalidArgumentError` naming the file (the reading happens in the caller's block,
+    which then writes nothing).
     """
     if path == "-":
         yield sys.stdin.buffer
         return
-    with open(Path(path).expanduser(), "rb") as raw:
+    from flytecache.errors import InvalidArgumentError
+
+    file = Path(path).expanduser()
+    with open(file, "rb") as raw:
         if raw.peek(2)[:2] != b"\x1f\x8b":
+            if file.suffix == ".gz":  # `export` compresses every .gz it writes
+                raise InvalidArgumentError(
+                    f"{path}: not gzip data, although the name ends in .gz (an uncompressed "
+                    "export? rename it); nothing was imported"
+                )
             yield raw
             return
         import gzip
         import zlib
-
-        from flytecache.errors import InvalidArgumentError
 
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
@@ -169,30 +176,42 @@ def import_(
 
     Existing keys are skipped (and counted) unless --overwrite, so importing the same file
     twice changes nothing. A database that does not exist yet is created and migrated (not on
-    a dry run). With --from-flytekit-cache DIR, import the cache of flytekit's local
-    executions instead, so that they keep hitting once they cache through flytecache.
+    a dry run), and removed again if the import fails. With --from-flytekit-cache DIR,
+    import the cache of flytekit's local executions instead, so that they keep hitting once
+    they cache through flytecache.
     """
     if (path is None) == (from_flytekit_cache is None):
         raise typer.BadParameter("give an export file or --from-flytekit-cache DIR (one of them)")
     with cli_errors(verbose):
         if from_flytekit_cache is not None:
+            # It checks the cache directory before a database is opened or created; ``db``
+            # may also be a cache service's http(s):// URL there.
             _import_flytekit_cache(
                 from_flytekit_cache, db, project, domain, overwrite, dry_run, json
             )
             return
         assert path is not None
+        from flytecache.errors import InvalidArgumentError
         from flytecache.store import admin, opening
 
-        if not dry_run:  # moving a cache to a new machine: create and migrate the database
-            opening.create_parent_directory(db)
+        # Moving a cache to a new machine creates and migrates the database (not on a dry
+        # run); a failed import leaves no new empty database behind. The input is opened
+        # first: a missing file or one that is not gzip fails before anything is created.
         with (
-            open_store(db, migrate=not dry_run, file_mode=file_mode) as store,
             _reader(path) as source,
+            opening.created_or_nothing(db, create_directory=not dry_run),
+            open_store(db, migrate=not dry_run, file_mode=file_mode) as store,
             progress("importing") as update,
         ):
-            result = admin.import_entries(
-                store, source, overwrite=overwrite, dry_run=dry_run, progress=update
-            )
+            try:
+                result = admin.import_entries(
+                    store, source, overwrite=overwrite, dry_run=dry_run, progress=update
+                )
+            except InvalidArgumentError as error:
+                if path == "-" or "line" not in error.fields:
+                    raise
+                # "line 3" alone does not say of which file.
+                raise InvalidArgumentError(f"{path}: {error}", **error.fields) from None
         if json:
             print_json(present.import_json(result))
         existing = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from enum import Enum
 from typing import Any, Literal, Self, cast, overload
@@ -21,6 +21,7 @@ from flytecache.errors import (
     StorageError,
 )
 from flytecache.store.codec import SPILL_BYTES, cached_output, entry_params, payload
+from flytecache.store.dbclock import DatabaseClock
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.pool import HotPool, Sql
 from flytecache.store.urls import dialect_insert, is_sqlite
@@ -229,7 +230,6 @@ class CacheStore:
     ) -> None:
         self._engine = engine
         self._settings = settings
-        self._now_us = make_now_us(clock)
         self._clock = clock
         self._lease_clock = resolve_lease_clock(
             settings.lease_clock, sqlite=is_sqlite(engine), clock_injected=clock is not None
@@ -241,6 +241,14 @@ class CacheStore:
             limit=settings.pool_size + settings.max_overflow,
             wait=settings.pool_timeout.total_seconds(),
         )
+        # Entry times follow the database's clock too, unless a clock is injected (which
+        # then times entries, as it always did): see StoreSettings.lease_clock.
+        self._database_clock: DatabaseClock | None = None
+        self._now_us = make_now_us(clock)
+        if self._sql.clock is not None:
+            self._database_clock = DatabaseClock(self._read_database_clock)
+            if clock is None:
+                self._now_us = self._database_clock.now_us
         self._closed = False
         self._max_heartbeat_us = timedelta_to_us(settings.max_heartbeat)
         self._grace = settings.grace_multiplier
@@ -261,9 +269,11 @@ class CacheStore:
         ``url_or_path`` is a file path, ``sqlite:///path`` or ``postgresql+psycopg://...``.
         ``settings`` default to :meth:`StoreSettings.from_env` (the ``FLYTECACHE_*``
         variables, as for every command). ``clock`` returns an aware datetime; every timestamp
-        the store writes or compares comes from it (default: the system clock), except lease
-        times when :attr:`lease_clock` is ``"database"`` (by default on PostgreSQL when no
-        ``clock`` is given; ``StoreSettings.lease_clock`` chooses). With
+        the store writes or compares comes from it, except lease times when
+        :attr:`lease_clock` is ``"database"``. Without ``clock``, times come from the
+        database's clock when :attr:`lease_clock` is ``"database"`` (by default on PostgreSQL;
+        ``StoreSettings.lease_clock`` chooses): leases read it in their statements, entry
+        times from a sample of it (:meth:`now_us`); otherwise from the system clock. With
         ``migrate=False`` a database that is not at the current schema raises
         :class:`~flytecache.errors.SchemaError`.
         """
@@ -339,22 +349,44 @@ class CacheStore:
     def lease_clock(self) -> Literal["database", "host"]:
         """The clock that decides leases: ``"database"`` (PostgreSQL's, read by each lease
         statement) or ``"host"`` (the store clock), resolved from
-        ``StoreSettings.lease_clock``."""
+        ``StoreSettings.lease_clock``. With ``"database"`` and no injected clock, entry times
+        follow the database's clock too (:meth:`now_us`)."""
         return self._lease_clock
 
     def now_us(self) -> int:
-        """The store clock, in microseconds since the epoch (entry times; lease times too
-        unless :attr:`lease_clock` is ``"database"``)."""
+        """Now by the entry clock, in microseconds since the epoch: the clock of every entry
+        time the store writes (``created_at``, ``last_updated_at``) and compares (``max_age``),
+        and of the admin tools' entry ages.
+
+        When :attr:`lease_clock` is ``"database"`` and no clock was injected, that is the
+        database's clock without a round trip: a sample of it carried forward by the host's
+        monotonic clock, off by at most :meth:`clock_error_us` (see
+        :class:`~flytecache.store.dbclock.DatabaseClock`); otherwise the injected clock, else
+        the system's (as for leases with ``lease_clock="host"``).
+        """
         return self._now_us()
 
     def lease_now_us(self) -> int:
         """Now by the clock that decides leases, in microseconds since the epoch: one query of
         the database's clock, or the store clock. For the admin tools that judge expiry."""
-        sql = self._sql.clock
-        if sql is None:
+        if self._database_clock is None:
             return self._now_us()
         self._check_open()
-        return int(self._pool.fetchall(sql, {})[0][0])
+        return self._database_clock.read_database_us()
+
+    def clock_error_us(self) -> int:
+        """The most :meth:`now_us` can be off the clock it follows, in microseconds: half the
+        round trip of the database clock's sample plus the drift since (0 for a clock read
+        directly: the system's or an injected one)."""
+        if self._database_clock is None or self._clock is not None:
+            return 0
+        self._check_open()
+        return self._database_clock.error_us()
+
+    def _read_database_clock(self, timer: Callable[[], int]) -> tuple[int, int, int]:
+        self._check_open()
+        assert self._sql.clock is not None
+        return self._pool.fetch_timed(self._sql.clock, timer)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -400,7 +432,8 @@ class CacheStore:
 
         An existing entry is replaced only with ``overwrite`` or when it is older than
         ``max_age`` (strict ``>``; a zero ``max_age`` treats every entry as expired);
-        otherwise :class:`AlreadyExistsError`. ``last_updated_at`` is always the store clock;
+        otherwise :class:`AlreadyExistsError`. ``last_updated_at`` is always the entry clock
+        (:meth:`now_us`), and so is the "now" ``max_age`` is measured from;
         ``created_at`` is the output's, else the existing entry's, else now. Reservations are
         never touched. One statement, unless the payload is over ``SPILL_BYTES`` or the put
         replaces an entry whose ``created_at`` it keeps.

@@ -8,7 +8,10 @@ read-only directory, a schema too old or too new) is decided once and reported t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +38,7 @@ __all__ = [
     "Engine",
     "SchemaState",
     "create_parent_directory",
+    "created_or_nothing",
     "describe_url",
     "open_engine",
     "open_store",
@@ -72,6 +76,63 @@ def create_parent_directory(url_or_path: str | os.PathLike[str]) -> None:
             f"cannot create the directory {parent} for the database: {error.strerror}",
             field="db",
         ) from None
+
+
+@contextlib.contextmanager
+def created_or_nothing(
+    url_or_path: str | os.PathLike[str], *, create_directory: bool = True
+) -> Iterator[None]:
+    """For a block that may create a SQLite database: with ``create_directory``, make its
+    directory first (:func:`create_parent_directory`); if the block fails, remove what this
+    created, so that a failed command leaves no empty database behind: the database file
+    (with its ``-wal``, ``-shm`` and ``-journal``) when it did not exist before the block, and
+    the directories made for it. A database that existed before, one that holds entries or
+    reservations by then (another process created it meanwhile), one that cannot be read,
+    and PostgreSQL are never touched."""
+    url = normalize_url(url_or_path)
+    if not is_sqlite(url) or not url.database:
+        yield
+        return
+    path = Path(url.database)
+    existed = os.path.lexists(path)
+    new_directories: list[Path] = []  # the nearest first, so each is empty when removed
+    for parent in path.parents:
+        if parent.exists():
+            break
+        new_directories.append(parent)
+    if create_directory:
+        create_parent_directory(url_or_path)
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_file() and not _holds_rows(path):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(OSError):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+        for directory in new_directories:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty
+        raise
+
+
+def _holds_rows(path: Path) -> bool:
+    """Whether the SQLite file has an entry or a reservation (or cannot be read: then it is
+    kept too)."""
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=0)
+    except sqlite3.Error:
+        return True
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        return any(
+            conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+            for table in ("entries", "reservations")
+            if table in tables
+        )
+    except sqlite3.Error:
+        return True
+    finally:
+        conn.close()
 
 
 def _engine(url: URL, settings: StoreSettings, *, read_only: bool = False) -> Engine:

@@ -8,7 +8,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -171,6 +171,24 @@ class HotPool:
                 raise
             self.release(dbapi)
             return rows
+        except Exception as error:
+            reraise_translated(error)
+
+    def fetch_timed(self, sql: Sql, timer: Callable[[], int]) -> tuple[int, Any, int]:
+        """Run one read statement without parameters: ``(timer() before, its first value,
+        timer() after)``, the readings taken just around the round trip (checking out the
+        connection, which may open one, is outside them)."""
+        try:
+            dbapi = self.acquire()
+            try:
+                before = timer()
+                row = dbapi.execute(sql.text, sql.args({})).fetchone()
+                after = timer()
+            except BaseException:
+                self._abandon(dbapi)
+                raise
+            self.release(dbapi)
+            return before, row[0], after
         except Exception as error:
             reraise_translated(error)
 
