@@ -4,6 +4,7 @@ store pools itself (SQLAlchemy's checkout costs as much as a primary-key SELECT)
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import threading
 import weakref
@@ -38,18 +39,30 @@ class Sql:
     text: str
     positions: tuple[str, ...] | None
     """Bind names in order for positional paramstyles; None for named (dict) paramstyles."""
+    args: Callable[[dict[str, Any]], Any]
+    """Parameters by name -> the driver's form: a tuple in ``positions`` order, or the dict
+    itself for named paramstyles (built once: on a get it was a twentieth of the call)."""
 
     @classmethod
     def compile(cls, statement: ClauseElement, engine: Engine) -> Sql:
         compiled = cast(SQLCompiler, statement.compile(dialect=engine.dialect))
-        if compiled.positional:
-            return cls(compiled.string, tuple(compiled.positiontup or ()))
-        return cls(compiled.string, None)
+        if not compiled.positional:
+            return cls(compiled.string, None, _as_is)
+        positions = tuple(compiled.positiontup or ())
+        if len(positions) == 1:
+            (name,) = positions
+            return cls(compiled.string, positions, lambda params: (params[name],))
+        if not positions:
+            return cls(compiled.string, positions, _no_args)
+        return cls(compiled.string, positions, operator.itemgetter(*positions))
 
-    def args(self, params: dict[str, Any]) -> Any:
-        if self.positions is None:
-            return params
-        return tuple([params[name] for name in self.positions])
+
+def _as_is(params: dict[str, Any]) -> dict[str, Any]:
+    return params
+
+
+def _no_args(params: dict[str, Any]) -> tuple[()]:
+    return ()
 
 
 class HotPool:
@@ -118,9 +131,9 @@ class HotPool:
         return dbapi
 
     def release(self, dbapi: Any, *, broken: bool = False) -> None:
-        if self._pid != os.getpid():
-            self._orphans.append(dbapi)  # a connection from before a fork: never touch it
-            return
+        # No fork check here (acquire has one, and a fork keeps only the forking thread, so a
+        # connection is released in the process that acquired it): a getpid() system call
+        # per release was a twentieth of a get.
         if self._slots is not None:
             self._slots.release()
         if broken or len(self._idle) >= self._keep:
