@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 from datetime import timedelta
 
@@ -66,3 +67,19 @@ def test_connection_budget_is_bounded(migrated_pg_url: str) -> None:
         with store.dbapi_connection(), pytest.raises(StorageBusyError, match="connections"):
             store.get_or_extend_reservation("k", "o")
         store.get_or_extend_reservation("k", "o")
+
+
+def test_calls_waiting_for_a_connection_get_one_when_it_is_returned(
+    migrated_pg_url: str,
+) -> None:
+    settings = StoreSettings(pool_size=2, max_overflow=0, pool_timeout=timedelta(seconds=60))
+    with CacheStore.open(migrated_pg_url, settings=settings) as store:
+        store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            with store.dbapi_connection(), store.dbapi_connection():
+                # Every connection is out: eight calls queue for them...
+                waiting = [pool.submit(store.get, "k") for _ in range(8)]
+                done, _ = concurrent.futures.wait(waiting, timeout=0.5)
+                assert not done
+            # ...and each is served once the two come back, none left waiting.
+            assert all(f.result(timeout=60).output_uri == "s3://b/k" for f in waiting)
