@@ -2,14 +2,23 @@
 
 On SQLite a store call is short (a get ~10 us, a put ~65 us in-process) next to the hop to a
 thread and back, which costs two scheduler wake-ups and GIL hand-overs: with every call on a
-thread the server spent about 100 us more CPU per request than with the same calls run on
-the loop (``python -m benchmarks.bench_server`` reports CPU time per request). So the service
+thread the server spent 80-140 us more CPU per request with one client than with the calls
+run on the loop, 10-75 us more with 4-8 clients, where a thread's wake-up served several
+(``python -m benchmarks.bench_server`` reports CPU time per request). So the service
 first runs each call right here on connections that never wait for a lock
 (:meth:`CacheStore.nowait`): a WAL read is never blocked by a writer, and a write that finds
 the write lock held (by another process, or another worker) is refused at once instead of
 stalling the loop for up to the busy timeout. Only a refused call goes to a thread, where it
 waits for the lock as usual. PostgreSQL calls are network round trips and always go to a
 thread.
+
+Not done, measured: running the writes that arrive in one turn of the loop in one shared
+transaction (one commit for the lot). At 4 and 8 clients the turns held 2.3 and 2.7 writes on
+average; one commit for 4 puts saved ~20 us of CPU per put, but deferring each write to the end
+of the turn (a future and two more turns of the loop) cost ~9 us, which a single client pays
+on every write for nothing. Nor sending writes to the thread while other requests are in
+flight (so that SQLite's C code, which releases the GIL, overlaps the loop's work): no
+difference in interleaved runs.
 
 The threads: a queue per kind of call. SQLite admits one writer at a time. Threads of one
 process that race for its write lock wait in SQLite's busy handler, which sleeps 1-100 ms
