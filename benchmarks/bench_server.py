@@ -5,7 +5,12 @@ metrics, flyteidl2's Connect app) over a CacheService that does nothing. The rat
 server/ceiling is therefore what the store, the thread hop and key scoping cost on top of the
 transport, for 1, 4 and 8 concurrent client processes using flyteidl2's generated client.
 
-    python -m benchmarks.bench_server [--quick] [--seconds S] [--clients 1,4,8] [--json PATH]
+    python -m benchmarks.bench_server [--quick] [--seconds S] [--rounds R] [--clients 1,4,8]
+                                      [--workers N] [--json PATH]
+
+Each cell runs ``--rounds`` times (default 3), the two targets alternating; it reports the
+medians with the min–max over rounds, the median of the per-round ratios, and each server
+process's CPU time per request (with ``--workers``, the workers' sum).
 
 Both servers and all clients share this machine's cores, as they would in a sandbox.
 """
@@ -17,6 +22,7 @@ import json
 import multiprocessing
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,9 +187,15 @@ def _entries(url: str) -> float:
 
 
 def run(
-    seconds: float, clients: list[int], ops: list[str], workdir: Path, workers: int = 1
+    seconds: float,
+    clients: list[int],
+    ops: list[str],
+    workdir: Path,
+    workers: int = 1,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
-    """Measure every (op, clients) cell against both servers; returns one row per cell."""
+    """Measure every (op, clients) cell against both servers ``rounds`` times, interleaved;
+    returns one row per cell: medians, and each round's values in ``*_runs``."""
     python = sys.executable
     real = _Server(
         "flytecache serve",
@@ -208,36 +220,50 @@ def run(
         [python, "-m", "benchmarks.bench_server", "serve-noop", "--port", "0"],
         workdir / "noop.log",
     )
-    rows: list[dict[str, Any]] = []
+    runs: dict[tuple[str, int], dict[str, list[float]]] = {}
     try:
         urls = {"server": real.wait_ready(), "ceiling": noop.wait_ready()}
+        pids = {"server": real.proc.pid, "ceiling": noop.proc.pid}
         _preload(urls["server"])
         with ProcessPoolExecutor(max(clients), mp_context=CTX) as pool:
             list(pool.map(_warm, range(max(clients))))
             puts = 0
-            for op in ops:
-                for n in clients:
-                    row: dict[str, Any] = {"op": op, "clients": n}
-                    # Alternate targets cell by cell so drift hits both alike.
-                    for target in ("server", "ceiling"):
-                        run_id = f"{target}-{op}-{n}-{time.time_ns()}"
-                        start_at = time.time() + 0.2
-                        futures = [
-                            pool.submit(
-                                _client_loop, urls[target], op, w, run_id, start_at, seconds
+            for round_ in range(rounds):
+                # Alternate targets cell by cell, and which goes first round by round, so
+                # drift hits both alike.
+                targets = ("server", "ceiling") if round_ % 2 == 0 else ("ceiling", "server")
+                for op in ops:
+                    for n in clients:
+                        cell = runs.setdefault((op, n), {})
+                        for target in targets:
+                            run_id = f"{target}-{op}-{n}-{time.time_ns()}"
+                            start_at = time.time() + 0.2
+                            cpu_before = _cpu_seconds(pids[target])
+                            futures = [
+                                pool.submit(
+                                    _client_loop, urls[target], op, w, run_id, start_at, seconds
+                                )
+                                for w in range(n)
+                            ]
+                            results = [f.result() for f in futures]
+                            cpu = _cpu_seconds(pids[target]) - cpu_before
+                            errors = sum(r[2] for r in results)
+                            if errors:
+                                raise SystemExit(f"{target} {op} x{n}: {errors} requests failed")
+                            requests = sum(r[0] for r in results)
+                            cell.setdefault(target, []).append(sum(r[0] / r[1] for r in results))
+                            cell.setdefault(f"{target}_cpu_us", []).append(
+                                cpu / max(requests, 1) * 1e6
                             )
-                            for w in range(n)
-                        ]
-                        results = [f.result() for f in futures]
-                        errors = sum(r[2] for r in results)
-                        if errors:
-                            raise SystemExit(f"{target} {op} x{n}: {errors} requests failed")
-                        row[target] = sum(r[0] / r[1] for r in results)
-                        if target == "server" and op == "put":
-                            puts += sum(r[0] for r in results)
-                    row["ratio"] = row["server"] / row["ceiling"]
-                    rows.append(row)
-                    _print_row(row)
+                            if target == "server" and op == "put":
+                                puts += requests
+                        cell.setdefault("ratio", []).append(
+                            cell["server"][-1] / cell["ceiling"][-1]
+                        )
+                        if rounds == 1:
+                            _print_row(_row(op, n, cell))
+                if rounds > 1:
+                    print(f"round {round_ + 1}/{rounds} done", flush=True)
             # Check after timing: every put the clients counted is in the database.
             expected = GET_KEYS + puts
             stored = _entries(urls["server"])
@@ -253,13 +279,47 @@ def run(
         noop.stop()
     if real.proc.returncode != 0:
         raise SystemExit(f"flytecache serve exited {real.proc.returncode} on SIGTERM")
+    rows = [_row(op, n, cell) for (op, n), cell in runs.items()]
+    if rounds > 1:
+        for row in rows:
+            _print_row(row)
     return rows
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid`` and its children (``--workers``) so far;
+    NaN where /proc has none."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0
+        for process in (pid, *map(int, children)):
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _row(op: str, n: int, cell: dict[str, list[float]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"op": op, "clients": n}
+    for name, values in cell.items():
+        row[name] = statistics.median(values)
+        row[f"{name}_runs"] = values
+    return row
+
+
 def _print_row(row: dict[str, Any]) -> None:
+    def spread(name: str) -> str:
+        runs = row[f"{name}_runs"]
+        if len(runs) < 2:
+            return ""
+        digits = 2 if name == "ratio" else 0
+        return f" ({min(runs):,.{digits}f}–{max(runs):,.{digits}f})"
+
     print(
-        f"{row['op']:<8} {row['clients']:>7} {row['server']:>13,.0f} "
-        f"{row['ceiling']:>14,.0f} {row['ratio']:>6.2f}",
+        f"{row['op']:<8} {row['clients']:>7} {row['server']:>9,.0f}{spread('server')}"
+        f" {row['ceiling']:>9,.0f}{spread('ceiling')} {row['ratio']:>6.2f}{spread('ratio')}"
+        f"   cpu/request {row['server_cpu_us']:,.0f} vs {row['ceiling_cpu_us']:,.0f} µs",
         flush=True,
     )
 
@@ -273,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ops", default=",".join(OPS), help="get,put,reserve")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers for the server")
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions (medians reported)")
     parser.add_argument("--port", type=int, default=0, help="serve-noop: port")
     args = parser.parse_args(argv)
     if args.command == "serve-noop":
@@ -283,10 +344,15 @@ def main(argv: list[str] | None = None) -> None:
     ops = [op for op in args.ops.split(",") if op]
     if not clients or min(clients) < 1 or not set(ops) <= set(OPS):
         parser.error("--clients must be positive integers, --ops a subset of get,put,reserve")
-    print(f"{seconds:g} s per cell, {os.cpu_count()} CPUs; requests/s (sum over clients)")
-    print(f"{'op':<8} {'clients':>7} {'server':>13} {'ceiling':>14} {'ratio':>6}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    print(
+        f"{seconds:g} s per cell, {args.rounds} rounds, {os.cpu_count()} CPUs; requests/s (sum "
+        "over clients), medians (min–max); the server processes' CPU time per request"
+    )
+    print(f"{'op':<8} {'clients':>7} {'server':>9} {'ceiling':>9} {'ratio':>6}")
     with tempfile.TemporaryDirectory(prefix="flytecache-bench-") as tmp:
-        rows = run(seconds, clients, ops, Path(tmp), args.workers)
+        rows = run(seconds, clients, ops, Path(tmp), args.workers, args.rounds)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ def test_bench_server_runs(tmp_path: Path) -> None:
             "0.2",
             "--clients",
             "1,2",
+            "--rounds",
+            "2",
             "--json",
             str(out),
         ],
@@ -38,7 +41,10 @@ def test_bench_server_runs(tmp_path: Path) -> None:
     ]
     for row in rows:
         assert row["server"] > 0 and row["ceiling"] > 0
-        assert row["ratio"] == row["server"] / row["ceiling"]
+        assert len(row["server_runs"]) == len(row["ceiling_runs"]) == 2
+        ratios = [s / c for s, c in zip(row["server_runs"], row["ceiling_runs"], strict=True)]
+        assert row["ratio_runs"] == ratios
+        assert row["ratio"] == statistics.median(ratios)
     assert "ratio" in result.stdout
 
 

@@ -220,6 +220,35 @@ def test_writes_queued_behind_a_stuck_lock_fail_within_the_busy_timeout(
     _still_serving(server)
 
 
+def test_a_write_waits_for_a_lock_held_elsewhere_while_the_loop_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    # Writes are tried on the event loop without waiting: refused by the lock another process
+    # holds, they wait on the writer thread (busy timeout 5 s) and complete once it is free.
+    with ServerProcess(
+        tmp_path / "cache.db",
+        log_path=tmp_path / "server.log",
+        env={"FLYTECACHE_BUSY_TIMEOUT": "5s"},
+    ) as server:
+        client = server.client()
+        client.put(put_req("k-before", uri_output()))
+        with ThreadPoolExecutor(2) as pool:
+            with write_locked(_db_path(server)):
+                put = pool.submit(client.put, put_req("k-waiting", uri_output()))
+                lease = pool.submit(client.get_or_extend_reservation, reserve_req("k-r", "o"))
+                _wait_for(lambda: _in_flight(server) == 2, "both writes to be in flight")
+                for _ in range(20):
+                    assert client.get(get_req("k-before")).output.output_uri
+                    assert httpx.get(server.url + "/healthz").status_code == 200
+                time.sleep(1)
+                assert not put.done() and not lease.done()
+            put.result(timeout=10)
+            assert lease.result(timeout=10).reservation.owner_id == "o"
+        assert client.get(get_req("k-waiting")).output.output_uri
+        # Nothing queued any more: the next write runs on the loop again.
+        client.put(put_req("k-after", uri_output()))
+
+
 def test_healthz_is_503_unless_the_schema_is_at_head(server: ServerProcess) -> None:
     with CacheStore.open(_db_path(server)) as store:
         downgrade(store.engine, "base")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from _server_helpers import ServerProcess, get_req, put_req, uri_output
 
+from flytecache.server.workers import WriteLock
+
 
 def _children(pid: int) -> set[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
@@ -63,3 +65,21 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path
         server.kill()  # SIGKILL: the supervisor cannot pass anything on
         _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
         assert "supervising process" in server.log()
+
+
+def test_the_write_lock_is_tried_without_waiting_while_another_holds_it(tmp_path: Path) -> None:
+    db = tmp_path / "cache.db"
+    db.touch()
+    # Two descriptors contend like two workers: flock locks belong to the open file.
+    mine, other = WriteLock(str(db)), WriteLock(str(db))
+    try:
+        with other:
+            assert not mine.acquire_nowait()
+        assert mine.acquire_nowait()
+        assert not other.acquire_nowait()
+        mine.release()
+        assert other.acquire_nowait()
+        other.release()
+    finally:
+        mine.close()
+        other.close()

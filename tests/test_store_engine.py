@@ -12,7 +12,7 @@ from _store import in_forked_child
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
 from flytecache import CacheStore, StoreSettings
-from flytecache.errors import StorageBusyError
+from flytecache.errors import StorageBusyError, StorageError
 from flytecache.store.codec import SPILL_BYTES
 
 
@@ -105,6 +105,39 @@ def test_lock_held_past_busy_timeout_raises_storage_busy(db_path: str) -> None:
         assert store.engine.dialect.name == "sqlite"
         store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
         assert store.get("k").output_uri == "s3://b/k"
+
+
+def test_nowait_refuses_at_once_what_would_wait_and_changes_nothing(db_path: str) -> None:
+    # A busy timeout of a minute: a call that waited for it would hang the test.
+    settings = StoreSettings(busy_timeout=timedelta(seconds=60))
+    with CacheStore.open(db_path, settings=settings) as store:
+        now = store.nowait()
+        assert store.nowait() is now and now.nowait() is now
+        now.put("k", cs.CachedOutput(output_uri="s3://b/k"))
+        large = cs.CachedOutput(output_uri="s3://b/" + "x" * SPILL_BYTES)
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            for write in (
+                lambda: now.put("k2", cs.CachedOutput(output_uri="s3://b/k2")),
+                lambda: now.put("k3", large),  # the transaction path
+                lambda: now.get_or_extend_reservation("r", "o"),
+                lambda: now.delete("k"),
+            ):
+                with pytest.raises(StorageBusyError):
+                    write()
+            assert now.get("k").output_uri == "s3://b/k"  # reads do not wait anyway
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        with now.dbapi_connection() as conn:
+            assert conn.execute("SELECT key FROM entries").fetchall() == [("k",)]
+            assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        now.put("k2", cs.CachedOutput(output_uri="s3://b/k2"))
+        assert store.get("k2").output_uri == "s3://b/k2"
+    with pytest.raises(StorageError, match="closed"):
+        now.get("k")
 
 
 def test_reads_do_not_wait_for_a_writer(db_path: str) -> None:

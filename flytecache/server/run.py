@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import functools
 import logging
 import logging.config
 import math
@@ -34,6 +35,7 @@ from flytecache.server.threads import StoreThreads
 from flytecache.server.workers import STOP_SIGNALS as _STOP_SIGNALS
 from flytecache.server.workers import WriteLock, supervise
 from flytecache.store import CacheStore
+from flytecache.store.admin import wal_state
 
 __all__ = ["bind", "configure_logging", "run_app", "serve"]
 
@@ -283,11 +285,13 @@ def _serve_store(
     write_lock: WriteLock | None = None,
 ) -> None:
     """Serve ``store`` on ``sock`` in this process until stopped; closes the store."""
-    # SQLite: one writer thread (see threads.py); PostgreSQL takes concurrent writers.
+    # SQLite: one writer thread, which also checkpoints for the writes run on the event loop
+    # (see threads.py); PostgreSQL takes concurrent writers.
     threads = StoreThreads(
         readers=settings.threads,
         writers=1 if store.is_sqlite else settings.threads,
         write_lock=write_lock,
+        checkpoint=functools.partial(wal_state, store.engine) if store.is_sqlite else None,
     )
     app: CacheServiceApp | None = None
     try:

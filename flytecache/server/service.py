@@ -1,4 +1,4 @@
-"""The CacheService implementation: scope the key, run the store call in a thread, map errors.
+"""The CacheService implementation: scope the key, run the store call, map errors.
 
 Thin on purpose (decode → store → encode): the semantics live in :class:`CacheStore`.
 """
@@ -46,8 +46,10 @@ rpc_outcome: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
 class StoreCacheService:
     """``flyteidl2.cacheservice.v2.CacheService`` over a :class:`CacheStore`.
 
-    Every key is scoped ``"<project>-<domain>-<key>"`` by the request's identifier; store calls
-    run on ``threads`` so the event loop keeps serving while one waits for the write lock.
+    Every key is scoped ``"<project>-<domain>-<key>"`` by the request's identifier. Store calls
+    go through ``threads``: on SQLite tried on the event loop first without waiting for any
+    lock, on a thread when that is refused, so the loop keeps serving while one waits for the
+    write lock.
     """
 
     def __init__(
@@ -59,6 +61,9 @@ class StoreCacheService:
         schema: SchemaGuard | None = None,
     ) -> None:
         self._store = ScopedStore(store)
+        # SQLite: each call is tried on the event loop first, on connections that never wait
+        # (see threads.py); PostgreSQL calls are network round trips and stay on the threads.
+        self._now = ScopedStore(store.nowait()) if store.is_sqlite else None
         self._threads = threads
         self._metrics = metrics
         self._schema = schema
@@ -91,7 +96,7 @@ class StoreCacheService:
     # -- plumbing --------------------------------------------------------------------------
 
     async def _call(
-        self, rpc: str, request: Any, fn: Callable[[Any], T], *, write: bool = True
+        self, rpc: str, request: Any, fn: Callable[[ScopedStore, Any], T], *, write: bool = True
     ) -> T:
         outcome = rpc_outcome.get()
         base = request.base_request
@@ -100,12 +105,17 @@ class StoreCacheService:
             if schema is not None and schema.lost is not None:
                 # The message says what happened (no detail of the database is in it).
                 raise ConnectError(Code.UNAVAILABLE, schema.lost)
+            now = self._now
             if write:
                 result = await self._threads.write(
-                    functools.partial(self._write, fn, request, time.monotonic())
+                    functools.partial(self._write, fn, self._store, request, time.monotonic()),
+                    first=None if now is None else functools.partial(fn, now, request),
                 )
             else:
-                result = await self._threads.read(functools.partial(fn, request))
+                result = await self._threads.read(
+                    functools.partial(fn, self._store, request),
+                    first=None if now is None else functools.partial(fn, now, request),
+                )
         except Exception as error:
             connect_error = to_connect_error(error)
             if connect_error.code is Code.INTERNAL and schema is not None:
@@ -136,20 +146,22 @@ class StoreCacheService:
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("%s key=%r owner=%r: %s", rpc, key, owner, answer.code.value)
 
-    def _write(self, fn: Callable[[Any], T], request: Any, queued: float) -> T:
+    def _write(
+        self, fn: Callable[[ScopedStore, Any], T], store: ScopedStore, request: Any, queued: float
+    ) -> T:
         # Writes queue for one writer thread; one that waited longer than the busy timeout
         # (behind writes stuck on a lock held elsewhere) fails now instead of waiting again.
         if time.monotonic() - queued > self._busy_timeout:
             raise StorageBusyError("queued behind other writes for longer than the busy timeout")
-        return fn(request)
+        return fn(store, request)
 
-    # -- the calls (run on the store threads) ----------------------------------------------
+    # -- the calls (on the event loop or a store thread, with the store to use) --------------
 
-    def _get(self, request: v2.GetCacheRequest) -> cs.GetCacheResponse:
-        output = self._store.get(scope_of(request.identifier), request.base_request.key)
+    def _get(self, store: ScopedStore, request: v2.GetCacheRequest) -> cs.GetCacheResponse:
+        output = store.get(scope_of(request.identifier), request.base_request.key)
         return cs.GetCacheResponse(output=output)
 
-    def _put(self, request: v2.PutCacheRequest) -> cs.PutCacheResponse:
+    def _put(self, store: ScopedStore, request: v2.PutCacheRequest) -> cs.PutCacheResponse:
         base = request.base_request
         scope = scope_of(request.identifier)
         ScopedStore.key(scope, base.key)  # the key is named first when both are wrong
@@ -160,17 +172,15 @@ class StoreCacheService:
             if base.overwrite.HasField("max_age")
             else None
         )
-        self._store.put(
-            scope, base.key, base.output, overwrite=base.overwrite.overwrite, max_age=max_age
-        )
+        store.put(scope, base.key, base.output, overwrite=base.overwrite.overwrite, max_age=max_age)
         return cs.PutCacheResponse()
 
-    def _delete(self, request: v2.DeleteCacheRequest) -> cs.DeleteCacheResponse:
-        self._store.delete(scope_of(request.identifier), request.base_request.key)
+    def _delete(self, store: ScopedStore, request: v2.DeleteCacheRequest) -> cs.DeleteCacheResponse:
+        store.delete(scope_of(request.identifier), request.base_request.key)
         return cs.DeleteCacheResponse()
 
     def _reserve(
-        self, request: v2.GetOrExtendReservationRequest
+        self, store: ScopedStore, request: v2.GetOrExtendReservationRequest
     ) -> cs.GetOrExtendReservationResponse:
         base = request.base_request
         scope = scope_of(request.identifier)
@@ -180,14 +190,16 @@ class StoreCacheService:
             if base.HasField("heartbeat_interval")
             else None
         )
-        lease, outcome = self._store.get_or_extend_reservation(
+        lease, outcome = store.get_or_extend_reservation(
             scope, base.key, base.owner_id, heartbeat, with_outcome=True
         )
         self._metrics.reservation(outcome.value)
         return cs.GetOrExtendReservationResponse(reservation=lease)
 
-    def _release(self, request: v2.ReleaseReservationRequest) -> cs.ReleaseReservationResponse:
+    def _release(
+        self, store: ScopedStore, request: v2.ReleaseReservationRequest
+    ) -> cs.ReleaseReservationResponse:
         base = request.base_request
-        if self._store.release_reservation(scope_of(request.identifier), base.key, base.owner_id):
+        if store.release_reservation(scope_of(request.identifier), base.key, base.owner_id):
             self._metrics.reservation("released")
         return cs.ReleaseReservationResponse()

@@ -51,6 +51,18 @@ class WriteLock:
     def __exit__(self, *exc_info: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
+    def acquire_nowait(self) -> bool:
+        """Take the lock only if no other process holds it; whether it was taken."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        """Release the lock (after :meth:`acquire_nowait`)."""
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def close(self) -> None:
         """Close the descriptor: only after the store is closed, since closing any descriptor
         of a file drops every POSIX lock this process holds on it, SQLite's included."""

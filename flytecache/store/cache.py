@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -252,6 +253,8 @@ class CacheStore:
         self._closed = False
         self._max_heartbeat_us = timedelta_to_us(settings.max_heartbeat)
         self._grace = settings.grace_multiplier
+        self._nowait: CacheStore | None = None
+        self._owns_engine = True
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -285,8 +288,40 @@ class CacheStore:
         """Close every connection this store opened (idempotent)."""
         if not self._closed:
             self._closed = True
+            if self._nowait is not None and self._nowait is not self:
+                self._nowait.close()
             self._pool.close()
-            self._engine.dispose()
+            if self._owns_engine:
+                self._engine.dispose()
+
+    def nowait(self) -> CacheStore:
+        """This store on connections of its own that never wait for a lock (SQLite only).
+
+        A call that would wait for a lock held by another connection (a writer elsewhere)
+        raises :class:`~flytecache.errors.StorageBusyError` at once, having changed nothing;
+        every other call behaves as on this store. Its commits leave WAL checkpoints to the
+        store's other connections and to explicit checkpoints, since a checkpoint writes and
+        syncs the database file. For a caller that must not block (``flytecache serve`` runs
+        these calls on its event loop and queues for a thread only when they are refused).
+        Created once; closed with this store.
+        """
+        if not self.is_sqlite:
+            raise InvalidArgumentError(
+                "nowait() is for SQLite: PostgreSQL calls are network round trips",
+                field="nowait",
+            )
+        self._check_open()
+        if self._nowait is None:
+            sibling = copy.copy(self)
+            sibling._pool = HotPool(
+                self._engine,
+                keep=2,
+                setup=("PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0"),
+            )
+            sibling._owns_engine = False
+            sibling._nowait = sibling
+            self._nowait = sibling
+        return self._nowait
 
     def __enter__(self) -> Self:
         return self

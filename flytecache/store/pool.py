@@ -112,13 +112,19 @@ class HotPool:
     SQLAlchemy's pool checkout costs about as much as a primary-key SELECT, so the hot paths
     keep their own stack of connections (created through the engine, so every PRAGMA and event
     applies, then detached). Reused LIFO; at most ``keep`` stay idle; emptied unclosed in a
-    forked child.
+    forked child. ``setup`` statements run on each new connection after the engine's own.
     """
 
     def __init__(
-        self, engine: Engine, keep: int, limit: int | None = None, wait: float = 30.0
+        self,
+        engine: Engine,
+        keep: int,
+        limit: int | None = None,
+        wait: float = 30.0,
+        setup: tuple[str, ...] = (),
     ) -> None:
         self._engine = engine
+        self._setup = setup
         self._keep = keep
         self._idle: deque[Any] = deque()
         self._pid = os.getpid()
@@ -169,6 +175,8 @@ class HotPool:
             # BEGIN/COMMIT), and no ROLLBACK ever clears psycopg's prepared statements.
             # Multi-statement work opens its transaction explicitly (see _Transaction).
             dbapi.autocommit = True
+        for statement in self._setup:
+            dbapi.execute(statement)
         return dbapi
 
     def release(self, dbapi: Any, *, broken: bool = False) -> None:
