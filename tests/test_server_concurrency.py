@@ -57,7 +57,7 @@ def test_leases_never_overlap_through_one_server(pool: ProcessPoolExecutor, tmp_
     with ServerProcess(tmp_path / "cache.db", log_path=tmp_path / "log") as server:
         results = _race(pool, [server.url], seconds=2)
     wins = _assert_no_overlap(results)
-    assert wins > 100, wins  # the race really happened
+    assert wins > 30, wins  # the race really happened (a loaded CI machine gets ~100)
     assert sum(1 for r in results if r["held"]) >= CLIENTS // 2
 
 
@@ -72,7 +72,7 @@ def test_leases_never_overlap_through_two_servers_on_one_file(
         assert first.database == second.database
         results = _race(pool, [first.url, second.url], seconds=2)
     wins = _assert_no_overlap(results)
-    assert wins > 100, wins
+    assert wins > 30, wins
     assert sum(1 for r in results if r["held"]) >= CLIENTS // 2
 
 
@@ -85,7 +85,7 @@ def test_leases_never_overlap_through_two_servers_on_one_postgres(
     ):
         results = _race(pool, [first.url, second.url], seconds=2)
     wins = _assert_no_overlap(results)
-    assert wins > 100, wins
+    assert wins > 30, wins
     assert sum(1 for r in results if r["held"]) >= CLIENTS // 2
 
 
@@ -97,5 +97,5 @@ def test_leases_never_overlap_through_two_workers_on_one_file(
     ) as server:
         results = _race(pool, [server.url], seconds=2)
     wins = _assert_no_overlap(results)
-    assert wins > 100, wins
+    assert wins > 30, wins
     assert sum(1 for r in results if r["held"]) >= CLIENTS // 2
