@@ -21,6 +21,7 @@ from flytecache.errors import (
     StorageError,
 )
 from flytecache.store.codec import SPILL_BYTES, cached_output, entry_params, payload
+from flytecache.store.eviction import Evictor
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.pool import HotPool, Sql
 from flytecache.store.urls import dialect_insert, is_sqlite
@@ -238,6 +239,13 @@ class CacheStore:
         self._closed = False
         self._max_heartbeat_us = timedelta_to_us(settings.max_heartbeat)
         self._grace = settings.grace_multiplier
+        # Without a limit there is no evictor, and puts and gets run as they always did.
+        self._evictor = Evictor(self, settings) if settings.limited else None
+        self._record_hit = (
+            self._evictor.record_hit
+            if self._evictor is not None and self._evictor.hits is not None
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -268,6 +276,8 @@ class CacheStore:
     def close(self) -> None:
         """Close every connection this store opened (idempotent)."""
         if not self._closed:
+            if self._evictor is not None:
+                self._evictor.close()
             self._closed = True
             self._pool.close()
             self._engine.dispose()
@@ -320,6 +330,19 @@ class CacheStore:
             self._pool.release(conn)
 
     @property
+    def pool(self) -> HotPool:
+        """The store's own DB-API connection pool (for the store package's eviction; its
+        methods run statements compiled by :class:`~flytecache.store.pool.Sql`)."""
+        return self._pool
+
+    @property
+    def evictor(self) -> Evictor | None:
+        """The background evictor keeping the size limits (None without a limit): its
+        ``stats`` feed the server's metrics; tests and benchmarks call ``run_once`` and
+        ``flush_hits``."""
+        return self._evictor
+
+    @property
     def settings(self) -> StoreSettings:
         """The settings in force."""
         return self._settings
@@ -367,6 +390,8 @@ class CacheStore:
         rows = self._pool.fetchall(self._sql.get, {"key": key})
         if not rows:
             raise NotFoundError(f'cache entry "{key}" not found', key=key)
+        if self._record_hit is not None:  # least-recently-used: in memory, flushed in batches
+            self._record_hit(key, self._now_us())
         return cached_output(rows[0][0])
 
     def put(
@@ -410,12 +435,16 @@ class CacheStore:
         params["payload"] = payload(params["head"], params["meta"], created, now)
         if len(params["payload"]) <= SPILL_BYTES:
             if self._pool.fetchall(self._sql.put_simple, params):
+                if self._evictor is not None:
+                    self._evictor.added(params["size"])
                 return
             if not overwrite and max_age is None:
                 raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
         # A large payload, or a replacement that keeps the entry's created_at (which the
         # payload carries too) or drops a spilled payload: one write transaction.
         self._put_in_transaction(params, now)
+        if self._evictor is not None:
+            self._evictor.added(params["size"])
 
     def _put_in_transaction(self, params: dict[str, Any], now: int) -> None:
         sql = self._sql

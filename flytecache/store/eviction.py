@@ -1,0 +1,673 @@
+"""Size limits: the background evictor, recency recording for least-recently-used, and the
+batched, re-checking delete that ``entries prune --to-size/--to-count`` shares with it.
+
+The measure. An entry's size is ``entries.size`` (the serialized inline literal map, or the
+URI's length), summed: what ``db stats`` calls ``payload_bytes`` and ``entries prune`` counts.
+It is the part of the database that grows with what tasks return; keys, metadata, indexes and
+free pages come on top (docs/operations.md, "Sizing and eviction", has the measured ratio).
+
+The cost. A store without a limit has no evictor: its puts and gets run exactly the statements
+they ran before. With a limit, a put adds its size to a per-process running figure (a lock and
+two additions, no statement) and wakes the evictor thread when the figure passes the limit;
+a get of a least-recently-used store writes the key and the time into a bounded dict. The
+thread reconciles the figure with the database (one aggregate read) when woken and every
+:data:`RECONCILE_SECONDS`, so other processes' writes are seen too.
+
+The batches. Victims are chosen by a read (outside any lock: for least-recently-used that is a
+scan, and no index on the recency has to be written by every put and flush), then deleted in
+one short write transaction (``BEGIN IMMEDIATE`` on SQLite) of at most :data:`BATCH` rows whose
+``DELETE`` re-checks each victim: still as old as when it was chosen (a put or a flushed read
+since spares it), and no live reservation on its key (``expires_at > now`` by the lease
+clock). Reservation and entry keys are the same stored key (the server and the CatalogClient
+both scope through ``flytecache.scoping``), so a task holding a lease keeps its entry.
+
+One evictor at a time. A round of batches runs under a lease in the reservations table
+(:data:`LEASE_KEY`), so evictors of several processes sharing one database never race to
+delete the same room twice; a crashed evictor's lease expires like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+import sqlalchemy as sa
+
+from flytecache.blobs import BlobDeletion, delete_blobs
+from flytecache.config import Eviction, StoreSettings
+from flytecache.errors import InvalidArgumentError, StorageBusyError
+from flytecache.store.models import Entry, Reservation
+from flytecache.store.pool import Sql
+
+if TYPE_CHECKING:
+    from flytecache.store.cache import CacheStore
+
+__all__ = [
+    "BATCH",
+    "LEASE_KEY",
+    "LOW_WATER",
+    "EvictionResult",
+    "Evictor",
+    "Victim",
+    "evict",
+    "plan",
+]
+
+log = logging.getLogger("flytecache.eviction")
+
+BATCH = 200
+"""Entries deleted per write transaction. Measured on SQLite (benchmarks/eviction.py): a batch
+holds the write lock for about a millisecond (median), far below the busy timeout a put waits."""
+LOW_WATER = 0.9
+"""Evict down to this fraction of a limit, so that eviction does not run on every put."""
+RECONCILE_SECONDS = 5.0
+"""How often the evictor reads the database's totals even when its own puts did not pass the
+limit (other processes' writes are seen no later than this)."""
+TICK_SECONDS = 1.0
+"""How often pending reads are flushed (least-recently-used), and the pause after a round
+that could not reach its target."""
+MAX_PENDING_HITS = 100_000
+"""Keys whose last read waits in memory for the next flush; reads of further keys are not
+recorded until then (counted as dropped: only recency is lost)."""
+FLUSH_BATCH = 500
+"""Recorded reads written per write transaction."""
+LEASE_KEY = "flytecache:eviction"
+"""The reservation an evictor (or ``entries prune --to-size``) holds while it deletes."""
+
+_ENTRIES = cast(sa.Table, Entry.__table__)
+_RESERVATIONS = cast(sa.Table, Reservation.__table__)
+
+
+def _recency(policy: Eviction) -> sa.ColumnElement[int]:
+    """The time an entry was last stored (or, least-recently-used, last stored or read)."""
+    e = _ENTRIES.c
+    if policy == "least-recently-used":
+        # NULL (never read) compares false: the last put's time.
+        return sa.case((e.accessed_at > e.last_updated_at, e.accessed_at), else_=e.last_updated_at)
+    return e.last_updated_at
+
+
+class _Statements:
+    """The eviction's SQL for one store, compiled for the pool on first use."""
+
+    def __init__(self, store: CacheStore) -> None:
+        from flytecache.store.cache import database_now
+
+        self._engine = store.engine
+        self._database_clock = store.lease_clock == "database"
+        now: Any = (
+            database_now() if self._database_clock else sa.bindparam("now", type_=sa.BigInteger)
+        )
+        r = _RESERVATIONS.c
+        self._free = ~sa.exists().where(r.key == _ENTRIES.c.key, r.expires_at > now)
+        self._cache: dict[tuple[Any, ...], Sql] = {}
+        e = _ENTRIES.c
+        self.totals = self._compile(
+            sa.select(
+                sa.func.count(), sa.func.coalesce(sa.func.sum(e.size), sa.literal_column("0"))
+            ).select_from(_ENTRIES)
+        )
+        b = sa.bindparam
+        self.touch = self._compile(
+            sa.update(_ENTRIES)
+            .where(
+                e.key == b("key"),
+                sa.or_(e.accessed_at.is_(None), e.accessed_at < b("at", type_=sa.BigInteger)),
+            )
+            .values(accessed_at=b("at", type_=sa.BigInteger))
+        )
+
+    def _compile(self, statement: Any) -> Sql:
+        return Sql.compile(statement, self._engine)
+
+    def params(self, store: CacheStore) -> dict[str, Any]:
+        """The lease clock's ``now`` for a statement (none when the database's own decides)."""
+        return {} if self._database_clock else {"now": store.now_us()}
+
+    def candidates(self, policy: Eviction) -> Sql:
+        """The oldest ``limit`` entries without a live lease: id, size, recency."""
+        cached = self._cache.get(("candidates", policy))
+        if cached is None:
+            recency = _recency(policy)
+            cached = self._cache[("candidates", policy)] = self._compile(
+                sa.select(_ENTRIES.c.id, _ENTRIES.c.size, recency)
+                .where(self._free)
+                .order_by(recency, _ENTRIES.c.id)
+                .limit(sa.bindparam("limit", type_=sa.Integer))
+                # SQLite's compiler adds an OFFSET bind to a bound LIMIT: make it a literal.
+                .offset(sa.literal_column("0"))
+            )
+        return cached
+
+    def delete(self, policy: Eviction, count: int) -> Sql:
+        """Delete ``count`` chosen ids that are still no more recent than ``cutoff`` and
+        without a live lease; returns key, size and output URI of each deleted entry."""
+        cached = self._cache.get(("delete", policy, count))
+        if cached is None:
+            ids = [sa.bindparam(f"id{i}", type_=sa.Integer) for i in range(count)]
+            cached = self._cache[("delete", policy, count)] = self._compile(
+                sa.delete(_ENTRIES)
+                .where(
+                    _ENTRIES.c.id.in_(ids),
+                    _recency(policy) <= sa.bindparam("cutoff", type_=sa.BigInteger),
+                    self._free,
+                )
+                .returning(_ENTRIES.c.key, _ENTRIES.c.size, _ENTRIES.c.output_uri)
+            )
+        return cached
+
+
+@dataclass(frozen=True, slots=True)
+class Victim:
+    """An entry removed by eviction or a size prune."""
+
+    key: str
+    size: int
+    output_uri: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionResult:
+    """What :func:`evict` removed (or, from :func:`plan`, would remove)."""
+
+    entries: int
+    bytes: int
+    batches: int
+    dry_run: bool
+    longest_batch_seconds: float = 0.0
+    """Longest time one batch held the write lock (from BEGIN to COMMIT)."""
+    blobs: BlobDeletion = field(default_factory=BlobDeletion)
+    remaining_entries: int = 0
+    remaining_bytes: int = 0
+    """The totals after the eviction (by the evictor's count: writes by others meanwhile are
+    not in it)."""
+
+
+_STATEMENTS: weakref.WeakKeyDictionary[CacheStore, _Statements] = weakref.WeakKeyDictionary()
+
+
+def _statements(store: CacheStore) -> _Statements:
+    cached = _STATEMENTS.get(store)
+    if cached is None:
+        cached = _STATEMENTS[store] = _Statements(store)
+    return cached
+
+
+def totals(store: CacheStore) -> tuple[int, int]:
+    """(entries, payload bytes) in the database: one aggregate read."""
+    rows = store.pool.fetchall(_statements(store).totals, {})
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def _needs(
+    entries: int, size: int, max_entries: int | None, max_bytes: int | None
+) -> tuple[int, int]:
+    """(entries, bytes) to remove to get within the limits (0 for a limit that is None)."""
+    return (
+        0 if max_entries is None else max(0, entries - max_entries),
+        0 if max_bytes is None else max(0, size - max_bytes),
+    )
+
+
+def _over(entries: int, size: int, max_entries: int | None, max_bytes: int | None) -> bool:
+    return _needs(entries, size, max_entries, max_bytes) != (0, 0)
+
+
+def _check_targets(max_bytes: int | None, max_entries: int | None) -> None:
+    if max_bytes is None and max_entries is None:
+        raise InvalidArgumentError("give a size or an entry count to evict to", field="to_size")
+    for name, value in (("to_size", max_bytes), ("to_count", max_entries)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise InvalidArgumentError(f"{name} must be a non-negative integer", field=name)
+
+
+def plan(
+    store: CacheStore,
+    *,
+    max_bytes: int | None = None,
+    max_entries: int | None = None,
+    policy: Eviction = "least-recently-stored",
+) -> EvictionResult:
+    """What :func:`evict` would remove now (a dry run: reads only, in pages of :data:`BATCH`)."""
+    _check_targets(max_bytes, max_entries)
+    entries, size = totals(store)
+    need_entries, need_bytes = _needs(entries, size, max_entries, max_bytes)
+    sql = _statements(store)
+    count = freed = 0
+    limit = BATCH
+    while need_entries > count or need_bytes > freed:
+        params = {**sql.params(store), "limit": limit}
+        rows = store.pool.fetchall(sql.candidates(policy), params)
+        for _, entry_size, _ in rows[count:]:
+            if count >= need_entries and freed >= need_bytes:
+                break
+            count += 1
+            freed += int(entry_size)
+        if len(rows) < limit:
+            break
+        limit *= 2  # a dry run reads the prefix again, twice as long: linear overall
+    return EvictionResult(
+        entries=count,
+        bytes=freed,
+        batches=0,
+        dry_run=True,
+        remaining_entries=entries - count,
+        remaining_bytes=size - freed,
+    )
+
+
+BatchHook = Callable[[list[Victim], float], None]
+"""Called after each committed batch with its victims and how long it held the write lock."""
+
+
+def _delete_batch(
+    store: CacheStore, policy: Eviction, need_entries: int, need_bytes: int, batch_size: int
+) -> tuple[list[Victim], int, float] | None:
+    """Choose and delete one batch; (victims, candidates chosen, seconds the lock was held),
+    or None when no entry can go (none left, or every one has a live lease)."""
+    sql = _statements(store)
+    rows = store.pool.fetchall(sql.candidates(policy), {**sql.params(store), "limit": batch_size})
+    chosen: list[tuple[int, int]] = []
+    freed = 0
+    for entry_id, size, recency in rows:
+        if len(chosen) >= need_entries and freed >= need_bytes:
+            break
+        chosen.append((entry_id, recency))
+        freed += int(size)
+    if not chosen:
+        return None
+    delete = sql.delete(policy, len(chosen))
+    params = {f"id{i}": entry_id for i, (entry_id, _) in enumerate(chosen)}
+    params["cutoff"] = max(recency for _, recency in chosen)
+    params.update(sql.params(store))
+    with store.pool.transaction(write=True) as cur:
+        started = time.perf_counter()
+        rows = cur.execute(delete.text, delete.args(params)).fetchall()
+        _in_batch(rows)
+    held = time.perf_counter() - started
+    return [Victim(key, int(size), uri) for key, size, uri in rows], len(chosen), held
+
+
+def _in_batch(rows: list[Any]) -> None:
+    """Inside a batch's transaction, after its DELETE: nothing (a seam for fault injection,
+    which replaces it to stop a process mid-batch)."""
+
+
+@dataclass
+class _Round:
+    entries: int
+    size: int
+    removed: int = 0
+    freed: int = 0
+    batches: int = 0
+    longest: float = 0.0
+    blobs: BlobDeletion = field(default_factory=BlobDeletion)
+
+
+def _evict_round(
+    store: CacheStore,
+    *,
+    max_bytes: int | None,
+    max_entries: int | None,
+    policy: Eviction,
+    batch_size: int,
+    blob_prefixes: Sequence[str] | None,
+    on_batch: BatchHook | None,
+    pause: bool,
+) -> _Round:
+    entries, size = totals(store)
+    state = _Round(entries=entries, size=size)
+    while True:
+        need_entries, need_bytes = _needs(state.entries, state.size, max_entries, max_bytes)
+        if not need_entries and not need_bytes:
+            return state
+        done = _delete_batch(store, policy, need_entries, need_bytes, batch_size)
+        if done is None:
+            return state
+        victims, chosen, held = done
+        batch_bytes = sum(v.size for v in victims)
+        state.removed += len(victims)
+        state.freed += batch_bytes
+        state.entries -= len(victims)
+        state.size -= batch_bytes
+        state.batches += 1
+        state.longest = max(state.longest, held)
+        if blob_prefixes:
+            uris = [v.output_uri for v in victims if v.output_uri is not None]
+            state.blobs = state.blobs + delete_blobs(uris, blob_prefixes)
+        if on_batch is not None:
+            on_batch(victims, held)
+        if len(victims) < chosen:
+            # Some victims were written, read or deleted by someone else since they were
+            # chosen: read the totals again rather than trust the running count.
+            state.entries, state.size = totals(store)
+        if pause:
+            # Writers poll for the lock with backoff: leaving it free about as long as a batch
+            # held it lets them in between batches (as ``entries prune`` does).
+            time.sleep(min(max(held, 0.001), 0.05))
+
+
+class _EvictionLease:
+    """The reservation that makes one evictor at a time delete (see :data:`LEASE_KEY`)."""
+
+    def __init__(self, store: CacheStore, owner: str) -> None:
+        self._store = store
+        self.owner = owner
+
+    def acquire(self) -> str | None:
+        """None when acquired (or extended); else the owner holding it."""
+        lease = self._store.get_or_extend_reservation(LEASE_KEY, self.owner)
+        return None if lease.owner_id == self.owner else lease.owner_id
+
+    def release(self) -> None:
+        self._store.release_reservation(LEASE_KEY, self.owner)
+
+
+def _owner() -> str:
+    return f"evictor@{socket.gethostname()}:{os.getpid()}:{threading.get_ident():x}"
+
+
+def evict(
+    store: CacheStore,
+    *,
+    max_bytes: int | None = None,
+    max_entries: int | None = None,
+    policy: Eviction = "least-recently-stored",
+    batch_size: int = BATCH,
+    blob_prefixes: Sequence[str] | None = None,
+    on_batch: BatchHook | None = None,
+    wait: timedelta = timedelta(seconds=60),
+) -> EvictionResult:
+    """Delete entries, oldest first by ``policy``, until at most ``max_entries`` remain
+    holding at most ``max_bytes``; entries whose key has a live reservation stay.
+
+    Each batch of up to ``batch_size`` is its own short write transaction that re-checks its
+    victims; between batches the lock is left free about as long as a batch held it. Holds
+    the eviction lease (:data:`LEASE_KEY`) throughout, waiting up to ``wait`` for another
+    evictor's round to end (:class:`StorageBusyError` after that). With ``blob_prefixes``, the
+    blobs of removed entries under them are deleted after each batch commits (see
+    :func:`flytecache.blobs.delete_blobs`).
+    """
+    _check_targets(max_bytes, max_entries)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError("batch_size must be at least 1", field="batch_size")
+    lease = _EvictionLease(store, _owner())
+    deadline = time.monotonic() + wait.total_seconds()
+    while (holder := lease.acquire()) is not None:
+        if time.monotonic() > deadline:
+            raise StorageBusyError(
+                f"another evictor ({holder}) kept the eviction lease for {wait}; retry later",
+                holder=holder,
+            )
+        time.sleep(0.2)
+    try:
+        state = _evict_round(
+            store,
+            max_bytes=max_bytes,
+            max_entries=max_entries,
+            policy=policy,
+            batch_size=batch_size,
+            blob_prefixes=blob_prefixes,
+            on_batch=on_batch,
+            pause=True,
+        )
+    finally:
+        lease.release()
+    return EvictionResult(
+        entries=state.removed,
+        bytes=state.freed,
+        batches=state.batches,
+        dry_run=False,
+        longest_batch_seconds=state.longest,
+        blobs=state.blobs,
+        remaining_entries=state.entries,
+        remaining_bytes=state.size,
+    )
+
+
+# -- the store's background evictor --------------------------------------------------------
+
+
+class EvictionStats:
+    """Counters of one store's evictor (for metrics), safe to read from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entries = 0
+        self.bytes = 0
+        self.batches = 0
+        self.blobs_deleted = 0
+        self.blob_bytes = 0
+        self.blob_failures = 0
+        self.hits_flushed = 0
+        self.hits_dropped = 0
+        self.batch_seconds: deque[float] = deque(maxlen=1000)
+        """How long each of the last 1000 batches held the write lock."""
+
+    def add_batch(self, victims: list[Victim], held: float, blobs: BlobDeletion) -> None:
+        with self._lock:
+            self.entries += len(victims)
+            self.bytes += sum(v.size for v in victims)
+            self.batches += 1
+            self.blobs_deleted += blobs.deleted
+            self.blob_bytes += blobs.bytes
+            self.blob_failures += len(blobs.failed)
+            self.batch_seconds.append(held)
+
+    def snapshot(self) -> dict[str, float]:
+        """The counters by name: ``evicted_entries``, ``evicted_bytes``, ``eviction_batches``,
+        ``blobs_deleted``, ``blob_bytes_deleted``, ``blob_delete_failures``,
+        ``recency_flushed``, ``recency_dropped``."""
+        with self._lock:
+            return {
+                "evicted_entries": self.entries,
+                "evicted_bytes": self.bytes,
+                "eviction_batches": self.batches,
+                "blobs_deleted": self.blobs_deleted,
+                "blob_bytes_deleted": self.blob_bytes,
+                "blob_delete_failures": self.blob_failures,
+                "recency_flushed": self.hits_flushed,
+                "recency_dropped": self.hits_dropped,
+            }
+
+
+class Evictor:
+    """A store's limits, kept by a daemon thread (started on first use in each process).
+
+    The store calls :meth:`added` after each put and, for least-recently-used,
+    :meth:`record_hit` after each get; both are constant-time and touch no database.
+    """
+
+    def __init__(self, store: CacheStore, settings: StoreSettings) -> None:
+        self._store = store
+        self._max_bytes = settings.max_size_bytes
+        self._max_entries = settings.max_entries
+        self._policy = settings.eviction
+        self._blob_prefixes = settings.blob_prefixes if settings.delete_blobs else None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        # Room left below the limits at the last reconcile, and what this process's puts have
+        # added since: the thread is woken when the additions pass the room.
+        self._room_bytes = 0
+        self._room_entries = 0
+        self._added_bytes = 0
+        self._added_entries = 0
+        self._reconciled_at = -RECONCILE_SECONDS
+        self.stats = EvictionStats()
+        self.hits: dict[str, int] | None = (
+            {} if settings.eviction == "least-recently-used" else None
+        )
+        self._hits_lock = threading.Lock()
+
+    # -- the hot path (no I/O) ----------------------------------------------------------
+
+    def added(self, size: int) -> None:
+        """Count a put of ``size`` bytes (a replacement counts as new until reconciled)."""
+        with self._lock:
+            self._added_bytes += size
+            self._added_entries += 1
+            over = self._added_bytes > self._room_bytes or self._added_entries > self._room_entries
+        if over:
+            self._start()
+            self._wake.set()
+
+    def record_hit(self, key: str, now_us: int) -> None:
+        """Remember that ``key`` was read at ``now_us`` (flushed within a tick)."""
+        hits = self.hits
+        if hits is None:
+            return
+        with self._hits_lock:
+            if len(hits) < MAX_PENDING_HITS or key in hits:
+                hits[key] = now_us
+                return
+        self.stats.hits_dropped += 1
+        self._start()
+        self._wake.set()
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            # In a forked child the parent's thread does not exist: start this process's own.
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._run, name="flytecache-evictor", daemon=True
+            )
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the thread now (it otherwise starts with the first put or read)."""
+        self._start()
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread and flush pending reads (best effort: only recency is at stake)."""
+        self._stopped.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            thread.join(timeout=30)
+        try:
+            self.flush_hits()
+        except Exception:
+            log.warning("could not flush read times at close (recency only)", exc_info=True)
+
+    def _run(self) -> None:
+        lease = _EvictionLease(self._store, _owner())
+        while not self._stopped.is_set():
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self.flush_hits()
+                if self._reconcile_due() and self.run_once(lease) is False:
+                    self._stopped.wait(TICK_SECONDS)
+            except Exception:
+                log.warning("eviction failed; retrying in %.0fs", TICK_SECONDS, exc_info=True)
+                self._stopped.wait(TICK_SECONDS)
+
+    def _reconcile_due(self) -> bool:
+        with self._lock:
+            over = self._added_bytes > self._room_bytes or self._added_entries > self._room_entries
+        return over or time.monotonic() - self._reconciled_at >= RECONCILE_SECONDS
+
+    def _reconcile(self) -> tuple[int, int]:
+        with self._lock:
+            self._added_bytes = self._added_entries = 0
+        entries, size = totals(self._store)
+        self._set_room(entries, size)
+        return entries, size
+
+    def _set_room(self, entries: int, size: int) -> None:
+        with self._lock:
+            # Puts since the totals were read are counted twice at worst: eviction comes early.
+            self._room_bytes = _room(self._max_bytes, size)
+            self._room_entries = _room(self._max_entries, entries)
+            self._reconciled_at = time.monotonic()
+
+    def run_once(self, lease: _EvictionLease | None = None) -> bool | None:
+        """Reconcile, and if over a limit evict to :data:`LOW_WATER` of it: None when under
+        the limits, True when a round ran, False when it could not (another evictor's lease,
+        or nothing left to evict)."""
+        entries, size = self._reconcile()
+        if not _over(entries, size, self._max_entries, self._max_bytes):
+            return None
+        lease = lease or _EvictionLease(self._store, _owner())
+        if lease.acquire() is not None:
+            return False  # another process's evictor is at it
+        try:
+            state = _evict_round(
+                self._store,
+                max_bytes=_low_water(self._max_bytes),
+                max_entries=_low_water(self._max_entries),
+                policy=self._policy,
+                batch_size=BATCH,
+                blob_prefixes=self._blob_prefixes,
+                on_batch=self._batch_done,
+                pause=False,
+            )
+        finally:
+            lease.release()
+        self._set_room(state.entries, state.size)
+        return state.removed > 0
+
+    def _batch_done(self, victims: list[Victim], held: float) -> None:
+        blobs = BlobDeletion()
+        if self._blob_prefixes:
+            uris = [v.output_uri for v in victims if v.output_uri is not None]
+            blobs = delete_blobs(uris, self._blob_prefixes)
+            for uri, reason in blobs.failed:
+                log.warning("could not delete blob %s of an evicted entry: %s", uri, reason)
+        self.stats.add_batch(victims, held, blobs)
+        log.info(
+            "evicted %d entries (%d bytes%s) in one batch; write lock held %.1f ms",
+            len(victims),
+            sum(v.size for v in victims),
+            f", {blobs.deleted} blobs, {blobs.bytes} blob bytes" if self._blob_prefixes else "",
+            held * 1000,
+        )
+
+    def flush_hits(self) -> int:
+        """Write the recorded read times, :data:`FLUSH_BATCH` per write transaction; how
+        many were written. A crash before this loses those times (recency), never data."""
+        if self.hits is None:
+            return 0
+        with self._hits_lock:
+            pending, self.hits = self.hits, {}
+        if not pending:
+            return 0
+        sql = _statements(self._store).touch
+        items = list(pending.items())
+        for start in range(0, len(items), FLUSH_BATCH):
+            chunk = [sql.args({"key": k, "at": at}) for k, at in items[start : start + FLUSH_BATCH]]
+            with self._store.pool.transaction(write=True) as cur:
+                cur.executemany(sql.text, chunk)
+        self.stats.hits_flushed += len(items)
+        return len(items)
+
+
+def _room(limit: int | None, used: int) -> int:
+    return 2**62 if limit is None else limit - used
+
+
+def _low_water(limit: int | None) -> int | None:
+    return None if limit is None else int(limit * LOW_WATER)
