@@ -608,6 +608,7 @@ class Evictor:
         """Reconcile, and if over a limit evict to :data:`LOW_WATER` of it: None when under
         the limits, True when a round ran, False when it could not (another evictor's lease,
         or nothing left to evict)."""
+        self.flush_hits()  # least-recently-used: choose by every read this process saw
         entries, size = self._reconcile()
         if not _over(entries, size, self._max_entries, self._max_bytes):
             return None
