@@ -298,6 +298,19 @@ def parse_duration_option(value: str | None) -> timedelta | None:
         raise typer.BadParameter(str(error).removeprefix("duration: ")) from None
 
 
+def parse_size_option(value: str | None) -> int | None:
+    """Parse a size option (``5GiB``, ``512MiB``, ``1048576``) for typer."""
+    if value is None or isinstance(value, int):
+        return value
+    from flytecache.config import parse_size
+    from flytecache.errors import InvalidArgumentError
+
+    try:
+        return parse_size(value)
+    except InvalidArgumentError as error:
+        raise typer.BadParameter(str(error).removeprefix("size: ")) from None
+
+
 def plural(count: int, one: str, many: str) -> str:
     """``1 entry``, ``2 entries``."""
     return f"{count} {one if count == 1 else many}"

@@ -267,8 +267,9 @@ def plan(
     )
 
 
-BatchHook = Callable[[list[Victim], float], None]
-"""Called after each committed batch with its victims and how long it held the write lock."""
+BatchHook = Callable[[list[Victim], float, BlobDeletion], None]
+"""Called after each committed batch with its victims, how long it held the write lock and
+what deleting their blobs did."""
 
 
 def _delete_batch(
@@ -343,11 +344,12 @@ def _evict_round(
         state.size -= batch_bytes
         state.batches += 1
         state.longest = max(state.longest, held)
+        blobs = BlobDeletion()
         if blob_prefixes:
-            uris = [v.output_uri for v in victims if v.output_uri is not None]
-            state.blobs = state.blobs + delete_blobs(uris, blob_prefixes)
+            blobs = delete_blobs([v.output_uri for v in victims if v.output_uri], blob_prefixes)
+            state.blobs = state.blobs + blobs
         if on_batch is not None:
-            on_batch(victims, held)
+            on_batch(victims, held, blobs)
         if len(victims) < chosen:
             # Some victims were written, read or deleted by someone else since they were
             # chosen: read the totals again rather than trust the running count.
@@ -631,13 +633,9 @@ class Evictor:
         self._set_room(state.entries, state.size)
         return state.removed > 0
 
-    def _batch_done(self, victims: list[Victim], held: float) -> None:
-        blobs = BlobDeletion()
-        if self._blob_prefixes:
-            uris = [v.output_uri for v in victims if v.output_uri is not None]
-            blobs = delete_blobs(uris, self._blob_prefixes)
-            for uri, reason in blobs.failed:
-                log.warning("could not delete blob %s of an evicted entry: %s", uri, reason)
+    def _batch_done(self, victims: list[Victim], held: float, blobs: BlobDeletion) -> None:
+        for uri, reason in blobs.failed:
+            log.warning("could not delete blob %s of an evicted entry: %s", uri, reason)
         self.stats.add_batch(victims, held, blobs)
         log.info(
             "evicted %d entries (%d bytes%s) in one batch; write lock held %.1f ms",
