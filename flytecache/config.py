@@ -52,7 +52,9 @@ def parse_size(text: str | int, *, name: str = "size") -> int:
         return text
     match = _SIZE.match(str(text))
     if not match:
-        raise InvalidArgumentError(f"{name}: {text!r} is not a size (examples: 16MiB, 512k)")
+        raise InvalidArgumentError(
+            f"{name}: {text!r} is not a size (examples: 16MiB, 512k)", field=name
+        )
     number, unit = match.groups()
     return int(number) * _SIZE_UNITS[(unit or "b")[0].lower()]
 

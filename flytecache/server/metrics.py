@@ -83,6 +83,33 @@ class _Limits(Collector):
             yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
 
 
+_EVICTION_COUNTERS = (
+    ("evicted_entries", "Entries removed by eviction to keep --max-size/--max-entries."),
+    ("evicted_bytes", "Payload bytes (entries.size) removed by eviction."),
+    ("eviction_batches", "Eviction batches (one short write transaction each)."),
+    ("blobs_deleted", "Output blobs of evicted entries deleted (--delete-blobs)."),
+    ("blob_bytes_deleted", "Bytes of the output blobs deleted (--delete-blobs)."),
+    ("blob_delete_failures", "Output blobs of evicted entries that could not be deleted."),
+    ("recency_flushed", "Read times written for least-recently-used eviction."),
+    ("recency_dropped", "Reads not recorded because the pending set was full (recency only)."),
+)
+
+
+class _Eviction(Collector):
+    """The store evictor's counters (``CacheStore.evictor.stats``), read when scraped."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._read()
+        for name, help_text in _EVICTION_COUNTERS:
+            yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
+
+
 class Metrics:
     """Request, latency and reservation metrics; ``entry_count`` feeds the entries gauge."""
 
@@ -149,6 +176,10 @@ class Metrics:
         ``connections_evicted``, ``connections_refused``, ``connections_timed_out``,
         ``requests_over_budget`` (counters)."""
         self.registry.register(_Limits(read))
+
+    def watch_eviction(self, read: Callable[[], dict[str, float]]) -> None:
+        """Export the eviction counters ``read`` returns (``EvictionStats.snapshot``)."""
+        self.registry.register(_Eviction(read))
 
     def observe(self, rpc: str, code: str, seconds: float) -> None:
         """Count one finished request."""
