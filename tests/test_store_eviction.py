@@ -319,3 +319,30 @@ def test_plan_counts_what_evict_removes(db_url: str, clock: FakeClock) -> None:
         assert done.remaining_bytes == 10 * ONE and "k00" in keys(store)
         with pytest.raises(NotFoundError):
             store.get("k01")
+
+
+@pytest.mark.usefixtures("no_thread")
+def test_a_flush_rewrites_read_times_older_than_the_resolution_only(
+    db_url: str, clock: FakeClock
+) -> None:
+    with limited(db_url, clock, max_entries=10, eviction="least-recently-used") as store:
+        evictor = store.evictor
+        assert evictor is not None
+        assert evictor._resolution_us == 0  # before any eviction: every read is written
+        fill(store, clock, [f"k{i:02}" for i in range(12)])
+        evictor.run_once()  # victims 1..3 s older than now: resolution a tenth of that
+        assert 0 < evictor._resolution_us <= 1_000_000
+        evictor._resolution_us = 10_000_000
+        store.get("k11")
+        evictor.flush_hits()
+        first = query(store, "SELECT accessed_at FROM entries WHERE key = 'k11'")
+        clock.advance(timedelta(seconds=5))
+        store.get("k11")
+        evictor.flush_hits()  # within the resolution: not rewritten
+        assert query(store, "SELECT accessed_at FROM entries WHERE key = 'k11'") == first
+        clock.advance(timedelta(seconds=6))
+        store.get("k11")
+        evictor.flush_hits()
+        assert query(store, "SELECT accessed_at FROM entries WHERE key = 'k11'") == [
+            (store.now_us(),)
+        ]

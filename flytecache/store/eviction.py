@@ -75,11 +75,21 @@ limit (other processes' writes are seen no later than this)."""
 TICK_SECONDS = 1.0
 """How often pending reads are flushed (least-recently-used), and the pause after a round
 that could not reach its target."""
+THROTTLE_SECONDS = 1.0
+"""The longest a put waits for the evictor when it is far behind (see ``Evictor.added``)."""
 MAX_PENDING_HITS = 100_000
 """Keys whose last read waits in memory for the next flush; reads of further keys are not
 recorded until then (counted as dropped: only recency is lost)."""
 FLUSH_BATCH = 500
 """Recorded reads written per write transaction."""
+MAX_RESOLUTION_US = 60_000_000
+"""A flush rewrites an entry's read time only when the stored one is older than the resolution:
+a tenth of the age of the last entry evicted, at most a minute, 0 before any eviction. A key
+read all the time then costs one row write a minute (not one a second) when victims are hours
+old, and a ranking whose victims are seconds old stays exact to a tenth of their age."""
+BATCH_BYTES = 1024**2
+"""Payload bytes deleted per write transaction at most (at least one entry): freeing large
+spilled payloads is what makes a batch hold the lock longer (benchmarks/eviction.py)."""
 LEASE_KEY = "flytecache:eviction"
 """The reservation an evictor (or ``entries prune --to-size``) holds while it deletes."""
 
@@ -121,7 +131,10 @@ class _Statements:
             sa.update(_ENTRIES)
             .where(
                 e.key == b("key"),
-                sa.or_(e.accessed_at.is_(None), e.accessed_at < b("at", type_=sa.BigInteger)),
+                sa.or_(
+                    e.accessed_at.is_(None),
+                    e.accessed_at < b("stale_before", type_=sa.BigInteger),
+                ),
             )
             .values(accessed_at=b("at", type_=sa.BigInteger))
         )
@@ -274,15 +287,18 @@ what deleting their blobs did."""
 
 def _delete_batch(
     store: CacheStore, policy: Eviction, need_entries: int, need_bytes: int, batch_size: int
-) -> tuple[list[Victim], int, float] | None:
-    """Choose and delete one batch; (victims, candidates chosen, seconds the lock was held),
-    or None when no entry can go (none left, or every one has a live lease)."""
+) -> tuple[list[Victim], int, float, int] | None:
+    """Choose and delete one batch; (victims, candidates chosen, seconds the lock was held,
+    the newest victim's recency), or None when no entry can go (none left, or every one has
+    a live lease)."""
     sql = _statements(store)
     rows = store.pool.fetchall(sql.candidates(policy), {**sql.params(store), "limit": batch_size})
     chosen: list[tuple[int, int]] = []
     freed = 0
     for entry_id, size, recency in rows:
         if len(chosen) >= need_entries and freed >= need_bytes:
+            break
+        if chosen and freed + size > BATCH_BYTES:
             break
         chosen.append((entry_id, recency))
         freed += int(size)
@@ -297,7 +313,8 @@ def _delete_batch(
         rows = cur.execute(delete.text, delete.args(params)).fetchall()
         _in_batch(rows)
     held = time.perf_counter() - started
-    return [Victim(key, int(size), uri) for key, size, uri in rows], len(chosen), held
+    victims = [Victim(key, int(size), uri) for key, size, uri in rows]
+    return victims, len(chosen), held, params["cutoff"]
 
 
 def _in_batch(rows: list[Any]) -> None:
@@ -313,6 +330,8 @@ class _Round:
     freed: int = 0
     batches: int = 0
     longest: float = 0.0
+    cutoff: int | None = None
+    """The recency of the newest entry chosen (micros since the epoch)."""
     blobs: BlobDeletion = field(default_factory=BlobDeletion)
 
 
@@ -336,7 +355,7 @@ def _evict_round(
         done = _delete_batch(store, policy, need_entries, need_bytes, batch_size)
         if done is None:
             return state
-        victims, chosen, held = done
+        victims, chosen, held, state.cutoff = done
         batch_bytes = sum(v.size for v in victims)
         state.removed += len(victims)
         state.freed += batch_bytes
@@ -498,44 +517,75 @@ class Evictor:
         self._policy = settings.eviction
         self._blob_prefixes = settings.blob_prefixes if settings.delete_blobs else None
         self._lock = threading.Lock()
+        self._progressed = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        # Room left below the limits at the last reconcile, and what this process's puts have
-        # added since: the thread is woken when the additions pass the room.
+        # Room left below the limits at the last reconcile (grown by each batch since), and
+        # what this process's puts have added since: the thread is woken when the additions
+        # pass the room, and a put waits for it when they pass the room by the slack.
         self._room_bytes = 0
         self._room_entries = 0
         self._added_bytes = 0
         self._added_entries = 0
+        self._slack_bytes = _slack(self._max_bytes)
+        self._slack_entries = _slack(self._max_entries)
+        self._progress = 0
+        """Bumped by every reconcile and batch: what a throttled put waits for."""
+        self._resolution_us = 0
+        """See :data:`MAX_RESOLUTION_US`."""
+        self._throttling = True
+        """False after a round that could evict nothing (all leased): puts must not wait."""
         self._reconciled_at = -RECONCILE_SECONDS
         self.stats = EvictionStats()
         self.hits: dict[str, int] | None = (
             {} if settings.eviction == "least-recently-used" else None
         )
-        self._hits_lock = threading.Lock()
 
     # -- the hot path (no I/O) ----------------------------------------------------------
 
     def added(self, size: int) -> None:
-        """Count a put of ``size`` bytes (a replacement counts as new until reconciled)."""
+        """Count a put of ``size`` bytes (a replacement counts as new until reconciled).
+
+        Backpressure: a put that finds this process's additions past the limit by more than
+        the slack (half the distance to the low-water mark) waits for the evictor's next batch
+        (at most :data:`THROTTLE_SECONDS`), so a writer faster than the evictor cannot run far
+        past the limit. Other processes' puts are seen at the next reconcile.
+        """
         with self._lock:
             self._added_bytes += size
             self._added_entries += 1
             over = self._added_bytes > self._room_bytes or self._added_entries > self._room_entries
-        if over:
-            self._start()
-            self._wake.set()
+            far = (
+                self._added_bytes > self._room_bytes + self._slack_bytes
+                or self._added_entries > self._room_entries + self._slack_entries
+            )
+            progress = self._progress
+        if not over:
+            return
+        self._start()
+        self._wake.set()
+        if far and self._throttling and self._thread is not None:
+            with self._lock:
+                self._progressed.wait_for(
+                    lambda: self._progress != progress or not self._throttling,
+                    timeout=THROTTLE_SECONDS,
+                )
 
     def record_hit(self, key: str, now_us: int) -> None:
-        """Remember that ``key`` was read at ``now_us`` (flushed within a tick)."""
+        """Remember that ``key`` was read at ``now_us`` (flushed within a tick).
+
+        No lock (a tenth of a get, measured): storing into a dict is atomic under the GIL,
+        and :meth:`flush_hits` swaps the dict out before it reads it. A read stored into the
+        old dict just as it is swapped out may be missed: its recency only.
+        """
         hits = self.hits
         if hits is None:
             return
-        with self._hits_lock:
-            if len(hits) < MAX_PENDING_HITS or key in hits:
-                hits[key] = now_us
-                return
+        if len(hits) < MAX_PENDING_HITS or key in hits:
+            hits[key] = now_us
+            return
         self.stats.hits_dropped += 1
         self._start()
         self._wake.set()
@@ -605,6 +655,8 @@ class Evictor:
             self._room_bytes = _room(self._max_bytes, size)
             self._room_entries = _room(self._max_entries, entries)
             self._reconciled_at = time.monotonic()
+            self._progress += 1
+            self._progressed.notify_all()
 
     def run_once(self, lease: _EvictionLease | None = None) -> bool | None:
         """Reconcile, and if over a limit evict to :data:`LOW_WATER` of it: None when under
@@ -616,7 +668,10 @@ class Evictor:
             return None
         lease = lease or _EvictionLease(self._store, _owner())
         if lease.acquire() is not None:
-            return False  # another process's evictor is at it
+            with self._lock:  # another process's evictor is at it: our puts must not wait
+                self._throttling = False
+                self._progressed.notify_all()
+            return False
         try:
             state = _evict_round(
                 self._store,
@@ -630,6 +685,11 @@ class Evictor:
             )
         finally:
             lease.release()
+        with self._lock:
+            self._throttling = state.removed > 0
+        if state.cutoff is not None:
+            horizon = self._store.now_us() - state.cutoff
+            self._resolution_us = max(0, min(MAX_RESOLUTION_US, horizon // 10))
         self._set_room(state.entries, state.size)
         return state.removed > 0
 
@@ -637,6 +697,11 @@ class Evictor:
         for uri, reason in blobs.failed:
             log.warning("could not delete blob %s of an evicted entry: %s", uri, reason)
         self.stats.add_batch(victims, held, blobs)
+        with self._lock:
+            self._room_bytes += sum(v.size for v in victims)
+            self._room_entries += len(victims)
+            self._progress += 1
+            self._progressed.notify_all()
         log.info(
             "evicted %d entries (%d bytes%s) in one batch; write lock held %.1f ms",
             len(victims),
@@ -650,14 +715,17 @@ class Evictor:
         many were written. A crash before this loses those times (recency), never data."""
         if self.hits is None:
             return 0
-        with self._hits_lock:
-            pending, self.hits = self.hits, {}
-        if not pending:
+        pending, self.hits = self.hits, {}
+        items = list(pending.items())  # one C call: no get can change the dict meanwhile
+        if not items:
             return 0
         sql = _statements(self._store).touch
-        items = list(pending.items())
+        resolution = self._resolution_us
         for start in range(0, len(items), FLUSH_BATCH):
-            chunk = [sql.args({"key": k, "at": at}) for k, at in items[start : start + FLUSH_BATCH]]
+            chunk = [
+                sql.args({"key": k, "at": at, "stale_before": at - resolution})
+                for k, at in items[start : start + FLUSH_BATCH]
+            ]
             with self._store.pool.transaction(write=True) as cur:
                 cur.executemany(sql.text, chunk)
         self.stats.hits_flushed += len(items)
@@ -666,6 +734,10 @@ class Evictor:
 
 def _room(limit: int | None, used: int) -> int:
     return 2**62 if limit is None else limit - used
+
+
+def _slack(limit: int | None) -> int:
+    return 0 if limit is None else max(1, int(limit * (1 - LOW_WATER) / 2))
 
 
 def _low_water(limit: int | None) -> int | None:
