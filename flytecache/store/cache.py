@@ -246,6 +246,21 @@ class CacheStore:
             if self._evictor is not None and self._evictor.hits is not None
             else None
         )
+        # SQLite with a limit: this process's puts and eviction batches take turns on a lock
+        # of their own, so a put waits the batch's millisecond instead of SQLite's busy
+        # handler sleeping (1, 2, 5 ms...) after it: put throughput under eviction, measured.
+        self._write_gate: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        self._write_one = self._pool.fetchall
+        if self._evictor is not None and is_sqlite(engine):
+            gate = self._evictor.gate
+            self._write_gate = gate
+            fetchall = self._pool.fetchall
+
+            def write_one(sql: Sql, params: dict[str, Any]) -> list[Any]:
+                with gate:
+                    return fetchall(sql, params)
+
+            self._write_one = write_one
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -434,7 +449,7 @@ class CacheStore:
         params["expired_before"] = expired_before
         params["payload"] = payload(params["head"], params["meta"], created, now)
         if len(params["payload"]) <= SPILL_BYTES:
-            if self._pool.fetchall(self._sql.put_simple, params):
+            if self._write_one(self._sql.put_simple, params):
                 if self._evictor is not None:
                     self._evictor.added(params["size"])
                 return
@@ -452,7 +467,7 @@ class CacheStore:
         large = len(stored) > SPILL_BYTES
         if large:
             params["payload"] = None
-        with self._pool.transaction(write=True) as cur:
+        with self._write_gate, self._pool.transaction(write=True) as cur:
             row = cur.execute(sql.put.text, sql.put.args(params)).fetchone()
             if row is not None:
                 entry_id, created, had_spill = row

@@ -28,6 +28,7 @@ delete the same room twice; a crashed evictor's lease expires like any other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -308,13 +309,19 @@ def _delete_batch(
     params = {f"id{i}": entry_id for i, (entry_id, _) in enumerate(chosen)}
     params["cutoff"] = max(recency for _, recency in chosen)
     params.update(sql.params(store))
-    with store.pool.transaction(write=True) as cur:
+    with _gate(store), store.pool.transaction(write=True) as cur:
         started = time.perf_counter()
         rows = cur.execute(delete.text, delete.args(params)).fetchall()
         _in_batch(rows)
     held = time.perf_counter() - started
     victims = [Victim(key, int(size), uri) for key, size, uri in rows]
     return victims, len(chosen), held, params["cutoff"]
+
+
+def _gate(store: CacheStore) -> contextlib.AbstractContextManager[Any]:
+    """The lock this process's puts and eviction writes take turns on (SQLite, with a limit)."""
+    evictor = store.evictor
+    return evictor.gate if evictor is not None and store.is_sqlite else contextlib.nullcontext()
 
 
 def _in_batch(rows: list[Any]) -> None:
@@ -519,6 +526,8 @@ class Evictor:
         self._blob_prefixes = settings.blob_prefixes if settings.delete_blobs else None
         self._lock = threading.Lock()
         self._progressed = threading.Condition(self._lock)
+        self.gate = threading.Lock()
+        """Held by this process's puts and eviction writes on SQLite (see CacheStore)."""
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -753,7 +762,7 @@ class Evictor:
                 sql.args({"key": k, "at": at, "stale_before": at - resolution})
                 for k, at in items[start : start + FLUSH_BATCH]
             ]
-            with self._store.pool.transaction(write=True) as cur:
+            with _gate(self._store), self._store.pool.transaction(write=True) as cur:
                 cur.executemany(sql.text, chunk)
         self.stats.hits_flushed += len(items)
         return len(items)
