@@ -85,7 +85,8 @@ FLUSH_BATCH = 500
 """Recorded reads written per write transaction."""
 MAX_RESOLUTION_US = 60_000_000
 """A flush rewrites an entry's read time only when the stored one is older than the resolution:
-a tenth of the age of the last entry evicted, at most a minute, 0 before any eviction. A key
+a tenth of the age of the last entry evicted (growing at most twofold a round), at most a
+minute, 0 before any eviction. A key
 read all the time then costs one row write a minute (not one a second) when victims are hours
 old, and a ranking whose victims are seconds old stays exact to a tenth of their age."""
 BATCH_BYTES = 1024**2
@@ -725,7 +726,10 @@ class Evictor:
             self._throttling = state.removed > 0
         if state.cutoff is not None:
             horizon = self._store.now_us() - state.cutoff
-            self._resolution_us = max(0, min(MAX_RESOLUTION_US, horizon // 10))
+            # Shrinks at once, grows at most twofold a round: one round of old victims (a
+            # backlog, another process's leftovers) must not make fresh reads go unwritten.
+            grown = max(2 * self._resolution_us, 1_000)
+            self._resolution_us = max(0, min(MAX_RESOLUTION_US, horizon // 10, grown))
         self._set_room(state.entries, state.size)
         return state.removed > 0
 
