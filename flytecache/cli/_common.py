@@ -59,6 +59,16 @@ def _check_file_mode_option(value: str) -> str:
     return value
 
 
+BlobPrefixOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="URI",
+        help="A URI prefix whose blobs --delete-blobs may delete (repeatable; default: "
+        "FLYTECACHE_BLOB_PREFIXES, comma-separated).",
+    ),
+]
+
+
 FileModeOption = Annotated[
     str,
     typer.Option(

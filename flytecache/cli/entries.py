@@ -12,6 +12,7 @@ import typer
 from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
+    BlobPrefixOption,
     DbOption,
     JsonOption,
     VerboseOption,
@@ -390,14 +391,7 @@ def prune(
             "the removal commits (failures are reported, not fatal).",
         ),
     ] = False,
-    blob_prefix: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="URI",
-            help="A URI prefix whose blobs --delete-blobs may delete (repeatable; default: "
-            "FLYTECACHE_BLOB_PREFIXES, comma-separated).",
-        ),
-    ] = None,
+    blob_prefix: BlobPrefixOption = None,
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Entries removed per write transaction.")
     ] = 500,

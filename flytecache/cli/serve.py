@@ -11,6 +11,7 @@ import typer
 from flytecache.cli._common import (
     DEFAULT_DB,
     DEFAULT_FILE_MODE,
+    BlobPrefixOption,
     DbOption,
     FileModeOption,
     VerboseOption,
@@ -166,7 +167,6 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(
                 envvar="FLYTECACHE_MAX_ENTRIES",
-                min=1,
                 help="Keep at most this many entries, evicting by --eviction (default: no limit).",
             ),
         ] = None,
@@ -187,14 +187,7 @@ def register(app: typer.Typer) -> None:
                 "--blob-prefix (after the eviction commits).",
             ),
         ] = False,
-        blob_prefix: Annotated[
-            list[str] | None,
-            typer.Option(
-                metavar="URI",
-                help="A URI prefix whose blobs --delete-blobs may delete (repeatable; or "
-                "FLYTECACHE_BLOB_PREFIXES, comma-separated).",
-            ),
-        ] = None,
+        blob_prefix: BlobPrefixOption = None,
         ui: Annotated[
             bool,
             typer.Option(

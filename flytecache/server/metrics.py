@@ -74,13 +74,23 @@ class _Limits(Collector):
             "Request body bytes held (see --max-inflight-bytes).",
             value=values["bytes_in_flight"],
         )
-        for name, help_text in (
-            ("connections_evicted", "Idle connections closed to make room at --max-connections."),
-            ("connections_refused", "Connections refused with 503: every one was busy."),
-            ("connections_timed_out", "Connections closed for missing --header-timeout."),
-            ("requests_over_budget", "Requests refused by --max-inflight-bytes."),
-        ):
-            yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
+        yield from _counters(values, _LIMIT_COUNTERS)
+
+
+_LIMIT_COUNTERS = (
+    ("connections_evicted", "Idle connections closed to make room at --max-connections."),
+    ("connections_refused", "Connections refused with 503: every one was busy."),
+    ("connections_timed_out", "Connections closed for missing --header-timeout."),
+    ("requests_over_budget", "Requests refused by --max-inflight-bytes."),
+)
+
+
+def _counters(
+    values: dict[str, float], table: tuple[tuple[str, str], ...]
+) -> Iterator[CounterMetricFamily]:
+    """``flytecache_<name>`` counters from ``values``, one per ``(name, help)`` of ``table``."""
+    for name, help_text in table:
+        yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
 
 
 _EVICTION_COUNTERS = (
@@ -105,9 +115,7 @@ class _Eviction(Collector):
         return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
-        values = self._read()
-        for name, help_text in _EVICTION_COUNTERS:
-            yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
+        yield from _counters(self._read(), _EVICTION_COUNTERS)
 
 
 class Metrics:

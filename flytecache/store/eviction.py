@@ -8,22 +8,28 @@ free pages come on top (docs/operations.md, "Sizing and eviction", has the measu
 
 The cost. A store without a limit has no evictor: its puts and gets run exactly the statements
 they ran before. With a limit, a put adds its size to a per-process running figure (a lock and
-two additions, no statement) and wakes the evictor thread when the figure passes the limit;
-a get of a least-recently-used store writes the key and the time into a bounded dict. The
-thread reconciles the figure with the database (one aggregate read) when woken and every
-:data:`RECONCILE_SECONDS`, so other processes' writes are seen too.
+two additions, no statement) and wakes the evictor thread when the figure passes the limit
+(and, far past it, waits for the evictor's next batch: backpressure); a get of a
+least-recently-used store writes the key and the time into a bounded dict. The thread
+reconciles the figure with the database (one aggregate read) when woken and every
+:data:`RECONCILE_SECONDS`, so other processes' writes are seen too. On SQLite a process's puts
+and its eviction writes take turns on an in-process lock (:attr:`Evictor.gate`), so a put
+waits for a batch's commit instead of sleeping in SQLite's busy handler.
 
 The batches. Victims are chosen by a read (outside any lock: for least-recently-used that is a
 scan, and no index on the recency has to be written by every put and flush), then deleted in
-one short write transaction (``BEGIN IMMEDIATE`` on SQLite) of at most :data:`BATCH` rows whose
-``DELETE`` re-checks each victim: still as old as when it was chosen (a put or a flushed read
-since spares it), and no live reservation on its key (``expires_at > now`` by the lease
-clock). Reservation and entry keys are the same stored key (the server and the CatalogClient
-both scope through ``flytecache.scoping``), so a task holding a lease keeps its entry.
+one short write transaction (``BEGIN IMMEDIATE`` on SQLite) of at most :data:`BATCH` rows and
+:data:`BATCH_BYTES` of payload whose ``DELETE`` re-checks each victim: still as old as when it
+was chosen (a put or a flushed read since spares it), and no live reservation on its key
+(``expires_at > now`` by the lease clock). Reservation and entry keys are the same stored key
+(the server and the CatalogClient both scope through ``flytecache.scoping``), so a task
+holding a lease keeps its entry.
 
-One evictor at a time. A round of batches runs under a lease in the reservations table
-(:data:`LEASE_KEY`), so evictors of several processes sharing one database never race to
-delete the same room twice; a crashed evictor's lease expires like any other.
+One evictor at a time. Batches run under a lease in the reservations table (:data:`LEASE_KEY`,
+held while rounds follow each other), so evictors of several processes sharing one database
+never race to delete the same room twice; a crashed evictor's lease expires like any other.
+Each process counts only its own puts between reads of the totals, so with P writing
+processes the payload can pass the limit by about P times the slack until the next read.
 """
 
 from __future__ import annotations
@@ -192,7 +198,8 @@ class Victim:
 
 @dataclass(frozen=True, slots=True)
 class EvictionResult:
-    """What :func:`evict` removed (or, from :func:`plan`, would remove)."""
+    """What a prune or :func:`evict` removed (or, with ``dry_run`` or from :func:`plan`,
+    would remove)."""
 
     entries: int
     bytes: int
@@ -201,6 +208,8 @@ class EvictionResult:
     longest_batch_seconds: float = 0.0
     """Longest time one batch held the write lock (from BEGIN to COMMIT)."""
     blobs: BlobDeletion = field(default_factory=BlobDeletion)
+    """The blobs of removed entries deleted (with ``blob_prefixes``), and those that could
+    not be."""
     remaining_entries: int = 0
     remaining_bytes: int = 0
     """The totals after the eviction (by the evictor's count: writes by others meanwhile are

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -327,19 +327,8 @@ def delete_entries(store: CacheStore, keys: Iterable[str]) -> DeleteResult:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """What :func:`prune` removed (or would remove, with ``dry_run``)."""
-
-    entries: int
-    bytes: int
-    batches: int
-    dry_run: bool
-    longest_batch_seconds: float = 0.0
-    """Longest time one batch held the write lock."""
-    blobs: BlobDeletion = field(default_factory=BlobDeletion)
-    """The blobs of removed entries deleted (with ``blob_prefixes``), and those that could
-    not be."""
+PruneResult = eviction.EvictionResult
+"""What :func:`prune` or :func:`prune_to` removed (or would remove, with ``dry_run``)."""
 
 
 def prune(
@@ -434,14 +423,13 @@ def prune_to(
             field="eviction",
         )
     if dry_run:
-        planned = eviction.plan(store, max_bytes=size, max_entries=count, policy=policy)
-        return PruneResult(entries=planned.entries, bytes=planned.bytes, batches=0, dry_run=True)
+        return eviction.plan(store, max_bytes=size, max_entries=count, policy=policy)
 
     def progress(victims: list[eviction.Victim], _held: float, _blobs: BlobDeletion) -> None:
         if on_batch is not None:
             on_batch(len(victims), sum(v.size for v in victims))
 
-    done = eviction.evict(
+    return eviction.evict(
         store,
         max_bytes=size,
         max_entries=count,
@@ -449,12 +437,4 @@ def prune_to(
         batch_size=batch_size,
         blob_prefixes=blob_prefixes,
         on_batch=progress,
-    )
-    return PruneResult(
-        entries=done.entries,
-        bytes=done.bytes,
-        batches=done.batches,
-        dry_run=False,
-        longest_batch_seconds=done.longest_batch_seconds,
-        blobs=done.blobs,
     )
