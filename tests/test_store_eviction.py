@@ -346,3 +346,47 @@ def test_a_flush_rewrites_read_times_older_than_the_resolution_only(
         assert query(store, "SELECT accessed_at FROM entries WHERE key = 'k11'") == [
             (store.now_us(),)
         ]
+
+
+def _write_with_a_limit(url: str, name: str, count: int) -> None:
+    """Child: a store of its own with a limit (and so an evictor thread), putting ``count``."""
+    with CacheStore.open(url, settings=StoreSettings(max_entries=50)) as store:
+        for i in range(count):
+            store.put(f"{name}-{i:04}", output(100))
+
+
+def test_processes_sharing_a_database_keep_the_limit_without_over_evicting(
+    db_url: str,
+) -> None:
+    CacheStore.open(db_url).close()
+    pids = []
+    for name in ("a", "b", "c"):
+        pid = os.fork()
+        if pid == 0:  # child: never return into the test runner
+            code = 1
+            try:
+                _write_with_a_limit(db_url, name, 300)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    lowest = None
+    with CacheStore.open(db_url) as store:
+        running = set(pids)
+        while running:
+            count = eviction.totals(store)[0]
+            if count > 50 or lowest is not None:
+                # Once past the limit, racing evictors never take it below the low-water mark
+                # (one evictor at a time; a round stops at its target).
+                lowest = count if lowest is None else min(lowest, count)
+            for pid in list(running):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    running.discard(pid)
+            time.sleep(0.01)
+    assert lowest is not None and lowest >= 45
+    with limited(db_url, max_entries=50) as store:
+        assert store.evictor is not None
+        store.evictor.run_once()  # the writers' last puts may have come after their last round
+        assert 45 <= eviction.totals(store)[0] <= 50
