@@ -1,4 +1,4 @@
-"""Size limits with eviction (issue #16) on SQLite: the limit kept, and what it costs.
+"""Size limits with eviction (issue #16): the limit kept, and what it costs.
 
 Three cells, each on fresh database files under a temporary directory:
 
@@ -6,7 +6,9 @@ Three cells, each on fresh database files under a temporary directory:
   (200 MiB) in 16 KiB entries as fast as it can; a second thread samples the payload total
   (``SUM(entries.size)``, the measure the limit applies to) every 20 ms on its own connection.
   Reported: the largest sample over the limit (target: within 10 %), the evictor's batches and
-  how long each held the write lock (median, max).
+  how long each held the write lock (median, max). Run again on PostgreSQL
+  (``limit_postgresql``, a throwaway server: see ``benchmarks/_postgres.py``) except in smoke
+  mode.
 * ``put`` — puts of the typical output per second with a size limit that keeps the evictor
   busy (a quarter of what is written) against the same puts without a limit; blocks
   interleaved, the order alternating, ratio per repeat (target: ≥ 0.8).
@@ -38,6 +40,7 @@ from flyteidl2.core import literals_pb2
 
 from benchmarks._common import entry_key, median, percentile, spread, typical_output, write_json
 from flytecache import CacheStore, StoreSettings
+from flytecache.store.eviction import totals
 
 MIB = 1024**2
 MODES: dict[str, dict[str, Any]] = {
@@ -53,28 +56,27 @@ def _big_output(i: int, size: int) -> cs.CachedOutput:
     return cs.CachedOutput(output_literals=literals)
 
 
-def _payload_total(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0])
+def limit_cell(
+    limit_mib: int = 50, write_mib: int = 200, entry_kib: int = 16, url: str | None = None
+) -> dict[str, Any]:
+    """Write ``write_mib`` through a store limited to ``limit_mib``; sample the payload.
 
-
-def limit_cell(limit_mib: int = 50, write_mib: int = 200, entry_kib: int = 16) -> dict[str, Any]:
-    """Write ``write_mib`` through a store limited to ``limit_mib``; sample the payload."""
+    On a new SQLite file, or on the (empty) database at ``url``. The sampler reads the totals
+    through a store of its own (no limit), as another process would.
+    """
     limit = limit_mib * MIB
     entry = entry_kib * 1024
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "limit.db"
-        store = CacheStore.open(path, settings=StoreSettings(max_size_bytes=limit))
+        target = url or str(Path(tmp) / "limit.db")
+        store = CacheStore.open(target, settings=StoreSettings(max_size_bytes=limit))
+        observer = CacheStore.open(target)
         samples: list[int] = []
         done = threading.Event()
 
         def sample() -> None:
-            conn = sqlite3.connect(path)
-            try:
-                while not done.is_set():
-                    samples.append(_payload_total(conn))
-                    time.sleep(0.02)
-            finally:
-                conn.close()
+            while not done.is_set():
+                samples.append(totals(observer)[1])
+                time.sleep(0.02)
 
         sampler = threading.Thread(target=sample, name="sampler")
         sampler.start()
@@ -95,12 +97,12 @@ def limit_cell(limit_mib: int = 50, write_mib: int = 200, entry_kib: int = 16) -
         stats = store.evictor.stats.snapshot()
         held = sorted(store.evictor.stats.batch_seconds)
         store.close()
-        with sqlite3.connect(path) as conn:
-            final = _payload_total(conn)
-        conn.close()
-        file_bytes = path.stat().st_size
+        final = totals(observer)[1]
+        observer.close()
+        file_bytes = None if url else Path(target).stat().st_size
     peak = max(samples, default=0)
     return {
+        "backend": "postgresql" if url else "sqlite",
         "limit_bytes": limit,
         "written_bytes": written,
         "puts": puts,
@@ -219,13 +221,37 @@ def get_cell(n: int = 20_000, repeats: int = 5, size: int = 10_000) -> dict[str,
 
 
 def run(mode: str = "full") -> dict[str, Any]:
-    """Every cell with the sizes of ``mode`` (``full``, ``quick`` or ``smoke``)."""
+    """Every cell with the sizes of ``mode`` (``full``, ``quick`` or ``smoke``); the limit
+    cell also on PostgreSQL, except in ``smoke`` (see ``benchmarks/_postgres.py``)."""
     config = MODES[mode]
-    return {
+    results = {
         "limit": limit_cell(config["limit_mib"], config["write_mib"]),
         "put": put_cell(config["n"], config["repeats"]),
         "get": get_cell(config["n"], config["repeats"], size=max(100, config["n"] // 2)),
     }
+    if mode != "smoke":
+        from benchmarks._postgres import databases
+
+        with databases() as dbs:
+            results["limit_postgresql"] = (
+                {"note": dbs}
+                if isinstance(dbs, str)
+                else limit_cell(config["limit_mib"], config["write_mib"], url=dbs.new_url())
+            )
+    return results
+
+
+def _print_limit(name: str, limit: dict[str, Any] | None) -> None:
+    if not limit or "note" in limit:
+        print(f"{name}: {limit['note'] if limit else 'not measured'}")
+        return
+    print(
+        f"{name}: peak {limit['peak_bytes'] / MIB:.1f} MiB of {limit['limit_bytes'] / MIB:.0f} "
+        f"MiB ({limit['peak_over_limit']:.3f}x) over {limit['samples']} samples; "
+        f"{limit['puts']} puts, {limit['written_bytes'] / MIB:.0f} MiB in "
+        f"{limit['seconds']:.1f} s; {limit['batches']} batches, lock held median "
+        f"{limit['batch_ms']['median']:.2f} ms, max {limit['batch_ms']['max']:.2f} ms"
+    )
 
 
 def main() -> None:
@@ -234,14 +260,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = run("quick" if args.quick else "full")
-    limit = results["limit"]
-    print(
-        f"limit: peak {limit['peak_bytes'] / MIB:.1f} MiB of {limit['limit_bytes'] / MIB:.0f} "
-        f"MiB ({limit['peak_over_limit']:.3f}x) over {limit['samples']} samples; "
-        f"{limit['puts']} puts, {limit['written_bytes'] / MIB:.0f} MiB in "
-        f"{limit['seconds']:.1f} s; {limit['batches']} batches, lock held median "
-        f"{limit['batch_ms']['median']:.2f} ms, max {limit['batch_ms']['max']:.2f} ms"
-    )
+    for name in ("limit", "limit_postgresql"):
+        _print_limit(name, results.get(name))
     for cell_name in ("put", "get"):
         cell = results[cell_name]
         for label, ratio, rates in (

@@ -390,3 +390,24 @@ def test_processes_sharing_a_database_keep_the_limit_without_over_evicting(
         assert store.evictor is not None
         store.evictor.run_once()  # the writers' last puts may have come after their last round
         assert 45 <= eviction.totals(store)[0] <= 50
+
+
+def test_a_prune_that_loses_the_eviction_lease_stops(
+    db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flytecache.errors import StorageBusyError
+
+    # Check the lease after every batch (not every third of its time).
+    monkeypatch.setattr(eviction._EvictionLease, "keep", lambda self: self.acquire() is None)
+    with CacheStore.open(db_url, clock=clock) as store:
+        fill(store, clock, [f"k{i}" for i in range(10)])
+
+        def steal(*_: object) -> None:
+            clock.advance(timedelta(minutes=1))  # our lease has expired: another evictor's now
+            store.get_or_extend_reservation(eviction.LEASE_KEY, "another-evictor")
+
+        with pytest.raises(StorageBusyError, match="took the eviction lease over"):
+            eviction.evict(store, max_entries=0, batch_size=2, on_batch=steal)
+        assert len(keys(store)) == 8  # the one batch before the loss
+        holder = store.get_or_extend_reservation(eviction.LEASE_KEY, "me")
+        assert holder.owner_id == "another-evictor"  # not released by the loser

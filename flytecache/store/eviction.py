@@ -397,19 +397,38 @@ def _evict_round(
             time.sleep(min(max(held, 0.001), 0.05))
 
 
+class _LeaseLost(Exception):
+    """Another evictor took the eviction lease over in the middle of a round."""
+
+
 class _EvictionLease:
     """The reservation that makes one evictor at a time delete (see :data:`LEASE_KEY`)."""
 
     def __init__(self, store: CacheStore, owner: str) -> None:
         self._store = store
         self.owner = owner
+        settings = store.settings
+        # Extended every third of its time, so a long round never lets it lapse.
+        self._renew_every = settings.max_heartbeat.total_seconds() * settings.grace_multiplier / 3
+        self._renew_at = 0.0
 
     def acquire(self) -> str | None:
         """None when acquired (or extended); else the owner holding it."""
         lease = self._store.get_or_extend_reservation(LEASE_KEY, self.owner)
-        return None if lease.owner_id == self.owner else lease.owner_id
+        if lease.owner_id != self.owner:
+            self._renew_at = 0.0
+            return str(lease.owner_id)
+        self._renew_at = time.monotonic() + self._renew_every
+        return None
+
+    def keep(self) -> bool:
+        """Whether it is still held: extended when a third of its time has passed."""
+        if self._renew_at and time.monotonic() < self._renew_at:
+            return True
+        return self.acquire() is None
 
     def release(self) -> None:
+        self._renew_at = 0.0
         self._store.release_reservation(LEASE_KEY, self.owner)
 
 
@@ -450,6 +469,13 @@ def evict(
                 holder=holder,
             )
         time.sleep(0.2)
+
+    def batch_done(victims: list[Victim], held: float, blobs: BlobDeletion) -> None:
+        if on_batch is not None:
+            on_batch(victims, held, blobs)
+        if not lease.keep():
+            raise _LeaseLost
+
     try:
         state = _evict_round(
             store,
@@ -458,9 +484,14 @@ def evict(
             policy=policy,
             batch_size=batch_size,
             blob_prefixes=blob_prefixes,
-            on_batch=on_batch,
+            on_batch=batch_done,
             pause=True,
         )
+    except _LeaseLost:
+        raise StorageBusyError(
+            "another evictor took the eviction lease over mid-prune (this one was too slow to "
+            "extend it); what was removed stays removed: run the prune again"
+        ) from None
     finally:
         lease.release()
     return EvictionResult(
@@ -556,8 +587,6 @@ class Evictor:
         self._resolution_us = 0
         """See :data:`MAX_RESOLUTION_US`."""
         self._lease: _EvictionLease | None = None
-        self._lease_renew_at = 0.0
-        self._lease_seconds = settings.max_heartbeat.total_seconds() * settings.grace_multiplier
         self._throttling = True
         """False after a round that could evict nothing (all leased): puts must not wait."""
         self._reconciled_at = -RECONCILE_SECONDS
@@ -651,15 +680,11 @@ class Evictor:
         third of its time has passed: while rounds follow each other it is held throughout,
         two statements per ten seconds rather than two per round (a third of a round's cost
         with small entries, measured)."""
-        now = time.monotonic()
-        if self._lease is not None and now < self._lease_renew_at:
-            return True
         lease = self._lease or _EvictionLease(self._store, _owner())
-        if lease.acquire() is not None:
+        if not lease.keep():
             self._lease = None
             return False
         self._lease = lease
-        self._lease_renew_at = now + self._lease_seconds / 3
         return True
 
     def _drop_lease(self) -> None:
@@ -728,6 +753,9 @@ class Evictor:
                 pause=False,
                 known=(entries, size),
             )
+        except _LeaseLost:
+            self._lease = None
+            return False
         except BaseException:
             self._drop_lease()
             raise
@@ -743,6 +771,8 @@ class Evictor:
         return state.removed > 0
 
     def _batch_done(self, victims: list[Victim], held: float, blobs: BlobDeletion) -> None:
+        if not self._hold_lease():  # a long round: extended as it goes
+            raise _LeaseLost
         for uri, reason in blobs.failed:
             log.warning("could not delete blob %s of an evicted entry: %s", uri, reason)
         self.stats.add_batch(victims, held, blobs)
