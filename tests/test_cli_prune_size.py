@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -35,6 +36,11 @@ def twenty(db: str) -> str:
     return db
 
 
+def prune(db: str, *args: str, **env: str) -> Any:
+    """``entries prune ARGS --yes --json``: its report."""
+    return as_json(run(db, "entries", "prune", *args, "--yes", "--json", **env))
+
+
 def keys(db: str) -> list[str]:
     return sorted(e["key"] for e in as_json(run(db, "entries", "ls", "--json", "--limit", "0")))
 
@@ -54,17 +60,15 @@ def test_prune_to_size_dry_run_then_for_real(twenty: str) -> None:
 
 
 def test_prune_to_count(twenty: str) -> None:
-    report = as_json(run(twenty, "entries", "prune", "--to-count", "5", "--yes", "--json"))
+    report = prune(twenty, "--to-count", "5")
     assert report["entries"] == 15
     assert keys(twenty) == ["e01", "e16", "e17", "e18", "e19"]
-    again = as_json(run(twenty, "entries", "prune", "--to-count", "5", "--yes", "--json"))
+    again = prune(twenty, "--to-count", "5")
     assert again["entries"] == 0 and again["batches"] == 0
 
 
 def test_prune_to_size_and_count_together_satisfies_both(twenty: str) -> None:
-    report = as_json(
-        run(twenty, "entries", "prune", "--to-size", "1KiB", "--to-count", "18", "--yes", "--json")
-    )
+    report = prune(twenty, "--to-size", "1KiB", "--to-count", "18")
     assert report["entries"] == 2  # 1 KiB holds all 20; 18 entries is the binding limit
 
 
@@ -79,19 +83,7 @@ def test_prune_least_recently_used_uses_recorded_reads(db: str) -> None:
             put_uri(store, f"e{i}", uri(i))
         clock.at(DAY)
         store.get("e0")  # flushed when the store closes
-    report = as_json(
-        run(
-            db,
-            "entries",
-            "prune",
-            "--to-count",
-            "2",
-            "--eviction",
-            "least-recently-used",
-            "--yes",
-            "--json",
-        )
-    )
+    report = prune(db, "--to-count", "2", "--eviction", "least-recently-used")
     assert report["entries"] == 2 and keys(db) == ["e0", "e3"]
 
 
@@ -164,18 +156,8 @@ def test_delete_blobs_memory_filesystem_by_size_and_env_prefixes(db: str) -> Non
             fs.pipe(f"/flyte/cache/{i}/outputs.pb", b"y" * 10)
             clock.at((10 - i) * DAY)
             put_uri(store, f"e{i}", f"memory://flyte/cache/{i}/outputs.pb")
-    report = as_json(
-        run(
-            db,
-            "entries",
-            "prune",
-            "--to-count",
-            "2",
-            "--delete-blobs",
-            "--yes",
-            "--json",
-            FLYTECACHE_BLOB_PREFIXES="memory://flyte/cache",
-        )
+    report = prune(
+        db, "--to-count", "2", "--delete-blobs", FLYTECACHE_BLOB_PREFIXES="memory://flyte/cache"
     )
     assert report["entries"] == 3
     assert report["blobs"] == {"deleted": 3, "bytes": 30, "failed": []}
