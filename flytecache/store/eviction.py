@@ -386,13 +386,17 @@ def _evict_round(
     # Read once for several batches: for least-recently-used the read is a scan of the
     # table (445 ms at 1M entries, measured), while its top-N sort costs little more for
     # CANDIDATE_BATCHES batches than for one. Each batch re-checks its victims anyway.
+    # A short round (the usual: a tenth of the limit) reads one batch's worth; a long one
+    # doubles its reads up to that many batches.
     candidates: list[Candidate] = []
+    fetch = batch_size
     while True:
         need_entries, need_bytes = _needs(state.entries, state.size, max_entries, max_bytes)
         if not need_entries and not need_bytes:
             return state
         if not candidates:
-            candidates = _candidates(store, policy, batch_size * CANDIDATE_BATCHES)
+            candidates = _candidates(store, policy, fetch)
+            fetch = min(2 * fetch, batch_size * CANDIDATE_BATCHES)
             if not candidates:  # none left, or every one has a live lease
                 return state
         count = _choose(candidates, need_entries, need_bytes, batch_size)
