@@ -9,8 +9,9 @@ Phases, in order: build or reuse the cached databases (``populate``); per-operat
 CPU-second against the limit, diskcache and the Flyte SDK's cache, get latency growth by size
 and bytes per entry (``store_harness``); PostgreSQL against raw psycopg (``pg_cells``);
 processes × workloads × targets (``concurrency``); profiles (``profile_store``); a cache hit in
-a Flyte SDK local run (``flyte_sdk``). Then the targets are evaluated (``targets``) and the
-pages and plots rendered (``report``) into ``benchmarks/out/docs/`` — never into ``docs/``.
+a Flyte SDK local run (``flyte_sdk``); size limits with eviction (``eviction``, issue #16).
+Then the targets are evaluated (``targets``) and the pages and plots rendered (``report``)
+into ``benchmarks/out/docs/`` — never into ``docs/``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ MODES: dict[str, dict[str, Any]] = {
     },
 }
 
-PHASES = ("per_op", "single", "postgresql", "concurrency", "profile", "flyte_sdk")
+PHASES = ("per_op", "single", "postgresql", "concurrency", "profile", "flyte_sdk", "eviction")
 
 
 def _log(message: str) -> None:
@@ -261,6 +262,12 @@ def main(argv: list[str] | None = None) -> Path:
         t = phase("a cache hit in Flyte 2 SDK local runs")
         results["flyte_sdk"] = flyte_sdk_hits(**config["flyte_sdk"])
         phases["flyte_sdk"] = time.perf_counter() - t
+    if "eviction" not in skip:
+        from benchmarks import eviction
+
+        t = phase("size limits with eviction")
+        results["eviction"] = eviction.run(mode)
+        phases["eviction"] = time.perf_counter() - t
     results["targets"] = targets.evaluate(results)
     results["meta"]["loadavg_end"] = list(os.getloadavg())
     # The page reports the run's duration, so it is taken before rendering (~5 s of plots).

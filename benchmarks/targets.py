@@ -151,7 +151,42 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             1.5,
             lower=True,
         )
+    _eviction_targets(results.get("eviction"), add)
     return targets
+
+
+def _eviction_targets(evicting: dict[str, Any] | None, add: Any) -> None:
+    """Issue #16: the limit kept while writing past it, and what eviction costs puts and gets."""
+    if not evicting:
+        return
+    for key, backend in (("limit", "SQLite"), ("limit_postgresql", "PostgreSQL")):
+        limit = evicting.get(key)
+        if not limit or "note" in limit:
+            continue
+        peak = limit["peak_over_limit"]
+        add(
+            f"eviction_{key}",
+            f"{backend}: payload ≤ 1.1× a {limit['limit_bytes'] // 1024**2} MiB limit at every "
+            "sample",
+            f"peak {limit['peak_bytes'] / 1024**2:.1f} MiB over {limit['samples']} samples while "
+            f"writing {limit['written_bytes'] / 1024**2:.0f} MiB; batches held the write lock "
+            f"{limit['batch_ms']['median']:.1f} ms median, {limit['batch_ms']['max']:.1f} ms max",
+            {"median": peak, "min": peak, "max": peak},
+            1.1,
+            lower=True,
+        )
+    for op, goal, what in (("put", 0.8, "eviction on"), ("get", 0.9, "least-recently-used")):
+        cell_ = evicting[op]
+        modes = list(cell_["rates"])
+        add(
+            f"eviction_{op}",
+            f"{op} throughput with {what} ≥ {goal}× without",
+            " vs ".join(f"{cell_['rates'][m]['median']:,.0f}" for m in modes)
+            + f" {op}s/s (CPU ratio {cell_['cpu_ratio']['median']:.2f})",
+            cell_["ratio"],
+            goal,
+            lower=False,
+        )
 
 
 _PEER_NAMES = {

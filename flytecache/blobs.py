@@ -1,14 +1,19 @@
-"""Outputs stored by reference: checking that a URI exists before storing it, and reading the
-``LiteralMap`` back through fsspec. A blob that is gone or unreadable makes the entry a miss
-(:class:`~flytecache.errors.StaleEntryError`, SPEC §5.3)."""
+"""Outputs stored by reference: checking that a URI exists before storing it, reading the
+``LiteralMap`` back through fsspec, and deleting the blobs of removed entries. A blob that is
+gone or unreadable makes the entry a miss (:class:`~flytecache.errors.StaleEntryError`,
+SPEC §5.3)."""
 
 from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from flyteidl2.core import literals_pb2
 
 from flytecache.errors import NotFoundError, StaleEntryError, StorageError
 
-__all__ = ["check_uri_exists", "read_outputs"]
+__all__ = ["BlobDeletion", "check_uri_exists", "delete_blobs", "is_managed", "read_outputs"]
 
 
 def _is_local(uri: str) -> bool:
@@ -54,3 +59,78 @@ def read_outputs(uri: str, key: str) -> literals_pb2.LiteralMap:
             uri=uri,
         ) from None
     return literal_map
+
+
+def _normalized(uri: str) -> str | None:
+    """``uri`` in the form prefixes are compared in: a local path or ``file://`` URI as an
+    absolute, normalized path; another URI as it is. None for a URI with a ``..`` segment
+    (it could climb out of any prefix)."""
+    if _is_local(uri):
+        path = uri.removeprefix("file://")
+        return posixpath.normpath(posixpath.abspath(path)) if path else None
+    scheme, _, rest = uri.partition("://")
+    if ".." in rest.split("/"):
+        return None
+    return f"{scheme}://{rest}"
+
+
+def is_managed(uri: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``uri`` lies strictly below one of ``prefixes`` (the blobs flytecache may
+    delete). A prefix matches whole path segments (``s3://b/cache`` covers ``s3://b/cache/x``,
+    not ``s3://b/cache-old/x``), never itself, and local paths match ``file://`` URIs."""
+    target = _normalized(uri)
+    if target is None:
+        return False
+    for prefix in prefixes:
+        root = _normalized(prefix)
+        if root is not None and target.startswith(root.rstrip("/") + "/"):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDeletion:
+    """What :func:`delete_blobs` did: blobs deleted and their bytes, and those it could not
+    delete with the reason (a missing blob counts there too: nothing was freed)."""
+
+    deleted: int = 0
+    bytes: int = 0
+    failed: tuple[tuple[str, str], ...] = field(default=())
+
+    def __add__(self, other: BlobDeletion) -> BlobDeletion:
+        return BlobDeletion(
+            deleted=self.deleted + other.deleted,
+            bytes=self.bytes + other.bytes,
+            failed=self.failed + other.failed,
+        )
+
+
+def delete_blobs(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
+    """Delete each of ``uris`` under ``prefixes`` through fsspec (a directory with what it
+    holds); URIs outside them are left alone and not counted.
+
+    Never raises for a blob: one that cannot be measured or deleted (missing, no permission,
+    no fsspec backend for its scheme) is reported in :attr:`BlobDeletion.failed`. The caller
+    has already committed the removal of the entries, so a failure leaves a blob behind,
+    never an entry pointing at nothing.
+    """
+    deleted = freed = 0
+    failed: list[tuple[str, str]] = []
+    for uri in dict.fromkeys(uris):
+        if not is_managed(uri, prefixes):
+            continue
+        try:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(uri)
+            size = int(fs.du(path, total=True))
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            failed.append((uri, "does not exist"))
+            continue
+        except Exception as error:  # any backend's error: report it, go on with the rest
+            failed.append((uri, f"{type(error).__name__}: {error}"))
+            continue
+        deleted += 1
+        freed += size
+    return BlobDeletion(deleted=deleted, bytes=freed, failed=tuple(failed))

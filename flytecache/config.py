@@ -27,6 +27,8 @@ _DURATION_UNITS = {
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 LEASE_CLOCKS = ("auto", "database", "host")
+EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "none")
+Eviction = Literal["least-recently-stored", "least-recently-used", "none"]
 
 
 def parse_duration(text: str | float | timedelta, *, name: str = "duration") -> timedelta:
@@ -50,7 +52,9 @@ def parse_size(text: str | int, *, name: str = "size") -> int:
         return text
     match = _SIZE.match(str(text))
     if not match:
-        raise InvalidArgumentError(f"{name}: {text!r} is not a size (examples: 16MiB, 512k)")
+        raise InvalidArgumentError(
+            f"{name}: {text!r} is not a size (examples: 16MiB, 512k)", field=name
+        )
     number, unit = match.groups()
     return int(number) * _SIZE_UNITS[(unit or "b")[0].lower()]
 
@@ -108,6 +112,13 @@ def _env_bool(value: str, name: str) -> bool:
     raise InvalidArgumentError(f"{name}: {value!r} is not a boolean (use true/false)")
 
 
+def _env_int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgumentError(f"{name}: {value!r} is not an integer", field=name) from None
+
+
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     """How a :class:`~flytecache.CacheStore` behaves; every value is checked at construction.
@@ -153,6 +164,24 @@ class StoreSettings:
     fake clock keeps deciding), ``host`` on SQLite. ``database`` on SQLite is refused at open:
     SQLite has no clock of its own, every process reads its one host's (see
     docs/operations.md, Clocks)."""
+    max_size_bytes: int | None = None
+    """Limit on the entries' payload bytes (the sum of ``entries.size``, what ``db stats``
+    reports as ``payload_bytes``); above it the store evicts (see ``eviction``). None: no
+    limit, and puts cost exactly what they cost without this feature."""
+    max_entries: int | None = None
+    """Limit on the number of entries; None: no limit."""
+    eviction: Eviction = "least-recently-stored"
+    """Which entries go first when a limit is passed: ``least-recently-stored`` (oldest
+    ``last_updated_at``), ``least-recently-used`` (oldest of the last put and the last get,
+    recorded in memory and flushed in batches) or ``none`` (never evict; refused together
+    with a limit, which it would silently ignore). Used only with a limit."""
+    delete_blobs: bool = False
+    """When eviction or ``entries prune`` removes an entry whose output URI is under one of
+    ``blob_prefixes``, delete that blob too (through fsspec, after the row's removal is
+    committed). Off by default: flytecache then never deletes a blob."""
+    blob_prefixes: tuple[str, ...] = ()
+    """The URI prefixes whose blobs flytecache may delete (``s3://bucket/flyte-cache/``,
+    ``/data/outputs``); ``delete_blobs`` needs at least one."""
 
     def __post_init__(self) -> None:
         for name in ("max_heartbeat", "busy_timeout", "pool_timeout"):
@@ -198,6 +227,49 @@ class StoreSettings:
                 f"lease_clock must be 'auto', 'database' or 'host', got {self.lease_clock!r}",
                 field="lease_clock",
             )
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        for name in ("max_size_bytes", "max_entries"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidArgumentError(
+                    f"{name} must be a positive integer or None, got {value!r}", field=name
+                )
+        if self.eviction not in EVICTION_POLICIES:
+            raise InvalidArgumentError(
+                "eviction must be 'least-recently-stored', 'least-recently-used' or 'none', "
+                f"got {self.eviction!r}",
+                field="eviction",
+            )
+        if self.eviction == "none" and self.limited:
+            raise InvalidArgumentError(
+                "eviction='none' never evicts, so a max_size_bytes/max_entries limit would be "
+                "ignored: choose a policy or drop the limit",
+                field="eviction",
+            )
+        if not isinstance(self.delete_blobs, bool):
+            raise InvalidArgumentError("delete_blobs must be a bool", field="delete_blobs")
+        if not isinstance(self.blob_prefixes, tuple) or not all(
+            isinstance(prefix, str) and prefix.strip() for prefix in self.blob_prefixes
+        ):
+            raise InvalidArgumentError(
+                f"blob_prefixes must be a tuple of non-empty URI prefixes, got "
+                f"{self.blob_prefixes!r}",
+                field="blob_prefixes",
+            )
+        if self.delete_blobs and not self.blob_prefixes:
+            raise InvalidArgumentError(
+                "delete_blobs needs blob_prefixes: the URI prefixes flytecache may delete under",
+                field="blob_prefixes",
+            )
+
+    @property
+    def limited(self) -> bool:
+        """Whether a size or entry-count limit is set (then the store evicts)."""
+        return self.max_size_bytes is not None or self.max_entries is not None
 
     def replace(self, **changes: Any) -> StoreSettings:
         """A copy with ``changes`` applied (and validated)."""
@@ -212,7 +284,11 @@ class StoreSettings:
         ``FLYTECACHE_ALLOW_NETWORK_FILESYSTEM``, ``FLYTECACHE_POOL_SIZE``,
         ``FLYTECACHE_MAX_OVERFLOW``, ``FLYTECACHE_POOL_TIMEOUT``, ``FLYTECACHE_WAL_SIZE_LIMIT``
         (a size: ``64MiB``), ``FLYTECACHE_FILE_MODE`` (octal: ``600``, ``0640``),
-        ``FLYTECACHE_LEASE_CLOCK`` (``auto``, ``database`` or ``host``).
+        ``FLYTECACHE_LEASE_CLOCK`` (``auto``, ``database`` or ``host``),
+        ``FLYTECACHE_MAX_SIZE_BYTES`` (a size: ``10GiB``), ``FLYTECACHE_MAX_ENTRIES``,
+        ``FLYTECACHE_EVICTION`` (``least-recently-stored``, ``least-recently-used`` or
+        ``none``), ``FLYTECACHE_DELETE_BLOBS`` (true/false), ``FLYTECACHE_BLOB_PREFIXES``
+        (comma-separated URI prefixes). An empty limit variable means no limit.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -230,18 +306,21 @@ class StoreSettings:
                     raise InvalidArgumentError(f"{var}: {raw!r} is not a number") from None
             elif field.name == "synchronous":
                 values[field.name] = raw.strip().upper()
-            elif field.name == "lease_clock":
+            elif field.name in ("lease_clock", "eviction"):
                 values[field.name] = raw.strip().lower()
-            elif field.name == "allow_network_filesystem":
+            elif field.name == "max_size_bytes":
+                values[field.name] = parse_size(raw, name=var) if raw.strip() else None
+            elif field.name == "max_entries":
+                values[field.name] = _env_int(raw, var) if raw.strip() else None
+            elif field.name == "blob_prefixes":
+                values[field.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            elif field.name in ("allow_network_filesystem", "delete_blobs"):
                 values[field.name] = _env_bool(raw, var)
             elif field.name == "wal_size_limit":
                 values[field.name] = parse_size(raw, name=var)
             elif field.name == "file_mode":
                 values[field.name] = parse_file_mode(raw, name=var)
             else:
-                try:
-                    values[field.name] = int(raw)
-                except ValueError:
-                    raise InvalidArgumentError(f"{var}: {raw!r} is not an integer") from None
+                values[field.name] = _env_int(raw, var)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -61,6 +61,17 @@ def test_store_harness_smoke() -> None:
         assert all(r["median"] > 0 for r in results[op]["ratios"].values())
 
 
+def test_eviction_harness_smoke() -> None:
+    from benchmarks import eviction
+
+    results = eviction.run("smoke")
+    limit = results["limit"]
+    assert limit["samples"] > 0 and limit["evicted_entries"] > 0
+    assert limit["final_bytes"] <= limit["limit_bytes"]
+    for cell in ("put", "get"):
+        assert results[cell]["ratio"]["median"] > 0 and results[cell]["cpu_ratio"]["median"] > 0
+
+
 def test_key_cost_harness_smoke() -> None:
     results = bench_keys.run(repeats=1, n=5)
     assert set(results["us"]) == set(bench_keys.IMPLS)

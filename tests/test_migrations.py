@@ -36,7 +36,7 @@ def _tables(engine: sa.Engine) -> set[str]:
 
 def test_single_head() -> None:
     assert len(migrate._script().get_heads()) == 1
-    assert migrate.head_revision() == "0002_payload"
+    assert migrate.head_revision() == "0003_accessed_at"
 
 
 def test_empty_to_head(engine: sa.Engine) -> None:
@@ -98,3 +98,32 @@ def test_newer_database_is_refused_on_any_backend(engine: sa.Engine, empty_url: 
 def test_empty_database_without_migrate_is_refused_on_any_backend(empty_url: str) -> None:
     with pytest.raises(SchemaError, match="flytecache db upgrade"):
         CacheStore.open(empty_url, migrate=False)
+
+
+def _entry_columns(engine: sa.Engine) -> set[str]:
+    return {column["name"] for column in sa.inspect(engine).get_columns("entries")}
+
+
+def test_0003_adds_accessed_at_and_its_downgrade_keeps_the_entries(
+    engine: sa.Engine, empty_url: str
+) -> None:
+    migrate.upgrade(engine, "0002_payload")
+    assert "accessed_at" not in _entry_columns(engine)
+    with engine.begin() as conn:  # a row as a 0002 store wrote it
+        conn.exec_driver_sql(
+            "INSERT INTO entries (key, project, domain, name, version, org, created_at,"
+            " last_updated_at, output_uri, size, payload)"
+            " VALUES ('k', '', '', '', '', '', 1, 2, 's3://b/k', 8, NULL)"
+        )
+    migrate.upgrade(engine)
+    assert "accessed_at" in _entry_columns(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT key, accessed_at FROM entries").all() == [("k", None)]
+        conn.exec_driver_sql("UPDATE entries SET accessed_at = 3")
+        conn.commit()
+    migrate.downgrade(engine, "0002_payload")
+    assert "accessed_at" not in _entry_columns(engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT key, size FROM entries").all() == [("k", 8)]
+    migrate.upgrade(engine)
+    assert migrate.check_models_match(engine) == []

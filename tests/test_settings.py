@@ -139,3 +139,55 @@ def test_cachestore_open_reads_the_environment_like_the_cli(
     explicit = StoreSettings(synchronous="NORMAL")
     with CacheStore.open(tmp_path / "c.db", settings=explicit) as store:
         assert store.settings.synchronous == "NORMAL"  # an explicit setting wins
+
+
+def test_limits_default_to_none_no_evictor():
+    settings = StoreSettings()
+    assert settings.max_size_bytes is None and settings.max_entries is None
+    assert settings.eviction == "least-recently-stored" and not settings.limited
+    assert settings.delete_blobs is False and settings.blob_prefixes == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"max_size_bytes": 0}, "max_size_bytes"),
+        ({"max_size_bytes": -1}, "max_size_bytes"),
+        ({"max_size_bytes": "10GiB"}, "max_size_bytes"),
+        ({"max_size_bytes": True}, "max_size_bytes"),
+        ({"max_entries": 0}, "max_entries"),
+        ({"max_entries": 1.5}, "max_entries"),
+        ({"eviction": "lru"}, "eviction"),
+        ({"eviction": "none", "max_entries": 10}, "eviction"),
+        ({"delete_blobs": "yes", "blob_prefixes": ("s3://b/",)}, "delete_blobs"),
+        ({"delete_blobs": True}, "blob_prefixes"),
+        ({"blob_prefixes": ["s3://b/"]}, "blob_prefixes"),
+        ({"blob_prefixes": ("",)}, "blob_prefixes"),
+    ],
+    ids=repr,
+)
+def test_limit_settings_validation_names_the_field(changes: dict[str, Any], field: str):
+    with pytest.raises(InvalidArgumentError) as info:
+        StoreSettings(**changes)
+    assert info.value.fields["field"] == field
+
+
+def test_limit_settings_from_env():
+    environ = {
+        "FLYTECACHE_MAX_SIZE_BYTES": "10GiB",
+        "FLYTECACHE_MAX_ENTRIES": "1000000",
+        "FLYTECACHE_EVICTION": " Least-Recently-Used ",
+        "FLYTECACHE_DELETE_BLOBS": "true",
+        "FLYTECACHE_BLOB_PREFIXES": "s3://bucket/cache/, /data/outputs,,",
+    }
+    settings = StoreSettings.from_env(environ)
+    assert settings.max_size_bytes == 10 * 1024**3 and settings.max_entries == 1_000_000
+    assert settings.eviction == "least-recently-used" and settings.limited
+    assert settings.delete_blobs is True
+    assert settings.blob_prefixes == ("s3://bucket/cache/", "/data/outputs")
+    empty = {"FLYTECACHE_MAX_SIZE_BYTES": "", "FLYTECACHE_MAX_ENTRIES": " "}
+    assert not StoreSettings.from_env(empty).limited
+    with pytest.raises(InvalidArgumentError, match="FLYTECACHE_MAX_SIZE_BYTES"):
+        StoreSettings.from_env({"FLYTECACHE_MAX_SIZE_BYTES": "big"})
+    with pytest.raises(InvalidArgumentError, match="FLYTECACHE_MAX_ENTRIES"):
+        StoreSettings.from_env({"FLYTECACHE_MAX_ENTRIES": "many"})

@@ -59,6 +59,16 @@ def _check_file_mode_option(value: str) -> str:
     return value
 
 
+BlobPrefixOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="URI",
+        help="A URI prefix whose blobs --delete-blobs may delete (repeatable; default: "
+        "FLYTECACHE_BLOB_PREFIXES, comma-separated).",
+    ),
+]
+
+
 FileModeOption = Annotated[
     str,
     typer.Option(
@@ -296,6 +306,19 @@ def parse_duration_option(value: str | None) -> timedelta | None:
         return parse_duration(value, name="duration")
     except InvalidArgumentError as error:
         raise typer.BadParameter(str(error).removeprefix("duration: ")) from None
+
+
+def parse_size_option(value: str | None) -> int | None:
+    """Parse a size option (``5GiB``, ``512MiB``, ``1048576``) for typer."""
+    if value is None or isinstance(value, int):
+        return value
+    from flytecache.config import parse_size
+    from flytecache.errors import InvalidArgumentError
+
+    try:
+        return parse_size(value)
+    except InvalidArgumentError as error:
+        raise typer.BadParameter(str(error).removeprefix("size: ")) from None
 
 
 def plural(count: int, one: str, many: str) -> str:

@@ -117,6 +117,11 @@ def prune_json(result: PruneResult) -> dict[str, Any]:
         "batches": result.batches,
         "dry_run": result.dry_run,
         "longest_batch_seconds": round(result.longest_batch_seconds, 6),
+        "blobs": {
+            "deleted": result.blobs.deleted,
+            "bytes": result.blobs.bytes,
+            "failed": [{"uri": uri, "error": reason} for uri, reason in result.blobs.failed],
+        },
     }
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from flytecache.cli import _present as present
 from flytecache.cli._common import (
     DEFAULT_DB,
+    BlobPrefixOption,
     DbOption,
     JsonOption,
     VerboseOption,
@@ -24,10 +25,12 @@ from flytecache.cli._common import (
     human_time,
     open_store,
     parse_duration_option,
+    parse_size_option,
     plural,
     print_json,
     progress,
     stdout_console,
+    usage_error,
 )
 from flytecache.cli._listing import (
     Column,
@@ -42,7 +45,8 @@ from flytecache.cli._listing import (
 )
 
 if TYPE_CHECKING:
-    from flytecache.store.admin import EntryFilter, EntrySummary
+    from flytecache.store import CacheStore
+    from flytecache.store.admin import EntryFilter, EntrySummary, PruneResult
 
 app = typer.Typer(help="Inspect and manage entries.", no_args_is_help=True)
 
@@ -339,16 +343,38 @@ def remove(
             raise typer.Exit(1)
 
 
+EvictionChoice = Literal["least-recently-stored", "least-recently-used"]
+
+
 @app.command()
 def prune(
     older_than: Annotated[
-        timedelta,
+        timedelta | None,
         typer.Option(
             parser=parse_duration_option,
             metavar="DURATION",
             help=f"Remove entries last updated more than DURATION ago ({_DURATIONS}).",
         ),
-    ],
+    ] = None,
+    to_size: Annotated[
+        int | None,
+        typer.Option(
+            parser=parse_size_option,
+            metavar="SIZE",
+            help="Remove entries, oldest first, until their payload is at most SIZE (5GiB).",
+        ),
+    ] = None,
+    to_count: Annotated[
+        int | None,
+        typer.Option(min=0, help="Remove entries, oldest first, until at most N remain."),
+    ] = None,
+    eviction: Annotated[
+        EvictionChoice,
+        typer.Option(
+            help="With --to-size/--to-count, which go first: least recently stored, or least "
+            "recently used (reads as recorded by stores evicting that way)."
+        ),
+    ] = "least-recently-stored",
     project: ProjectOption = None,
     domain: DomainOption = None,
     name: NameOption = None,
@@ -356,6 +382,16 @@ def prune(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", metavar="", help="Only count what would be removed.")
     ] = False,
+    delete_blobs: Annotated[
+        bool,
+        typer.Option(
+            "--delete-blobs",
+            metavar="",
+            help="Also delete each removed entry's output blob under a --blob-prefix, after "
+            "the removal commits (failures are reported, not fatal).",
+        ),
+    ] = False,
+    blob_prefix: BlobPrefixOption = None,
     batch_size: Annotated[
         int, typer.Option(min=1, max=10_000, help="Entries removed per write transaction.")
     ] = 500,
@@ -364,36 +400,115 @@ def prune(
     json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Remove old entries in small batches (concurrent writers are never blocked for long)."""
+    """Remove old entries, or the oldest down to a size or count, in small batches (concurrent
+    writers are never blocked for long; entries whose key has a live reservation stay when
+    pruning to a size or count)."""
+    by_age = older_than is not None
+    by_size = to_size is not None or to_count is not None
+    if by_age == by_size:
+        raise usage_error("give --older-than, or --to-size and/or --to-count (not both)")
+    if by_size and any(v is not None for v in (project, domain, name, version)):
+        raise usage_error("--project/--domain/--name/--version filter --older-than only")
     with cli_errors(verbose):
-        from flytecache.store import admin
-
-        where = _filter(project, domain, name, version, older_than, None)
         with open_store(db) as store:
-            now = store.now_us()
-            count, size = admin.count_entries(store, where, now_us=now)
-            if dry_run:
-                result = admin.PruneResult(entries=count, bytes=size, batches=0, dry_run=True)
+            prefixes = tuple(blob_prefix or store.settings.blob_prefixes)
+            if delete_blobs and not prefixes:
+                raise usage_error(
+                    "--delete-blobs needs --blob-prefix (or FLYTECACHE_BLOB_PREFIXES)"
+                )
+            blobs = prefixes if delete_blobs else None
+            if by_size:
+                result = _prune_to(
+                    store, to_size, to_count, eviction, dry_run, batch_size, blobs, yes
+                )
             else:
-                if count:
-                    confirm(
-                        f"remove {plural(count, 'entry', 'entries')} ({human_bytes(size)}) "
-                        "last updated before "
-                        f"{human_time(now - older_than // timedelta(microseconds=1))}",
-                        yes=yes,
-                    )
-                with progress("pruning", total=count) as update:
-                    done = 0
-
-                    def advance(entries: int, _bytes: int) -> None:
-                        nonlocal done
-                        done += entries
-                        update(done, max(count, done))
-
-                    result = admin.prune(
-                        store, where, now_us=now, batch_size=batch_size, on_batch=advance
-                    )
+                assert older_than is not None
+                where = _filter(project, domain, name, version, older_than, None)
+                result = _prune_by_age(store, where, older_than, dry_run, batch_size, blobs, yes)
         if json:
             print_json(present.prune_json(result))
         verb = "would remove" if dry_run else "removed"
         err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({human_bytes(result.bytes)})")
+        if delete_blobs and not dry_run:
+            err(
+                f"deleted {plural(result.blobs.deleted, 'blob', 'blobs')} "
+                f"({human_bytes(result.blobs.bytes)})"
+            )
+            for uri, reason in result.blobs.failed:
+                err(f"warning: could not delete blob {uri}: {reason}")
+
+
+def _prune_by_age(
+    store: CacheStore,
+    where: EntryFilter,
+    older_than: timedelta,
+    dry_run: bool,
+    batch_size: int,
+    blobs: tuple[str, ...] | None,
+    yes: bool,
+) -> PruneResult:
+    from flytecache.store import admin
+
+    now = store.now_us()
+    count, size = admin.count_entries(store, where, now_us=now)
+    if dry_run:
+        return admin.PruneResult(entries=count, bytes=size, batches=0, dry_run=True)
+    if count:
+        confirm(
+            f"remove {plural(count, 'entry', 'entries')} ({human_bytes(size)}) "
+            f"last updated before {human_time(now - older_than // timedelta(microseconds=1))}",
+            yes=yes,
+        )
+    with progress("pruning", total=count) as update:
+        return admin.prune(
+            store,
+            where,
+            now_us=now,
+            batch_size=batch_size,
+            on_batch=_advance(update, count),
+            blob_prefixes=blobs,
+        )
+
+
+def _prune_to(
+    store: CacheStore,
+    to_size: int | None,
+    to_count: int | None,
+    policy: EvictionChoice,
+    dry_run: bool,
+    batch_size: int,
+    blobs: tuple[str, ...] | None,
+    yes: bool,
+) -> PruneResult:
+    from flytecache.store import admin
+
+    planned = admin.prune_to(store, size=to_size, count=to_count, policy=policy, dry_run=True)
+    if dry_run:
+        return planned
+    if planned.entries:
+        confirm(
+            f"remove {plural(planned.entries, 'entry', 'entries')} "
+            f"({human_bytes(planned.bytes)}), {policy.replace('-', ' ')} first",
+            yes=yes,
+        )
+    with progress("pruning", total=planned.entries) as update:
+        return admin.prune_to(
+            store,
+            size=to_size,
+            count=to_count,
+            policy=policy,
+            batch_size=batch_size,
+            on_batch=_advance(update, planned.entries),
+            blob_prefixes=blobs,
+        )
+
+
+def _advance(update: Callable[..., None], count: int) -> Callable[[int, int], None]:
+    done = 0
+
+    def advance(entries: int, _bytes: int) -> None:
+        nonlocal done
+        done += entries
+        update(done, max(count, done))
+
+    return advance

@@ -11,12 +11,15 @@ import typer
 from flytecache.cli._common import (
     DEFAULT_DB,
     DEFAULT_FILE_MODE,
+    BlobPrefixOption,
     DbOption,
     FileModeOption,
     VerboseOption,
     cli_errors,
 )
 
+_OPTION_OF_FIELD = {"max_size_bytes": "--max-size", "blob_prefixes": "--blob-prefix"}
+"""Settings whose option is not named after the field."""
 _PORT = re.compile(r"^(?:\w+://)?(?:[^:]*:)?(\d{1,5})$")
 
 
@@ -152,6 +155,39 @@ def register(app: typer.Typer) -> None:
                 "(also the HTTP protocol).",
             ),
         ] = "info",
+        max_size: Annotated[
+            str | None,
+            typer.Option(
+                envvar="FLYTECACHE_MAX_SIZE_BYTES",
+                help="Keep the entries' payload under this (e.g. 10GiB), evicting by --eviction "
+                "(default: no limit).",
+            ),
+        ] = None,
+        max_entries: Annotated[
+            int | None,
+            typer.Option(
+                envvar="FLYTECACHE_MAX_ENTRIES",
+                help="Keep at most this many entries, evicting by --eviction (default: no limit).",
+            ),
+        ] = None,
+        eviction: Annotated[
+            str,
+            typer.Option(
+                envvar="FLYTECACHE_EVICTION",
+                help="Which entries a limit evicts first: least-recently-stored, "
+                "least-recently-used (reads recorded in memory, flushed every second) or none.",
+            ),
+        ] = "least-recently-stored",
+        delete_blobs: Annotated[
+            bool,
+            typer.Option(
+                "--delete-blobs",
+                envvar="FLYTECACHE_DELETE_BLOBS",
+                help="Also delete an evicted entry's output blob when it is under a "
+                "--blob-prefix (after the eviction commits).",
+            ),
+        ] = False,
+        blob_prefix: BlobPrefixOption = None,
         ui: Annotated[
             bool,
             typer.Option(
@@ -191,6 +227,11 @@ def register(app: typer.Typer) -> None:
                 wal_size_limit=parse_size(wal_size_limit, name="--wal-size-limit"),
                 file_mode=parse_file_mode(file_mode, name="--file-mode"),
                 lease_clock=lease_clock.strip().lower(),
+                max_size_bytes=parse_size(max_size, name="--max-size") if max_size else None,
+                max_entries=max_entries,
+                eviction=eviction.strip().lower(),
+                delete_blobs=delete_blobs or None,
+                blob_prefixes=tuple(blob_prefix) if blob_prefix else None,
             )
             settings = ServerSettings(
                 host=host,
@@ -214,7 +255,9 @@ def register(app: typer.Typer) -> None:
             field = error.fields.get("field")
             option = None
             if isinstance(field, str):
-                option = field if field.startswith("--") else f"--{field.replace('_', '-')}"
+                option = _OPTION_OF_FIELD.get(field) or (
+                    field if field.startswith("--") else f"--{field.replace('_', '-')}"
+                )
             raise typer.BadParameter(str(error), param_hint=option and f"'{option}'") from None
         with cli_errors(verbose):
             run_server(

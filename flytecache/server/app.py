@@ -508,6 +508,9 @@ def build_app(
 
     _warn_if_readable_by_others(store)
     metrics = Metrics(entry_count)
+    if store.evictor is not None:
+        metrics.watch_eviction(store.evictor.stats.snapshot)
+        store.evictor.start()  # a database already over the limit is evicted at once
     service = StoreCacheService(store, threads=threads, metrics=metrics, schema=schema)
     ui = None
     if settings.ui:

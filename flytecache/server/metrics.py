@@ -75,13 +75,48 @@ class _Limits(Collector):
             "Request body bytes held (see --max-inflight-bytes).",
             value=values["bytes_in_flight"],
         )
-        for name, help_text in (
-            ("connections_evicted", "Idle connections closed to make room at --max-connections."),
-            ("connections_refused", "Connections refused with 503: every one was busy."),
-            ("connections_timed_out", "Connections closed for missing --header-timeout."),
-            ("requests_over_budget", "Requests refused by --max-inflight-bytes."),
-        ):
-            yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
+        yield from _counters(values, _LIMIT_COUNTERS)
+
+
+_LIMIT_COUNTERS = (
+    ("connections_evicted", "Idle connections closed to make room at --max-connections."),
+    ("connections_refused", "Connections refused with 503: every one was busy."),
+    ("connections_timed_out", "Connections closed for missing --header-timeout."),
+    ("requests_over_budget", "Requests refused by --max-inflight-bytes."),
+)
+
+
+def _counters(
+    values: dict[str, float], table: tuple[tuple[str, str], ...]
+) -> Iterator[CounterMetricFamily]:
+    """``flytecache_<name>`` counters from ``values``, one per ``(name, help)`` of ``table``."""
+    for name, help_text in table:
+        yield CounterMetricFamily(f"flytecache_{name}", help_text, value=values[name])
+
+
+_EVICTION_COUNTERS = (
+    ("evicted_entries", "Entries removed by eviction to keep --max-size/--max-entries."),
+    ("evicted_bytes", "Payload bytes (entries.size) removed by eviction."),
+    ("eviction_batches", "Eviction batches (one short write transaction each)."),
+    ("blobs_deleted", "Output blobs of evicted entries deleted (--delete-blobs)."),
+    ("blob_bytes_deleted", "Bytes of the output blobs deleted (--delete-blobs)."),
+    ("blob_delete_failures", "Output blobs of evicted entries that could not be deleted."),
+    ("recency_flushed", "Read times written for least-recently-used eviction."),
+    ("recency_dropped", "Reads not recorded because the pending set was full (recency only)."),
+)
+
+
+class _Eviction(Collector):
+    """The store evictor's counters (``CacheStore.evictor.stats``), read when scraped."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _counters(self._read(), _EVICTION_COUNTERS)
 
 
 class Metrics:
@@ -154,6 +189,10 @@ class Metrics:
         ``connections_evicted``, ``connections_refused``, ``connections_timed_out``,
         ``requests_over_budget`` (counters)."""
         self.registry.register(_Limits(read))
+
+    def watch_eviction(self, read: Callable[[], dict[str, float]]) -> None:
+        """Export the eviction counters ``read`` returns (``EvictionStats.snapshot``)."""
+        self.registry.register(_Eviction(read))
 
     def observe(self, rpc: str, code: str, seconds: float) -> None:
         """Count one finished request."""

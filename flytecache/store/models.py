@@ -83,6 +83,10 @@ class Entry(Base):
     """The ``CachedOutput`` wire bytes as written, less the source identifier and the
     timestamps (held by the columns above): see ``store/codec.py``. NULL when the payload is
     larger than ``codec.SPILL_BYTES`` and lives in ``outputs``."""
+    accessed_at: Mapped[int | None] = mapped_column(BigInteger)
+    """Microseconds since the epoch, UTC: the last get, as flushed in batches by a store
+    evicting least-recently-used (revision 0003); NULL when never read (or never flushed).
+    Puts do not write it: an entry's recency is the later of this and ``last_updated_at``."""
 
     # Listings: newest first overall (last_updated_at), and per task newest first without a
     # sort. Each index is one more b-tree page a put writes; none other is kept.

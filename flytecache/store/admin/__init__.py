@@ -24,6 +24,7 @@ from flytecache.store.admin.entries import (
     get_entry,
     iter_entries,
     prune,
+    prune_to,
 )
 from flytecache.store.admin.maintenance import (
     BackupResult,
@@ -103,6 +104,7 @@ __all__ = [
     "other_connections",
     "overview",
     "prune",
+    "prune_to",
     "require_sqlite",
     "search_reservations",
     "sqlite_files",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -11,11 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 from google.protobuf.message import DecodeError
 
+from flytecache.blobs import BlobDeletion, delete_blobs
+from flytecache.config import Eviction
 from flytecache.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from flytecache.store import codec
+from flytecache.store import codec, eviction
 from flytecache.store.admin._base import (
     BATCH,
     ENTRIES,
@@ -325,16 +327,8 @@ def delete_entries(store: CacheStore, keys: Iterable[str]) -> DeleteResult:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """What :func:`prune` removed (or would remove, with ``dry_run``)."""
-
-    entries: int
-    bytes: int
-    batches: int
-    dry_run: bool
-    longest_batch_seconds: float = 0.0
-    """Longest time one batch held the write lock."""
+PruneResult = eviction.EvictionResult
+"""What :func:`prune` or :func:`prune_to` removed (or would remove, with ``dry_run``)."""
 
 
 def prune(
@@ -345,6 +339,7 @@ def prune(
     dry_run: bool = False,
     batch_size: int = BATCH,
     on_batch: Callable[[int, int], None] | None = None,
+    blob_prefixes: Sequence[str] | None = None,
 ) -> PruneResult:
     """Delete the entries matching ``where`` (which must set ``older_than``) in batches.
 
@@ -352,7 +347,9 @@ def prune(
     the pruner sleeps about as long as it held the lock, so concurrent writers (whose busy
     handlers poll for the lock) get in between batches instead of waiting for the whole prune.
     The age cut-off is fixed when the prune starts: entries written meanwhile are never touched.
-    ``on_batch(entries, bytes)`` is called after each batch (for progress bars).
+    ``on_batch(entries, bytes)`` is called after each batch (for progress bars). With
+    ``blob_prefixes``, the blobs of removed entries under them are deleted after each batch
+    commits (:func:`flytecache.blobs.delete_blobs`: failures are reported, never raised).
     """
     if where.older_than is None:
         raise InvalidArgumentError("prune needs an age (older_than)", field="older_than")
@@ -365,26 +362,79 @@ def prune(
     engine = store.engine
     clauses = where.clauses(now)
     victims = sa.select(ENTRIES.c.id).where(*clauses).limit(batch_size)
-    statement = sa.delete(ENTRIES).where(ENTRIES.c.id.in_(victims)).returning(ENTRIES.c.size)
+    statement = (
+        sa.delete(ENTRIES)
+        .where(ENTRIES.c.id.in_(victims))
+        .returning(ENTRIES.c.size, ENTRIES.c.output_uri)
+    )
     entries = total = batches = 0
     longest = 0.0
+    blobs = BlobDeletion()
     while True:
         with write_connection(engine) as conn:
             started = time.monotonic()
-            sizes = conn.execute(statement).scalars().all()
+            rows = conn.execute(statement).all()
         held = time.monotonic() - started
-        if not sizes:
+        if not rows:
             break
         batches += 1
         longest = max(longest, held)
-        entries += len(sizes)
-        removed = int(sum(sizes))
+        entries += len(rows)
+        removed = int(sum(size for size, _ in rows))
         total += removed
+        if blob_prefixes:
+            blobs = blobs + delete_blobs([uri for _, uri in rows if uri], blob_prefixes)
         if on_batch is not None:
-            on_batch(len(sizes), removed)
+            on_batch(len(rows), removed)
         # Writers poll for the lock with backoff; leaving it free about half the time lets them
         # in between batches, so their wait is bounded by one batch, not the whole prune.
         time.sleep(min(max(held, 0.002), 0.05))
     return PruneResult(
-        entries=entries, bytes=total, batches=batches, dry_run=False, longest_batch_seconds=longest
+        entries=entries,
+        bytes=total,
+        batches=batches,
+        dry_run=False,
+        longest_batch_seconds=longest,
+        blobs=blobs,
+    )
+
+
+def prune_to(
+    store: CacheStore,
+    *,
+    size: int | None = None,
+    count: int | None = None,
+    policy: Eviction = "least-recently-stored",
+    dry_run: bool = False,
+    batch_size: int = BATCH,
+    on_batch: Callable[[int, int], None] | None = None,
+    blob_prefixes: Sequence[str] | None = None,
+) -> PruneResult:
+    """Delete entries, oldest first by ``policy``, until at most ``count`` remain holding at
+    most ``size`` payload bytes (``entries.size`` summed, as ``db stats`` counts it).
+
+    The store's own eviction (see ``flytecache/store/eviction.py``): batches re-check their
+    victims, entries whose key has a live reservation stay, and the eviction lease keeps it
+    from racing a store's background evictor. ``dry_run`` only counts what would go.
+    """
+    if policy not in ("least-recently-stored", "least-recently-used"):
+        raise InvalidArgumentError(
+            f"policy must be least-recently-stored or least-recently-used, got {policy!r}",
+            field="eviction",
+        )
+    if dry_run:
+        return eviction.plan(store, max_bytes=size, max_entries=count, policy=policy)
+
+    def progress(victims: list[eviction.Victim], _held: float, _blobs: BlobDeletion) -> None:
+        if on_batch is not None:
+            on_batch(len(victims), sum(v.size for v in victims))
+
+    return eviction.evict(
+        store,
+        max_bytes=size,
+        max_entries=count,
+        policy=policy,
+        batch_size=batch_size,
+        blob_prefixes=blob_prefixes,
+        on_batch=progress,
     )

@@ -1,0 +1,168 @@
+"""``entries prune --to-size/--to-count`` (oldest first, live leases kept, ``--dry-run``,
+``--json``) and ``--delete-blobs`` with real local files and fsspec's in-memory filesystem."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from _cli import BACKENDS, Clock, as_json, fails, new_db_on, open_store, put_uri, run
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_db_on(request.param, request, tmp_path)
+
+
+def uri(n: int) -> str:
+    return f"s3://bucket/{n:04}"  # 16 bytes: entries.size of a URI entry is its length
+
+
+@pytest.fixture
+def twenty(db: str) -> str:
+    """Twenty URI entries e00 (oldest) .. e19, 16 payload bytes each; e01 holds a live lease."""
+    clock = Clock()
+    with open_store(db, clock) as store:
+        for i in range(20):
+            clock.at((30 - i) * DAY)
+            put_uri(store, f"e{i:02}", uri(i))
+        clock.at(timedelta(0))
+        store.get_or_extend_reservation("e01", "worker", timedelta(seconds=10))
+    return db
+
+
+def prune(db: str, *args: str, **env: str) -> Any:
+    """``entries prune ARGS --yes --json``: its report."""
+    return as_json(run(db, "entries", "prune", *args, "--yes", "--json", **env))
+
+
+def keys(db: str) -> list[str]:
+    return sorted(e["key"] for e in as_json(run(db, "entries", "ls", "--json", "--limit", "0")))
+
+
+def test_prune_to_size_dry_run_then_for_real(twenty: str) -> None:
+    dry = as_json(run(twenty, "entries", "prune", "--to-size", "160", "--dry-run", "--json"))
+    assert (dry["entries"], dry["bytes"], dry["dry_run"]) == (10, 160, True)
+    assert len(keys(twenty)) == 20
+    result = run(
+        twenty, "entries", "prune", "--to-size", "160", "--batch-size", "3", "--yes", "--json"
+    )
+    report = as_json(result)
+    assert (report["entries"], report["bytes"], report["batches"]) == (10, 160, 4)
+    assert "removed 10 entries (160 B)" in result.stderr
+    # The oldest went, except e01 whose key has a live reservation.
+    assert keys(twenty) == ["e01", *(f"e{i:02}" for i in range(11, 20))]
+
+
+def test_prune_to_count(twenty: str) -> None:
+    report = prune(twenty, "--to-count", "5")
+    assert report["entries"] == 15
+    assert keys(twenty) == ["e01", "e16", "e17", "e18", "e19"]
+    again = prune(twenty, "--to-count", "5")
+    assert again["entries"] == 0 and again["batches"] == 0
+
+
+def test_prune_to_size_and_count_together_satisfies_both(twenty: str) -> None:
+    report = prune(twenty, "--to-size", "1KiB", "--to-count", "18")
+    assert report["entries"] == 2  # 1 KiB holds all 20; 18 entries is the binding limit
+
+
+def test_prune_least_recently_used_uses_recorded_reads(db: str) -> None:
+    from flytecache import CacheStore, StoreSettings
+
+    settings = StoreSettings(max_entries=1000, eviction="least-recently-used")
+    clock = Clock()
+    with CacheStore.open(db, settings=settings, clock=clock) as store:
+        for i in range(4):
+            clock.at((10 - i) * DAY)
+            put_uri(store, f"e{i}", uri(i))
+        clock.at(DAY)
+        store.get("e0")  # flushed when the store closes
+    report = prune(db, "--to-count", "2", "--eviction", "least-recently-used")
+    assert report["entries"] == 2 and keys(db) == ["e0", "e3"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--to-size", "1k", "--older-than", "1d"),
+        (),
+        ("--to-count", "1", "--project", "p"),
+        ("--to-count", "1", "--delete-blobs"),
+    ],
+    ids=repr,
+)
+def test_prune_usage_errors(twenty: str, args: tuple[str, ...]) -> None:
+    fails(run(twenty, "entries", "prune", *args, "--yes"), code=2)
+
+
+def test_prune_rejects_a_bad_size(twenty: str) -> None:
+    result = run(twenty, "entries", "prune", "--to-size", "lots")
+    assert result.exit_code == 2 and "not a size" in result.stderr
+
+
+def test_delete_blobs_local_files_and_a_failure(db: str, tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    outside = tmp_path / "outside"
+    clock = Clock()
+    with open_store(db, clock) as store:
+        for i in range(4):
+            path = blobs / f"run-{i}" / "outputs.pb"
+            path.parent.mkdir(parents=True)
+            path.write_bytes(b"x" * 100 * (i + 1))
+            clock.at((10 - i) * DAY)
+            target = f"file://{path}" if i % 2 else str(path.parent)
+            put_uri(store, f"e{i}", target)
+        clock.at(5 * DAY)
+        put_uri(store, "gone", str(blobs / "never-written"))
+        clock.at(4 * DAY)
+        outside.write_bytes(b"keep")
+        put_uri(store, "outside", str(outside))
+    result = run(
+        db,
+        "entries",
+        "prune",
+        "--older-than",
+        "3d",
+        "--delete-blobs",
+        "--blob-prefix",
+        str(blobs),
+        "--yes",
+        "--json",
+    )
+    report = as_json(result)
+    assert report["entries"] == 6
+    # e0 and e2 are directories, e1 and e3 files: 100 + 200 + 300 + 400 bytes freed.
+    assert report["blobs"]["deleted"] == 4 and report["blobs"]["bytes"] == 1000
+    assert report["blobs"]["failed"] == [
+        {"uri": str(blobs / "never-written"), "error": "does not exist"}
+    ]
+    assert "could not delete blob" in result.stderr
+    assert sorted(p.name for p in blobs.iterdir()) == ["run-1", "run-3"]  # empty dirs stay
+    assert not any(blobs.rglob("outputs.pb"))
+    assert outside.read_bytes() == b"keep"  # not under a managed prefix
+
+
+def test_delete_blobs_memory_filesystem_by_size_and_env_prefixes(db: str) -> None:
+    fs = fsspec.filesystem("memory")
+    clock = Clock()
+    with open_store(db, clock) as store:
+        for i in range(5):
+            fs.pipe(f"/flyte/cache/{i}/outputs.pb", b"y" * 10)
+            clock.at((10 - i) * DAY)
+            put_uri(store, f"e{i}", f"memory://flyte/cache/{i}/outputs.pb")
+    report = prune(
+        db, "--to-count", "2", "--delete-blobs", FLYTECACHE_BLOB_PREFIXES="memory://flyte/cache"
+    )
+    assert report["entries"] == 3
+    assert report["blobs"] == {"deleted": 3, "bytes": 30, "failed": []}
+    assert sorted(fs.find("/flyte/cache")) == [
+        "/flyte/cache/3/outputs.pb",
+        "/flyte/cache/4/outputs.pb",
+    ]
+    fs.rm("/flyte", recursive=True)
