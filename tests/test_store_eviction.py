@@ -18,7 +18,7 @@ from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import literals_pb2
 
 from flytecache import CacheStore, StoreSettings
-from flytecache.errors import NotFoundError
+from flytecache.errors import NotFoundError, StorageBusyError
 from flytecache.store import eviction
 
 SIZE = 1_000
@@ -411,3 +411,34 @@ def test_a_prune_that_loses_the_eviction_lease_stops(
         assert len(keys(store)) == 8  # the one batch before the loss
         holder = store.get_or_extend_reservation(eviction.LEASE_KEY, "me")
         assert holder.owner_id == "another-evictor"  # not released by the loser
+
+
+def test_nowait_puts_never_wait_for_the_eviction_turn(tmp_path: Path) -> None:
+    """The server's event loop puts through ``nowait()``: while this process's evictor holds
+    the write turn, such a put is refused at once (and writes nothing) instead of waiting."""
+    with limited(str(tmp_path / "c.db"), max_size_bytes=100 * ONE) as store:
+        loop_store = store.nowait()
+        evictor = store.evictor
+        assert evictor is not None
+        # An eviction batch is writing:
+        with evictor.gate, pytest.raises(StorageBusyError, match="eviction batch"):
+            loop_store.put("refused", output())
+        with pytest.raises(NotFoundError):
+            store.get("refused")
+        loop_store.put("later", output())  # the turn is free again
+        assert store.get("later").output_literals == loop_store.get("later").output_literals
+
+
+def test_nowait_puts_go_elsewhere_when_eviction_is_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a put would wait for the evictor (backpressure), ``nowait()`` refuses it before
+    writing. Simulated (``behind`` patched): a real evictor catches up too fast to be caught
+    behind deterministically."""
+    with limited(str(tmp_path / "c.db"), max_size_bytes=100 * ONE) as store:
+        monkeypatch.setattr(eviction.Evictor, "behind", lambda self: True)
+        with pytest.raises(StorageBusyError, match="behind"):
+            store.nowait().put("refused", output())
+        with pytest.raises(NotFoundError):
+            store.get("refused")
+        store.put("waits", output())  # a put that may wait is never refused for it

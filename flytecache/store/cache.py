@@ -317,7 +317,9 @@ class CacheStore:
 
         A call that would wait for a lock held by another connection (a writer elsewhere)
         raises :class:`~flytecache.errors.StorageBusyError` at once, having changed nothing;
-        every other call behaves as on this store. Its commits leave WAL checkpoints to the
+        every other call behaves as on this store. With a size limit, a put is refused the same
+        way rather than wait for this process's eviction batch or for the evictor to catch up
+        (see ``Evictor.added``). Its commits leave WAL checkpoints to the
         store's other connections and to explicit checkpoints, since a checkpoint writes and
         syncs the database file. For a caller that must not block (``flytecache serve`` runs
         these calls on its event loop and queues for a thread only when they are refused).
