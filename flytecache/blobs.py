@@ -5,15 +5,23 @@ SPEC §5.3)."""
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from flyteidl2.core import literals_pb2
 
-from flytecache.errors import NotFoundError, StaleEntryError, StorageError
+from flytecache.errors import InvalidArgumentError, NotFoundError, StaleEntryError, StorageError
 
-__all__ = ["BlobDeletion", "check_uri_exists", "delete_blobs", "is_managed", "read_outputs"]
+__all__ = [
+    "BlobDeletion",
+    "check_backends",
+    "check_uri_exists",
+    "delete_blobs",
+    "is_managed",
+    "read_outputs",
+]
 
 
 def _is_local(uri: str) -> bool:
@@ -119,6 +127,9 @@ def delete_blobs(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
     for uri in dict.fromkeys(uris):
         if not is_managed(uri, prefixes):
             continue
+        if _is_local(uri) and not _resolves_under(uri, prefixes):
+            failed.append((uri, "a symbolic link leads outside the blob prefixes; left alone"))
+            continue
         try:
             import fsspec
 
@@ -134,3 +145,33 @@ def delete_blobs(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
         deleted += 1
         freed += size
     return BlobDeletion(deleted=deleted, bytes=freed, failed=tuple(failed))
+
+
+def _resolves_under(uri: str, prefixes: Sequence[str]) -> bool:
+    """Whether the local ``uri``, every symbolic link on its path followed (the blob's own
+    too), still lies below a local prefix, itself resolved: deleting through a link must not
+    reach outside what flytecache may manage."""
+    real = os.path.realpath(uri.removeprefix("file://"))
+    for prefix in prefixes:
+        if not _is_local(prefix):
+            continue
+        root = os.path.realpath(prefix.removeprefix("file://")).rstrip("/") + "/"
+        if real.startswith(root):
+            return True
+    return False
+
+
+def check_backends(prefixes: Sequence[str]) -> None:
+    """:class:`InvalidArgumentError` naming a prefix whose URI scheme has no fsspec backend
+    installed (``s3://`` without ``s3fs``): checked before any entry is removed, so that a
+    prune never removes rows whose blobs it then cannot delete."""
+    import fsspec
+
+    for prefix in prefixes:
+        protocol = "file" if _is_local(prefix) else prefix.partition("://")[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"cannot delete blobs under {prefix}: {error}", field="blob_prefixes"
+            ) from None

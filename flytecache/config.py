@@ -12,7 +12,14 @@ from typing import Any, Literal
 
 from flytecache.errors import InvalidArgumentError
 
-__all__ = ["StoreSettings", "check_file_mode", "parse_duration", "parse_file_mode", "parse_size"]
+__all__ = [
+    "StoreSettings",
+    "check_blob_prefix",
+    "check_file_mode",
+    "parse_duration",
+    "parse_file_mode",
+    "parse_size",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {
@@ -103,6 +110,33 @@ def check_file_mode(mode: int, *, name: str = "file_mode") -> int:
     return mode
 
 
+def check_blob_prefix(prefix: object, *, name: str = "blob_prefixes") -> str:
+    """``prefix`` if flytecache may delete blobs below it: a non-empty local path or URI that
+    names something below a file system's root (``/data/outputs``, ``s3://bucket/cache/``),
+    without ``..`` segments. :class:`InvalidArgumentError` otherwise: ``/``, ``file:///`` or
+    ``s3://`` would let any URI a client stores be deleted."""
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise InvalidArgumentError(
+            f"{name}: a blob prefix must be a non-empty path or URI, got {prefix!r}", field=name
+        )
+    scheme, sep, rest = prefix.partition("://")
+    path = rest if sep else prefix
+    if not sep or scheme == "file":
+        path = path.lstrip("/") if path.startswith("/") else path
+    segments = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in segments:
+        raise InvalidArgumentError(
+            f"{name}: {prefix!r} has a '..' segment; give the directory it means", field=name
+        )
+    if not segments:
+        raise InvalidArgumentError(
+            f"{name}: {prefix!r} is a whole file system; name the directory (or bucket and "
+            "folder) that holds the cached outputs",
+            field=name,
+        )
+    return prefix
+
+
 def _env_bool(value: str, name: str) -> bool:
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -165,7 +199,7 @@ class StoreSettings:
     SQLite has no clock of its own, every process reads its one host's (see
     docs/operations.md, Clocks)."""
     max_size_bytes: int | None = None
-    """Limit on the entries' payload bytes (the sum of ``entries.size``, what ``db stats``
+    """Limit on the entries' payload bytes (the sum of ``entries.size``, what ``flytecache stats``
     reports as ``payload_bytes``); above it the store evicts (see ``eviction``). None: no
     limit, and puts cost exactly what they cost without this feature."""
     max_entries: int | None = None
@@ -252,14 +286,13 @@ class StoreSettings:
             )
         if not isinstance(self.delete_blobs, bool):
             raise InvalidArgumentError("delete_blobs must be a bool", field="delete_blobs")
-        if not isinstance(self.blob_prefixes, tuple) or not all(
-            isinstance(prefix, str) and prefix.strip() for prefix in self.blob_prefixes
-        ):
+        if not isinstance(self.blob_prefixes, tuple):
             raise InvalidArgumentError(
-                f"blob_prefixes must be a tuple of non-empty URI prefixes, got "
-                f"{self.blob_prefixes!r}",
+                f"blob_prefixes must be a tuple of URI prefixes, got {self.blob_prefixes!r}",
                 field="blob_prefixes",
             )
+        for prefix in self.blob_prefixes:
+            check_blob_prefix(prefix)
         if self.delete_blobs and not self.blob_prefixes:
             raise InvalidArgumentError(
                 "delete_blobs needs blob_prefixes: the URI prefixes flytecache may delete under",

@@ -7,7 +7,9 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from flytecache.blobs import BlobDeletion, delete_blobs, is_managed
+from flytecache import StoreSettings
+from flytecache.blobs import BlobDeletion, check_backends, delete_blobs, is_managed
+from flytecache.errors import InvalidArgumentError
 
 
 @pytest.mark.parametrize(
@@ -63,3 +65,36 @@ def test_delete_blobs_reports_failures_and_skips_unmanaged(tmp_path: Path) -> No
 def test_blob_deletions_add_up() -> None:
     one = BlobDeletion(deleted=1, bytes=5, failed=(("a", "x"),))
     assert one + one == BlobDeletion(deleted=2, bytes=10, failed=(("a", "x"), ("a", "x")))
+
+
+def test_a_symbolic_link_never_leads_a_deletion_outside_the_prefix(tmp_path: Path) -> None:
+    prefix, outside = tmp_path / "blobs", tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "secret").write_text("s")
+    (outside / "d" / "inner").write_text("s")
+    prefix.mkdir()
+    (prefix / "link").symlink_to(outside)  # a link inside the prefix to a directory outside
+    (prefix / "own").write_text("mine")
+    uris = [f"{prefix}/link/secret", f"file://{prefix}/link/d", f"{prefix}/link", f"{prefix}/own"]
+    result = delete_blobs(uris, [f"{prefix}/"])
+    assert (outside / "secret").exists() and (outside / "d" / "inner").exists()
+    assert (prefix / "link").is_symlink()  # the link itself resolves outside too
+    assert not (prefix / "own").exists()
+    assert result.deleted == 1 and result.bytes == 4
+    assert [uri for uri, _ in result.failed] == uris[:3]
+    assert all("symbolic link" in reason for _, reason in result.failed)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["/", "file:///", "s3://", "//", "", "  ", "/data/../..", "s3://b/../x", "."],
+)
+def test_prefixes_that_would_manage_everything_are_refused(prefix: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="blob_prefixes"):
+        StoreSettings(delete_blobs=True, blob_prefixes=(prefix,))
+
+
+def test_a_prefix_without_an_fsspec_backend_is_refused_before_anything_goes() -> None:
+    with pytest.raises(InvalidArgumentError, match="nosuchscheme://bucket/cache"):
+        check_backends(["/data/out", "nosuchscheme://bucket/cache"])
+    check_backends(["/data/out", "file:///data/x", "memory://cache"])

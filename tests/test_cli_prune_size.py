@@ -101,6 +101,36 @@ def test_prune_usage_errors(twenty: str, args: tuple[str, ...]) -> None:
     fails(run(twenty, "entries", "prune", *args, "--yes"), code=2)
 
 
+@pytest.mark.parametrize(
+    ("prefix", "says"),
+    [
+        ("/", "whole file system"),
+        ("", "non-empty"),
+        ("/tmp/x/../../", "'..'"),
+        ("nosuchscheme://bucket/cache/", "nosuchscheme"),  # no fsspec backend for it
+    ],
+)
+def test_blob_prefixes_that_cannot_be_honoured_stop_the_prune_before_anything_goes(
+    twenty: str, prefix: str, says: str
+) -> None:
+    line = fails(
+        run(
+            twenty,
+            "entries",
+            "prune",
+            "--to-count",
+            "0",
+            "--delete-blobs",
+            "--blob-prefix",
+            prefix,
+            "--yes",
+        ),
+        code=2,
+    )
+    assert says in line
+    assert len(keys(twenty)) == 20
+
+
 def test_prune_rejects_a_bad_size(twenty: str) -> None:
     result = run(twenty, "entries", "prune", "--to-size", "lots")
     assert result.exit_code == 2 and "not a size" in result.stderr

@@ -442,3 +442,28 @@ def test_nowait_puts_go_elsewhere_when_eviction_is_behind(
         with pytest.raises(NotFoundError):
             store.get("refused")
         store.put("waits", output())  # a put that may wait is never refused for it
+
+
+def test_reserved_entries_over_the_limit_do_not_switch_eviction_off(tmp_path: Path) -> None:
+    """Entries whose keys hold live leases may alone pass the limit; the others must still go
+    promptly. (A round that found only reserved entries used to pause a whole tick, during
+    which unthrottled puts ran the count to many times the limit.)"""
+    with limited(str(tmp_path / "c.db"), max_entries=20) as store:
+        for n in range(30):
+            store.get_or_extend_reservation(f"held-{n}", "owner", timedelta(seconds=60))
+            store.put(f"held-{n}", output(10))
+        peak = 0
+        for n in range(3_000):
+            store.put(f"free-{n}", output(10))
+            if n % 25 == 0:
+                peak = max(peak, query(store, "SELECT count(*) FROM entries")[0][0])
+        assert peak < 30 + 1_000, peak  # a tick's worth of puts went to ~3,000
+        _wait(lambda: query(store, "SELECT count(*) FROM entries")[0][0] == 30)
+        assert keys(store) == {f"held-{n}" for n in range(30)}  # the leases kept theirs
+
+
+def _wait(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)

@@ -416,6 +416,17 @@ def prune(
                 raise usage_error(
                     "--delete-blobs needs --blob-prefix (or FLYTECACHE_BLOB_PREFIXES)"
                 )
+            if delete_blobs:
+                from flytecache.blobs import check_backends
+                from flytecache.config import check_blob_prefix
+                from flytecache.errors import InvalidArgumentError
+
+                try:
+                    for prefix in prefixes:
+                        check_blob_prefix(prefix, name="--blob-prefix")
+                    check_backends(prefixes)  # before any entry goes
+                except InvalidArgumentError as error:
+                    raise usage_error(str(error)) from None
             blobs = prefixes if delete_blobs else None
             if by_size:
                 result = _prune_to(

@@ -2,7 +2,8 @@
 batched, re-checking delete that ``entries prune --to-size/--to-count`` shares with it.
 
 The measure. An entry's size is ``entries.size`` (the serialized inline literal map, or the
-URI's length), summed: what ``db stats`` calls ``payload_bytes`` and ``entries prune`` counts.
+URI's length), summed: what ``flytecache stats`` calls ``payload_bytes`` and ``entries
+prune`` counts.
 It is the part of the database that grows with what tasks return; keys, metadata, indexes and
 free pages come on top (docs/operations.md, "Sizing and eviction", has the measured ratio).
 
@@ -594,6 +595,10 @@ class Evictor:
         self._max_entries = settings.max_entries
         self._policy = settings.eviction
         self._blob_prefixes = settings.blob_prefixes if settings.delete_blobs else None
+        if self._blob_prefixes:
+            from flytecache.blobs import check_backends
+
+            check_backends(self._blob_prefixes)  # refused at open, not after rows are gone
         self._lock = threading.Lock()
         self._progressed = threading.Condition(self._lock)
         self.gate = threading.Lock()
@@ -619,6 +624,10 @@ class Evictor:
         self._throttling = True
         """False after a round that could evict nothing (all leased): puts must not wait."""
         self._reconciled_at = -RECONCILE_SECONDS
+        self._read_s = 0.0
+        """How long the last read of the totals took (seconds)."""
+        self._lease_elsewhere = False
+        """Whether the last round found another evictor holding the eviction lease."""
         self._reconcile_every = RECONCILE_SECONDS
         self.stats = EvictionStats()
         self.hits: dict[str, int] | None = (
@@ -743,7 +752,14 @@ class Evictor:
             try:
                 self.flush_hits()
                 if self._reconcile_due() and self.run_once() is False:
-                    self._stopped.wait(TICK_SECONDS)
+                    if self._lease_elsewhere:
+                        self._stopped.wait(TICK_SECONDS)
+                    else:
+                        # Nothing evictable was left (every remaining entry reserved): puts
+                        # then run unthrottled, so the next of them must wake a new round
+                        # soon, not a tick later (a tick of puts went far past the limit).
+                        # Paced by the totals read, which a round repeats (a scan at 1M).
+                        self._stopped.wait(min(TICK_SECONDS, max(0.01, 5 * self._read_s)))
             except Exception:
                 log.warning("eviction failed; retrying in %.0fs", TICK_SECONDS, exc_info=True)
                 self._stopped.wait(TICK_SECONDS)
@@ -758,8 +774,9 @@ class Evictor:
             self._added_bytes = self._added_entries = 0
         started = time.perf_counter()
         entries, size = totals(self._store)
+        self._read_s = time.perf_counter() - started
         # The aggregate is a scan (0.3 s at 1M entries, measured): at most 2 % of the time.
-        self._reconcile_every = max(RECONCILE_SECONDS, 50 * (time.perf_counter() - started))
+        self._reconcile_every = max(RECONCILE_SECONDS, 50 * self._read_s)
         self._set_room(entries, size)
         return entries, size
 
@@ -781,7 +798,8 @@ class Evictor:
         if not _over(entries, size, self._max_entries, self._max_bytes):
             self._drop_lease()
             return None
-        if not self._hold_lease():
+        self._lease_elsewhere = not self._hold_lease()
+        if self._lease_elsewhere:
             with self._lock:  # another process's evictor is at it: our puts must not wait
                 self._throttling = False
                 self._progressed.notify_all()

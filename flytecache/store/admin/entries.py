@@ -411,7 +411,7 @@ def prune_to(
     blob_prefixes: Sequence[str] | None = None,
 ) -> PruneResult:
     """Delete entries, oldest first by ``policy``, until at most ``count`` remain holding at
-    most ``size`` payload bytes (``entries.size`` summed, as ``db stats`` counts it).
+    most ``size`` payload bytes (``entries.size`` summed, as ``flytecache stats`` counts it).
 
     The store's own eviction (see ``flytecache/store/eviction.py``): batches re-check their
     victims, entries whose key has a live reservation stay, and the eviction lease keeps it
