@@ -38,6 +38,10 @@ def test_server_evicts_to_its_limit_and_deletes_managed_blobs(tmp_path: Path) ->
         str(blobs),
         log_path=tmp_path / "server.log",
     ) as server:
+        # The start-up line states the limits in force.
+        assert "evicting least-recently-used above 20 entries, deleting their blobs" in (
+            server.log()
+        )
         client = server.client()
         for i in range(60):
             path = blobs / f"{i:02}.pb"

@@ -91,6 +91,21 @@ def listen_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _limits_note(settings: StoreSettings) -> str:
+    """The size limits in force, as the start-up line states them (empty without any)."""
+    if not settings.limited:
+        return ""
+    from flytecache.config import format_size
+
+    limits = []
+    if settings.max_size_bytes is not None:
+        limits.append(format_size(settings.max_size_bytes) + " of payload")
+    if settings.max_entries is not None:
+        limits.append(f"{settings.max_entries:,} entries")
+    blobs = ", deleting their blobs" if settings.delete_blobs else ""
+    return f", evicting {settings.eviction} above {' or '.join(limits)}{blobs}"
+
+
 def _wildcard_note(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     if host not in ("0.0.0.0", "::"):
@@ -244,6 +259,7 @@ def serve(
         echo(
             f"flytecache: serving CacheService (Connect, gRPC, gRPC-Web) on "
             f"{listen_url(sock)} for {database}{workers}"
+            + _limits_note(store.settings)
             + (" (bearer token required)" if settings.auth_token else "")
             + _wildcard_note(sock)
         )

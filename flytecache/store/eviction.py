@@ -845,8 +845,9 @@ class Evictor:
             self._progress += 1
             self._progressed.notify_all()
         log.info(
-            "evicted %d entries (%d bytes%s) in one batch; write lock held %.1f ms",
+            "evicted %d %s (%d bytes%s) in one batch; write lock held %.1f ms",
             len(victims),
+            "entry" if len(victims) == 1 else "entries",
             sum(v.size for v in victims),
             f", {blobs.deleted} blobs, {blobs.bytes} blob bytes" if self._blob_prefixes else "",
             held * 1000,
