@@ -54,7 +54,8 @@ def parse_duration(text: str | float | timedelta, *, name: str = "duration") -> 
 
 
 def parse_size(text: str | int, *, name: str = "size") -> int:
-    """Parse a byte size: ``16MiB``, ``512k``, ``1048576``."""
+    """Parse a byte size: ``16MiB``, ``512k``, ``1048576``. Units are binary whatever their
+    spelling: ``10GB``, ``10G`` and ``10GiB`` are all 10 × 1024³ bytes."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     match = _SIZE.match(str(text))

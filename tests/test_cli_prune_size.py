@@ -94,6 +94,7 @@ def test_prune_least_recently_used_uses_recorded_reads(db: str) -> None:
         (),
         ("--to-count", "1", "--project", "p"),
         ("--to-count", "1", "--delete-blobs"),
+        ("--older-than", "1d", "--eviction", "least-recently-used"),
     ],
     ids=repr,
 )

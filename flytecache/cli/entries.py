@@ -369,12 +369,12 @@ def prune(
         typer.Option(min=0, help="Remove entries, oldest first, until at most N remain."),
     ] = None,
     eviction: Annotated[
-        EvictionChoice,
+        EvictionChoice | None,
         typer.Option(
-            help="With --to-size/--to-count, which go first: least recently stored, or least "
-            "recently used (reads as recorded by stores evicting that way)."
+            help="With --to-size/--to-count, which go first: least-recently-stored (the "
+            "default), or least-recently-used (reads as recorded by stores evicting that way)."
         ),
-    ] = "least-recently-stored",
+    ] = None,
     project: ProjectOption = None,
     domain: DomainOption = None,
     name: NameOption = None,
@@ -402,13 +402,16 @@ def prune(
 ) -> None:
     """Remove old entries, or the oldest down to a size or count, in small batches (concurrent
     writers are never blocked for long; entries whose key has a live reservation stay when
-    pruning to a size or count)."""
+    pruning to a size or count). --project/--domain/--name/--version narrow --older-than;
+    --eviction orders --to-size/--to-count."""
     by_age = older_than is not None
     by_size = to_size is not None or to_count is not None
     if by_age == by_size:
         raise usage_error("give --older-than, or --to-size and/or --to-count (not both)")
     if by_size and any(v is not None for v in (project, domain, name, version)):
         raise usage_error("--project/--domain/--name/--version filter --older-than only")
+    if by_age and eviction is not None:
+        raise usage_error("--eviction orders --to-size/--to-count; --older-than takes no order")
     with cli_errors(verbose):
         with open_store(db) as store:
             prefixes = tuple(blob_prefix or store.settings.blob_prefixes)
@@ -430,7 +433,14 @@ def prune(
             blobs = prefixes if delete_blobs else None
             if by_size:
                 result = _prune_to(
-                    store, to_size, to_count, eviction, dry_run, batch_size, blobs, yes
+                    store,
+                    to_size,
+                    to_count,
+                    eviction or "least-recently-stored",
+                    dry_run,
+                    batch_size,
+                    blobs,
+                    yes,
                 )
             else:
                 assert older_than is not None
