@@ -6,6 +6,7 @@ import contextlib
 import os
 import select
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -105,3 +106,15 @@ def in_forked_child(child: Callable[[], bool], *, timeout: float = 30) -> bool:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def wait_until(
+    condition: Callable[[], object], what: str = "the condition", timeout: float = 30
+) -> None:
+    """Poll ``condition`` until it is true; AssertionError naming ``what`` after ``timeout``
+    seconds (a bound for a hung test, not a measurement: never assert on speed with it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

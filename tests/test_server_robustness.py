@@ -26,6 +26,7 @@ from _server_helpers import (
     reserve_req,
     uri_output,
 )
+from _store import wait_until
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.rpc.error_details_pb2 import ErrorInfo
@@ -237,7 +238,7 @@ def test_a_write_waits_for_a_lock_held_elsewhere_while_the_loop_keeps_serving(
             with write_locked(_db_path(server)):
                 put = pool.submit(client.put, put_req("k-waiting", uri_output()))
                 lease = pool.submit(client.get_or_extend_reservation, reserve_req("k-r", "o"))
-                _wait_for(lambda: _in_flight(server) == 2, "both writes to be in flight")
+                wait_until(lambda: _in_flight(server) == 2, "both writes to be in flight")
                 for _ in range(20):
                     assert client.get(get_req("k-before")).output.output_uri
                     assert httpx.get(server.url + "/healthz").status_code == 200
@@ -405,7 +406,7 @@ def test_env_configuration_and_graceful_sigterm_with_a_request_in_flight(
                 slow = pool.submit(
                     client.put, put_req("k-slow", uri_output("s3://slow"), identifier=ident())
                 )
-                _wait_for(lambda: _in_flight(server) == 1, "the put to be in flight")
+                wait_until(lambda: _in_flight(server) == 1, "the put to be in flight")
                 # One write waiting for the lock does not stall anything else.
                 for _ in range(5):
                     with pytest.raises(ConnectError) as excinfo:
@@ -413,7 +414,7 @@ def test_env_configuration_and_graceful_sigterm_with_a_request_in_flight(
                     assert excinfo.value.code is Code.NOT_FOUND
                 signalled = time.monotonic()
                 os.kill(server.pid, signal.SIGTERM)
-                _wait_for(lambda: not _accepts(server.port), "the listener to close")
+                wait_until(lambda: not _accepts(server.port), "the listener to close")
                 assert not slow.done()
             # The lock is gone: the in-flight put completes, then the process exits 0.
             slow.result(timeout=10)
@@ -440,11 +441,3 @@ def _accepts(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _wait_for(condition: object, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from _server_helpers import ServerProcess, get_req, put_req, uri_output
+from _store import wait_until
 
 from flytecache.server.workers import WriteLock
 
@@ -20,19 +20,12 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in path.read_text().split()}
 
 
-def _wait_for(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_workers_serve_one_port_replace_the_dead_and_stop_cleanly(tmp_path: Path) -> None:
     with ServerProcess(
         tmp_path / "cache.db", "--workers", "2", log_path=tmp_path / "server.log"
     ) as server:
         assert "with 2 workers" in server.log()
-        _wait_for(lambda: len(_children(server.pid)) == 2)
+        wait_until(lambda: len(_children(server.pid)) == 2)
         workers = _children(server.pid)
         # Every new connection may land on either worker: all see one database.
         for n in range(40):
@@ -43,7 +36,7 @@ def test_workers_serve_one_port_replace_the_dead_and_stop_cleanly(tmp_path: Path
 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        _wait_for(lambda: len(_children(server.pid) - {victim}) == 2)
+        wait_until(lambda: len(_children(server.pid) - {victim}) == 2)
         assert "starting another" in server.log()
         assert server.client().get(get_req("w-0")).output.output_uri == "s3://0"
 
@@ -60,10 +53,10 @@ def test_workers_serve_one_port_replace_the_dead_and_stop_cleanly(tmp_path: Path
 def test_workers_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "cache.db", "--workers", "2", log_path=tmp_path / "log")
     with server:
-        _wait_for(lambda: len(_children(server.pid)) == 2)
+        wait_until(lambda: len(_children(server.pid)) == 2)
         workers = _children(server.pid)
         server.kill()  # SIGKILL: the supervisor cannot pass anything on
-        _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
         assert "supervising process" in server.log()
 
 

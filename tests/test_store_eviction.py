@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _store import query
+from _store import query, wait_until
 from conftest import FakeClock
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import literals_pb2
@@ -458,12 +458,5 @@ def test_reserved_entries_over_the_limit_do_not_switch_eviction_off(tmp_path: Pa
             if n % 25 == 0:
                 peak = max(peak, query(store, "SELECT count(*) FROM entries")[0][0])
         assert peak < 30 + 1_000, peak  # a tick's worth of puts went to ~3,000
-        _wait(lambda: query(store, "SELECT count(*) FROM entries")[0][0] == 30)
+        wait_until(lambda: query(store, "SELECT count(*) FROM entries")[0][0] == 30)
         assert keys(store) == {f"held-{n}" for n in range(30)}  # the leases kept theirs
-
-
-def _wait(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)

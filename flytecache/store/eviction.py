@@ -648,11 +648,8 @@ class Evictor:
         with self._lock:
             self._added_bytes += size
             self._added_entries += 1
-            over = self._added_bytes > self._room_bytes or self._added_entries > self._room_entries
-            far = (
-                self._added_bytes > self._room_bytes + self._slack_bytes
-                or self._added_entries > self._room_entries + self._slack_entries
-            )
+            over = self._past_room()
+            far = self._past_room(slack=True)
             progress = self._progress
         if not over:
             return
@@ -671,10 +668,16 @@ class Evictor:
         if not self._throttling or self._thread is None:
             return False
         with self._lock:
-            return (
-                self._added_bytes > self._room_bytes + self._slack_bytes
-                or self._added_entries > self._room_entries + self._slack_entries
-            )
+            return self._past_room(slack=True)
+
+    def _past_room(self, *, slack: bool = False) -> bool:
+        """Whether this process's puts since the last totals passed the room left (by more
+        than the slack with ``slack``). Called with ``_lock`` held."""
+        bytes_room, entries_room = self._room_bytes, self._room_entries
+        if slack:
+            bytes_room += self._slack_bytes
+            entries_room += self._slack_entries
+        return self._added_bytes > bytes_room or self._added_entries > entries_room
 
     def record_hit(self, key: str, now_us: int) -> None:
         """Remember that ``key`` was read at ``now_us`` (flushed within a tick).
@@ -766,7 +769,7 @@ class Evictor:
 
     def _reconcile_due(self) -> bool:
         with self._lock:
-            over = self._added_bytes > self._room_bytes or self._added_entries > self._room_entries
+            over = self._past_room()
         return over or time.monotonic() - self._reconciled_at >= self._reconcile_every
 
     def _reconcile(self) -> tuple[int, int]:
