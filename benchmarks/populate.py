@@ -7,10 +7,11 @@ long-lived cache accumulates between prunes.
 *flytecache* rows are written by the store itself, through its public API only: a template
 database gets ``CacheStore.put`` of each of the PAYLOADS distinct outputs (and one expired lease
 through ``get_or_extend_reservation``), then every table's rows are copied N times by SQL with
-the key (and entry id) replaced. The copy knows nothing of the columns beyond the design's table
-names, ``entries.key`` and the foreign keys the schema declares, so a schema revision needs no
-change here; a read-back through ``CacheStore.get`` checks the result. (A million single puts
-would take minutes; the copy takes seconds.)
+the key (its hash, and the entry id) replaced. The copy knows nothing of the columns beyond the
+design's table names, ``entries.key`` (and ``key_hash``, from ``flytecache.store.keyhash``) and
+the foreign keys the schema declares, so a schema revision needs no change here; a read-back
+through ``CacheStore.get`` checks the result. (A million single puts would take minutes; the
+copy takes seconds.)
 
 *The limit* (``benchmarks.limit``) and *diskcache* get the same keys and serialized outputs
 through their own bulk inserts.
@@ -48,6 +49,7 @@ from benchmarks._common import (
     stored_output,
 )
 from benchmarks.limit import Limit, checkpoint
+from flytecache.store.keyhash import key_hash
 
 SIZES = (1_000, 100_000, 1_000_000)
 KINDS = ("store", "limit", "diskcache")
@@ -166,16 +168,21 @@ def build_store(size: int, path: Path) -> None:
     entry_cols = _columns(conn, "entries")
     conn.execute("BEGIN")
     # rank = position in key order; j = which template payload the entry copies.
-    conn.execute("CREATE TEMP TABLE ranked (rank INTEGER PRIMARY KEY, j INTEGER, key TEXT)")
+    conn.execute(
+        "CREATE TEMP TABLE ranked (rank INTEGER PRIMARY KEY, j INTEGER, key TEXT, key_hash INTEGER)"
+    )
     conn.executemany(
-        "INSERT INTO ranked VALUES (?, ?, ?)",
-        ((rank, i % PAYLOADS, key) for rank, (key, i) in enumerate(_sorted_keys(size), start=1)),
+        "INSERT INTO ranked VALUES (?, ?, ?, ?)",
+        (
+            (rank, i % PAYLOADS, key, key_hash(key))
+            for rank, (key, i) in enumerate(_sorted_keys(size), start=1)
+        ),
     )
     conn.execute("CREATE TEMP TABLE payload (j INTEGER PRIMARY KEY, key TEXT) WITHOUT ROWID")
     conn.execute("INSERT INTO payload SELECT CAST(substr(key, 10) AS INTEGER), key FROM t.entries")
-    # Entries: every column from the template row, the key (and an integer id, if the
-    # schema has one) replaced; ids follow key order.
-    own = {"key": "r.key", "id": "r.rank"}
+    # Entries: every column from the template row, the key (its hash, and an integer id, if
+    # the schema has them) replaced; ids follow key order.
+    own = {"key": "r.key", "key_hash": "r.key_hash", "id": "r.rank"}
     select = ", ".join(own.get(c, f"e.{c}") for c in entry_cols)
     conn.execute(
         f"INSERT INTO main.entries ({', '.join(entry_cols)}) SELECT {select} FROM ranked r"

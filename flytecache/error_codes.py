@@ -13,6 +13,7 @@ from flytecache.errors import (
     DeadlineExceededError,
     FlyteCacheError,
     InvalidArgumentError,
+    KeyHashCollisionError,
     NotFoundError,
     ResourceExhaustedError,
     StorageBusyError,
@@ -38,6 +39,8 @@ def to_connect_error(error: BaseException) -> ConnectError:
         return ConnectError(Code.ALREADY_EXISTS, error.message)
     if isinstance(error, InvalidArgumentError):
         return ConnectError(Code.INVALID_ARGUMENT, error.message)
+    if isinstance(error, KeyHashCollisionError):
+        return ConnectError(Code.FAILED_PRECONDITION, error.message)
     if isinstance(error, StorageBusyError):
         # UNAVAILABLE makes Flyte's client retry; ErrorInfo lets ours say "busy" precisely.
         return ConnectError(
@@ -63,6 +66,8 @@ def from_connect_error(error: ConnectError, *, key: str, url: str) -> FlyteCache
         translated = AlreadyExistsError(message, key=key)
     elif code is Code.INVALID_ARGUMENT:
         translated = InvalidArgumentError(message)
+    elif code is Code.FAILED_PRECONDITION:  # flytecache's server answers it for this alone
+        translated = KeyHashCollisionError(message, key=key)
     elif code is Code.UNAVAILABLE:
         cause = error.__cause__
         if cause is not None and not isinstance(cause, ConnectError):

@@ -13,6 +13,7 @@ __all__ = [
     "DeadlineExceededError",
     "FlyteCacheError",
     "InvalidArgumentError",
+    "KeyHashCollisionError",
     "NotFoundError",
     "ResourceExhaustedError",
     "SchemaError",
@@ -94,6 +95,15 @@ class ResourceExhaustedError(FlyteCacheError):
 
 class SchemaError(FlyteCacheError):
     """The database schema is not the one this code expects (too old, too new, or unreadable)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class KeyHashCollisionError(FlyteCacheError):
+    """The key's 64-bit hash belongs to another stored key (``store/keyhash.py``): nothing
+    was written; the key can be stored once the other key's entry is gone. ``key`` names the
+    key put, ``stored`` (locally) the key holding the hash. The odds are n / 2**64 per put
+    with n entries stored."""
 
     code = "FAILED_PRECONDITION"
 

@@ -20,6 +20,7 @@ from flytecache import CacheStore, StoreSettings
 from flytecache.cli import app
 from flytecache.store import codec
 from flytecache.store.admin import _base as admin_base
+from flytecache.store.keyhash import key_hash
 from flytecache.store.models import Entry
 
 ENTRIES = cast(sa.Table, Entry.__table__)
@@ -161,9 +162,11 @@ def bulk_insert(
     rows = []
     for i in range(count):
         uri = None if i % inline_every == 0 else f"s3://bucket/{prefix}/{i}"
+        key = f"{prefix}-{i:07d}"
         rows.append(
             {
-                "key": f"{prefix}-{i:07d}",
+                "key": key,
+                "key_hash": key_hash(key),
                 "resource_type": 1,
                 "project": "bulk",
                 "domain": "development",

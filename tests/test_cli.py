@@ -365,7 +365,7 @@ def test_destructive_commands_ask_on_a_terminal(db: str) -> None:
         "removed 1 expired reservation\n"
     )
     assert run(db, "db", "downgrade", "base", input="n\n").exit_code == 1
-    assert ok(run(db, "db", "current")).stdout.startswith("0003_accessed_at")
+    assert ok(run(db, "db", "current")).stdout.startswith("0004_key_hash")
     ok(run(db, "db", "downgrade", "base", input="y\n"))
     assert ok(run(db, "db", "current")).stdout.startswith("(none)")
 

@@ -30,7 +30,7 @@ from _cli import (
 )
 from typer.testing import Result
 
-HEAD = "0003_accessed_at"
+HEAD = "0004_key_hash"
 SQLITE_ONLY = ("filesystem", "permissions", "integrity", "wal")
 
 
@@ -112,16 +112,17 @@ def test_history(any_db: str) -> None:
     rows = as_json(run(db, "db", "history", "--json"))
     assert rows[0] == {
         "revision": HEAD,
-        "down_revision": "0002_payload",
+        "down_revision": "0003_accessed_at",
         "message": rows[0]["message"],
         "head": True,
         "current": True,
     }
-    assert "accessed_at" in rows[0]["message"] and "payload" in rows[1]["message"]
+    assert "key_hash" in rows[0]["message"] and "accessed_at" in rows[1]["message"]
+    assert "payload" in rows[2]["message"]
     assert rows[-1]["revision"] == "0001_initial" and rows[-1]["down_revision"] is None
     assert "initial schema" in rows[-1]["message"]
     text = ok(run(db, "db", "history")).stdout
-    assert f"0002_payload -> {HEAD} (head, current)" in text
+    assert f"0003_accessed_at -> {HEAD} (head, current)" in text
     ok(run(db, "db", "downgrade", "base", "--yes"))
     assert as_json(run(db, "db", "history", "--json"))[0]["current"] is False
 

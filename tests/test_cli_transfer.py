@@ -452,7 +452,7 @@ def test_export_format(db: str, tmp_path: Path) -> None:
     assert result.stdout == "" and "exported 2 entries to" in result.stderr
     header, *entries = _lines(target)
     assert header["format"] == "flytecache-export" and header["version"] == 1
-    assert header["entries"] == 2 and header["schema"] == "0003_accessed_at"
+    assert header["entries"] == 2 and header["schema"] == "0004_key_hash"
     assert header["exported_at"].endswith("Z")
     by_key = {e["key"]: e for e in entries}
     uri = by_key["uri-key"]

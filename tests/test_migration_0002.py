@@ -7,12 +7,7 @@ that keep writing between its batches.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,7 @@ from typing import Any
 import _schema_0001 as old
 import pytest
 import sqlalchemy as sa
+from _upgrade import kill_upgrade_after, upgrade_with_the_cli
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
 from flytecache import CacheStore, StoreSettings
@@ -140,47 +136,13 @@ def test_writes_between_batches_are_converted_again(url: str, engine: sa.Engine)
     _check_reads(url, [replaced, added, *cases[1:]])
 
 
-_KILLABLE = textwrap.dedent(
-    """
-    import sys
-    from flytecache import StoreSettings
-    from flytecache.store import migrate
-    from flytecache.store.engine import create_store_engine
-    from flytecache.store.urls import normalize_url
-
-    engine = create_store_engine(normalize_url(sys.argv[1]), StoreSettings())
-
-    def progress(done, total):
-        print(done, total, flush=True)
-
-    migrate.upgrade(engine, progress=progress)
-    print("finished", flush=True)
-    """
-)
-
-
 def test_sigkill_during_the_batched_pass_loses_nothing(db_path: str, tmp_path: Path) -> None:
     engine = create_store_engine(normalize_url(db_path), StoreSettings())
     try:
         cases = _populate(engine, 3 * old_batch() + 7)
     finally:
         engine.dispose()
-    script = tmp_path / "upgrade.py"
-    script.write_text(_KILLABLE)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), db_path], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        done = int(line.split()[0]) if line[0].isdigit() else 0
-        if done >= old_batch():  # at least one batch committed, more to come
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
-    proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL, lines
+    kill_upgrade_after(db_path, old_batch(), tmp_path)
     # Still a 0001 database (the new code will not open it unmigrated), part of it converted.
     with pytest.raises(SchemaError, match="0001_initial"):
         CacheStore.open(db_path, migrate=False)
@@ -188,14 +150,8 @@ def test_sigkill_during_the_batched_pass_loses_nothing(db_path: str, tmp_path: P
         converted = conn.execute("SELECT count(*) FROM entries WHERE writes = -1").fetchone()[0]
     conn.close()
     assert converted >= old_batch()
-    result = subprocess.run(
-        [sys.executable, "-m", "flytecache", "db", "upgrade", "--db", db_path],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert migrate.head_revision() in result.stderr
+    stderr = upgrade_with_the_cli(db_path)
+    assert migrate.head_revision() in stderr
     _check_reads(db_path, cases)
 
 

@@ -36,7 +36,7 @@ def _tables(engine: sa.Engine) -> set[str]:
 
 def test_single_head() -> None:
     assert len(migrate._script().get_heads()) == 1
-    assert migrate.head_revision() == "0003_accessed_at"
+    assert migrate.head_revision() == "0004_key_hash"
 
 
 def test_empty_to_head(engine: sa.Engine) -> None:

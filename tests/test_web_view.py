@@ -155,7 +155,7 @@ def _click_through(driver: Any, element: Any) -> None:
     A click that submits a form or follows a link returns before the new page
     exists, so reading the page straight after it can still see the old one.
     """
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     old = driver.find_element("tag name", "html")
     element.click()
@@ -165,6 +165,11 @@ def _click_through(driver: Any, element: Any) -> None:
             return not old.is_enabled()  # any call on a replaced page's element raises
         except StaleElementReferenceException:
             return True
+        except WebDriverException as error:
+            # Chrome's answer when the call lands while the old document is being torn down.
+            if "does not belong to the document" in str(error):
+                return True
+            raise
 
     _wait(replaced)
 

@@ -18,7 +18,9 @@ from sqlalchemy.engine import URL, Engine
 from flytecache.config import StoreSettings
 from flytecache.errors import (
     AlreadyExistsError,
+    FlyteCacheError,
     InvalidArgumentError,
+    KeyHashCollisionError,
     NotFoundError,
     StorageBusyError,
     StorageError,
@@ -26,6 +28,7 @@ from flytecache.errors import (
 from flytecache.store.codec import SPILL_BYTES, cached_output, entry_params, payload
 from flytecache.store.dbclock import DatabaseClock
 from flytecache.store.eviction import Evictor
+from flytecache.store.keyhash import key_hash
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.pool import HotPool, Sql
 from flytecache.store.urls import dialect_insert, is_sqlite
@@ -96,22 +99,27 @@ class Statements:
         b = sa.bindparam
         insert = dialect_insert(engine)
 
-        # One lookup: the key's index, then the row. A payload over SPILL_BYTES is NULL
+        # An entry is found by its key's hash (the unique index) and the key itself, which
+        # the row must match: keys sharing a hash never read each other's entry.
+        this_key = sa.and_(e.c.key_hash == b("key_hash"), e.c.key == b("key"))
+        # One lookup: the hash's index, then the row. A payload over SPILL_BYTES is NULL
         # here and read by ``get_spilled``. Not one outer join for both: PostgreSQL and
         # SQLite then probe ``outputs`` on every get (about a third of a get's statement).
-        self.get = Sql.compile(sa.select(e.c.payload).where(e.c.key == b("key")), engine)
+        self.get = Sql.compile(sa.select(e.c.payload).where(this_key), engine)
         self.get_spilled = Sql.compile(
-            sa.select(o.c.payload)
-            .select_from(e.join(o, o.c.entry_id == e.c.id))
-            .where(e.c.key == b("key")),
+            sa.select(o.c.payload).select_from(e.join(o, o.c.entry_id == e.c.id)).where(this_key),
             engine,
+        )
+        # Which key holds a hash: told apart from "already exists" when a put changed nothing.
+        self.hash_holder = Sql.compile(
+            sa.select(e.c.key).where(e.c.key_hash == b("key_hash")), engine
         )
 
         values: dict[str, Any] = {name: b(name) for name in ENTRY_DATA_COLUMNS}
         upsert = insert(e).values(values)
         excluded = upsert.excluded
         set_ = {
-            **{c: excluded[c] for c in values if c not in ("key", "created_at")},
+            **{c: excluded[c] for c in values if c not in ("key", "key_hash", "created_at")},
             # The writer's created_at wins; otherwise the first write's is kept.
             "created_at": sa.func.coalesce(
                 b("request_created_at", type_=sa.BigInteger), e.c.created_at
@@ -119,9 +127,14 @@ class Statements:
         }
         # Overwrite when asked, or when the existing entry is older than max_age (strict: an
         # entry exactly max_age old is still fresh).
-        replaceable = sa.or_(
-            b("overwrite", type_=sa.Boolean),
-            e.c.last_updated_at < b("expired_before", type_=sa.BigInteger),
+        # The stored key must be this one: a key whose hash another key holds is refused (no
+        # row changes) and told apart by ``hash_holder``.
+        replaceable = sa.and_(
+            e.c.key == excluded.key,
+            sa.or_(
+                b("overwrite", type_=sa.Boolean),
+                e.c.last_updated_at < b("expired_before", type_=sa.BigInteger),
+            ),
         )
         # Whether the existing entry has a spilled payload (which a replacement must drop).
         # Written out: SQLAlchemy correlates a subquery neither inside ON CONFLICT's WHERE
@@ -136,7 +149,7 @@ class Statements:
         # the statement; the count of changed rows says the same.
         self.put_simple = Sql.compile(
             upsert.on_conflict_do_update(
-                index_elements=[e.c.key],
+                index_elements=[e.c.key_hash],
                 set_=set_,
                 where=sa.and_(
                     replaceable,
@@ -151,7 +164,7 @@ class Statements:
         )
         self.put = Sql.compile(
             upsert.on_conflict_do_update(
-                index_elements=[e.c.key], set_=set_, where=replaceable
+                index_elements=[e.c.key_hash], set_=set_, where=replaceable
             ).returning(e.c.id, e.c.created_at, had_spill),
             engine,
         )
@@ -167,7 +180,7 @@ class Statements:
             engine,
         )
         self.drop_spill = Sql.compile(sa.delete(o).where(o.c.entry_id == b("entry_id")), engine)
-        self.delete_entry = Sql.compile(sa.delete(e).where(e.c.key == b("key")), engine)
+        self.delete_entry = Sql.compile(sa.delete(e).where(this_key), engine)
 
         # The lease clock: the caller's ``now``, or PostgreSQL's. statement_timestamp() is
         # one value for the whole statement, so the lease's created_at, updated_at, expires_at
@@ -475,7 +488,7 @@ class CacheStore:
         check_text(key, "key")
         self._check_open()
         fetchall = self._pool.fetchall
-        params = {"key": key}
+        params = {"key": key, "key_hash": key_hash(key)}
         for _ in range(_RACE_ROUNDS):
             rows = fetchall(self._sql.get, params)
             if not rows:
@@ -552,7 +565,7 @@ class CacheStore:
                     evictor.added(params["size"], wait=self._waits)
                 return
             if not overwrite and max_age is None:
-                raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
+                raise self._refusal(params)
         # A large payload, or a replacement that keeps the entry's created_at (which the
         # payload carries too) or drops a spilled payload: one write transaction.
         self._put_in_transaction(params, now)
@@ -584,14 +597,28 @@ class CacheStore:
         # Raised after the (empty) transaction committed: a ROLLBACK would make psycopg
         # drop its prepared statements.
         if row is None:
-            key = params["key"]
-            raise AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
+            raise self._refusal(params)
+
+    def _refusal(self, params: dict[str, Any]) -> FlyteCacheError:
+        """Why a put changed no row: the key exists, or (once in 2**64 / n) another key
+        holds its hash (``store/keyhash.py``)."""
+        key = params["key"]
+        rows = self._pool.fetchall(self._sql.hash_holder, params)
+        if rows and rows[0][0] != key:
+            stored = rows[0][0]
+            return KeyHashCollisionError(
+                f'cache key "{key}" has the same 64-bit hash as the stored key "{stored}"; it '
+                "cannot be cached while that entry exists",
+                key=key,
+                stored=stored,
+            )
+        return AlreadyExistsError(f'cache entry "{key}" already exists', key=key)
 
     def delete(self, key: str) -> None:
         """Remove the entry (and a spilled payload); :class:`NotFoundError` if there was none."""
         check_text(key, "key")
         self._check_open()
-        if not self._pool.rowcount(self._sql.delete_entry, {"key": key}):
+        if not self._pool.rowcount(self._sql.delete_entry, {"key": key, "key_hash": key_hash(key)}):
             raise NotFoundError(f'cache entry "{key}" not found', key=key)
 
     # -- reservations --------------------------------------------------------------------

@@ -21,6 +21,7 @@ from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import literals_pb2
 
 from flytecache.errors import InvalidArgumentError
+from flytecache.store.keyhash import key_hash
 from flytecache.timeutil import timestamp_to_us
 from flytecache.validation import check_storable
 
@@ -104,12 +105,13 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 def entry_params(key: str, output: Any) -> dict[str, Any]:
     """Validate a ``CachedOutput`` and return the ``entries`` column values for it.
 
-    Keys: ``key``, ``resource_type`` (None without a source identifier), ``project``,
-    ``domain``, ``name``, ``version``, ``org``, ``output_uri`` (None when inline), ``size``
-    (bytes: the serialized literal map, or the URI's UTF-8 length), ``created_at`` (the
-    writer's, in µs, or None), and the payload's two parts for :func:`payload`: ``head`` (the
-    output field) and ``meta`` (the metadata's fields other than its timestamps). The store
-    decides the timestamps and builds ``payload``.
+    Keys: ``key``, ``key_hash`` (:func:`~flytecache.store.keyhash.key_hash`),
+    ``resource_type`` (None without a source identifier), ``project``, ``domain``, ``name``,
+    ``version``, ``org``, ``output_uri`` (None when inline), ``size`` (bytes: the serialized
+    literal map, or the URI's UTF-8 length), ``created_at`` (the writer's, in µs, or None),
+    and the payload's two parts for :func:`payload`: ``head`` (the output field) and ``meta``
+    (the metadata's fields other than its timestamps). The store decides the timestamps and
+    builds ``payload``.
 
     Raises :class:`InvalidArgumentError` for a non-CachedOutput, one with neither output
     form, or text a database cannot store (NUL, lone surrogates).
@@ -148,6 +150,7 @@ def entry_params(key: str, output: Any) -> dict[str, Any]:
     meta = _metadata_bytes(metadata)
     params: dict[str, Any] = {
         "key": key,
+        "key_hash": key_hash(key),
         "output_uri": output_uri,
         "size": size,
         "head": head,

@@ -53,6 +53,7 @@ import sqlalchemy as sa
 from flytecache.blobs import BlobDeletion, delete_blobs
 from flytecache.config import Eviction, StoreSettings
 from flytecache.errors import InvalidArgumentError, StorageBusyError
+from flytecache.store.keyhash import key_hash
 from flytecache.store.models import Entry, Reservation
 from flytecache.store.pool import Sql
 
@@ -142,6 +143,7 @@ class _Statements:
         self.touch = self._compile(
             sa.update(_ENTRIES)
             .where(
+                e.key_hash == b("key_hash", type_=sa.BigInteger),
                 e.key == b("key"),
                 sa.or_(
                     e.accessed_at.is_(None),
@@ -869,7 +871,9 @@ class Evictor:
         resolution = self._resolution_us
         for start in range(0, len(items), FLUSH_BATCH):
             chunk = [
-                sql.args({"key": k, "at": at, "stale_before": at - resolution})
+                sql.args(
+                    {"key": k, "key_hash": key_hash(k), "at": at, "stale_before": at - resolution}
+                )
                 for k, at in items[start : start + FLUSH_BATCH]
             ]
             with _gate(self._store), self._store.pool.transaction(write=True) as cur:

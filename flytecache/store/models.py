@@ -31,6 +31,7 @@ NAMING_CONVENTION = {
 
 ENTRY_DATA_COLUMNS = (
     "key",
+    "key_hash",
     "resource_type",
     "project",
     "domain",
@@ -56,14 +57,18 @@ class Entry(Base):
     """One cached task result, addressed by its (scoped) cache key.
 
     Revision 0002 lays the hot path out for one lookup: the row carries the stored bytes
-    (``payload``) next to the columns listings filter and sort on.
+    (``payload``) next to the columns listings filter and sort on. Revision 0004 indexes the
+    key's 64-bit hash instead of the key text.
     """
 
     __tablename__ = "entries"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    key: Mapped[str] = mapped_column(Text, unique=True)
+    key: Mapped[str] = mapped_column(Text)
     """The stored key, opaque (the server stores ``<project>-<domain>-<cache key>``)."""
+    key_hash: Mapped[int] = mapped_column(BigInteger, unique=True)
+    """``store.keyhash.key_hash(key)``: the key's unique index (revision 0004). Lookups
+    compare ``key`` too, so keys sharing a hash never read each other's entry."""
     resource_type: Mapped[int | None] = mapped_column(Integer)
     """Source identifier's resource type; NULL means the entry has no source identifier."""
     project: Mapped[str] = mapped_column(String(255), default="", server_default="")

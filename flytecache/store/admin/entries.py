@@ -28,6 +28,7 @@ from flytecache.store.admin._base import (
 )
 from flytecache.store.cache import CacheStore
 from flytecache.store.engine import read_connection, write_connection
+from flytecache.store.keyhash import key_hash
 from flytecache.timeutil import (
     timedelta_to_us,
 )
@@ -283,7 +284,7 @@ def get_entry(store: CacheStore, key: str) -> EntryDetail:
         row = conn.execute(
             sa.select(PAYLOAD, *_SUMMARY_COLUMNS)
             .select_from(WITH_PAYLOAD)
-            .where(ENTRIES.c.key == key)
+            .where(ENTRIES.c.key_hash == key_hash(key), ENTRIES.c.key == key)
         ).one_or_none()
     if row is None:
         raise NotFoundError(f'cache entry "{key}" not found', key=key)
@@ -313,9 +314,11 @@ def delete_entries(store: CacheStore, keys: Iterable[str]) -> DeleteResult:
     with write_connection(store.engine) as conn:
         for start in range(0, len(wanted), BATCH):
             chunk = wanted[start : start + BATCH]
+            # By hash (the index), then the key itself (store/keyhash.py).
+            hashes = [key_hash(key) for key in chunk]
             for key, size in conn.execute(
                 sa.delete(ENTRIES)
-                .where(ENTRIES.c.key.in_(chunk))
+                .where(ENTRIES.c.key_hash.in_(hashes), ENTRIES.c.key.in_(chunk))
                 .returning(ENTRIES.c.key, ENTRIES.c.size)
             ):
                 removed.add(key)

@@ -21,6 +21,7 @@ from flytecache.store.admin._base import (
 )
 from flytecache.store.cache import CacheStore
 from flytecache.store.engine import read_connection, write_connection
+from flytecache.store.keyhash import key_hash_of
 from flytecache.timeutil import (
     US,
 )
@@ -163,9 +164,15 @@ def search_reservations(
         )
     if after is not None:
         where.append(RESERVATIONS.c.key > check_text(after, "after"))
-    # An outer join walks the leases and looks each key up in the entries' unique index: the
-    # cost follows the number of leases, never the number of entries.
-    joined = RESERVATIONS.outerjoin(ENTRIES, ENTRIES.c.key == RESERVATIONS.c.key)
+    # An outer join walks the leases and looks each key's hash up in the entries' unique
+    # index: the cost follows the number of leases, never the number of entries.
+    joined = RESERVATIONS.outerjoin(
+        ENTRIES,
+        sa.and_(
+            ENTRIES.c.key_hash == key_hash_of(RESERVATIONS.c.key),
+            ENTRIES.c.key == RESERVATIONS.c.key,
+        ),
+    )
     query = (
         sa.select(RESERVATIONS, ENTRIES.c.name, ENTRIES.c.project, ENTRIES.c.domain)
         .select_from(joined)

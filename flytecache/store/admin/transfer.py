@@ -29,6 +29,7 @@ from flytecache.store.admin._base import (
 )
 from flytecache.store.cache import CacheStore
 from flytecache.store.driver_errors import translate_errors
+from flytecache.store.keyhash import key_hash
 from flytecache.store.urls import is_sqlite
 from flytecache.timeutil import (
     iso_utc,
@@ -132,9 +133,10 @@ class ImportResult:
     dry_run: bool
 
 
-_ROW_FIELDS = tuple(c for c in ENTRY_COLUMNS if c != "payload")
+_ROW_FIELDS = tuple(c for c in ENTRY_COLUMNS if c not in ("payload", "key_hash"))
 """An export line's fields taken from the row as they are; ``key_map`` and ``outputs`` come
-from the payload (the format predates schema 0002 and is unchanged)."""
+from the payload (the format predates schema 0002 and is unchanged; the key's hash is derived
+again on import)."""
 
 _STAGE_META = sa.MetaData()
 _STAGE = sa.Table(
@@ -142,6 +144,7 @@ _STAGE = sa.Table(
     _STAGE_META,
     sa.Column("line", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("key", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.BigInteger, nullable=False),
     sa.Column("resource_type", sa.Integer),
     sa.Column("project", sa.Text, nullable=False),
     sa.Column("domain", sa.Text, nullable=False),
@@ -218,7 +221,7 @@ def _parse_entry(record: Any, *, nul_ok: bool = True) -> dict[str, Any]:
         key = check_text(record["key"], "key")
     except InvalidArgumentError as error:
         raise _BadLine(str(error)) from None
-    row: dict[str, Any] = {"key": key}
+    row: dict[str, Any] = {"key": key, "key_hash": key_hash(key)}
     resource_type = record.get("resource_type")
     if resource_type is not None and (
         type(resource_type) is not int or not 0 <= resource_type < 2**31
@@ -418,7 +421,10 @@ def import_entries(
                     f"(first on line {duplicate[1]})",
                     line=duplicate[2],
                 )
-            existing = sa.exists().where(ENTRIES.c.key == _STAGE.c.key)
+            same_key = sa.and_(
+                ENTRIES.c.key_hash == _STAGE.c.key_hash, ENTRIES.c.key == _STAGE.c.key
+            )
+            existing = sa.exists().where(same_key)
             if dry_run:
                 with conn.begin():
                     present = int(
@@ -439,8 +445,11 @@ def import_entries(
                 ).rowcount
                 if overwrite:
                     conn.execute(
+                        # A hash marked existing belongs to the very key staged (same_key).
                         sa.delete(ENTRIES).where(
-                            ENTRIES.c.key.in_(sa.select(_STAGE.c.key).where(_STAGE.c.existing))
+                            ENTRIES.c.key_hash.in_(
+                                sa.select(_STAGE.c.key_hash).where(_STAGE.c.existing)
+                            )
                         )
                     )
                 wanted = sa.true() if overwrite else _STAGE.c.existing == sa.false()
@@ -454,7 +463,7 @@ def import_entries(
                     sa.insert(OUTPUTS).from_select(
                         ("entry_id", "payload"),
                         sa.select(ENTRIES.c.id, _STAGE.c.large_payload)
-                        .select_from(_STAGE.join(ENTRIES, ENTRIES.c.key == _STAGE.c.key))
+                        .select_from(_STAGE.join(ENTRIES, same_key))
                         .where(wanted, _STAGE.c.large_payload.is_not(None)),
                     )
                 )
