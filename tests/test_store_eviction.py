@@ -19,7 +19,7 @@ from flyteidl2.core import literals_pb2
 
 from flytecache import CacheStore, StoreSettings
 from flytecache.errors import NotFoundError, StorageBusyError
-from flytecache.store import eviction
+from flytecache.store import eviction, evictor
 
 SIZE = 1_000
 
@@ -37,7 +37,7 @@ ONE = len(output().output_literals.SerializeToString())
 @pytest.fixture
 def no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Evict only when the test says so (``run_once``): no background thread."""
-    monkeypatch.setattr(eviction.Evictor, "_start", lambda self: None)
+    monkeypatch.setattr(evictor.Evictor, "_start", lambda self: None)
 
 
 def limited(url: str, clock: FakeClock | None = None, **settings: Any) -> CacheStore:
@@ -175,7 +175,7 @@ def test_least_recently_stored_ignores_reads(db_url: str, clock: FakeClock) -> N
 def test_reads_never_write_recency_is_flushed_in_batches(
     db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(eviction, "FLUSH_BATCH", 7)
+    monkeypatch.setattr(evictor, "FLUSH_BATCH", 7)
     with limited(db_url, clock, max_entries=1000, eviction="least-recently-used") as store:
         names = [f"k{i:02}" for i in range(20)]
         fill(store, clock, names)
@@ -205,7 +205,7 @@ def test_reads_never_write_recency_is_flushed_in_batches(
 def test_pending_reads_are_bounded(
     db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(eviction, "MAX_PENDING_HITS", 3)
+    monkeypatch.setattr(evictor, "MAX_PENDING_HITS", 3)
     with limited(db_url, clock, max_entries=1000, eviction="least-recently-used") as store:
         fill(store, clock, ["a", "b", "c", "d"])
         for name in ("a", "b", "c", "d", "a"):
@@ -398,7 +398,7 @@ def test_a_prune_that_loses_the_eviction_lease_stops(
     from flytecache.errors import StorageBusyError
 
     # Check the lease after every batch (not every third of its time).
-    monkeypatch.setattr(eviction._EvictionLease, "keep", lambda self: self.acquire() is None)
+    monkeypatch.setattr(eviction.EvictionLease, "keep", lambda self: self.acquire() is None)
     with CacheStore.open(db_url, clock=clock) as store:
         fill(store, clock, [f"k{i}" for i in range(10)])
 
@@ -436,7 +436,7 @@ def test_nowait_puts_go_elsewhere_when_eviction_is_behind(
     writing. Simulated (``behind`` patched): a real evictor catches up too fast to be caught
     behind deterministically."""
     with limited(str(tmp_path / "c.db"), max_size_bytes=100 * ONE) as store:
-        monkeypatch.setattr(eviction.Evictor, "behind", lambda self: True)
+        monkeypatch.setattr(evictor.Evictor, "behind", lambda self: True)
         with pytest.raises(StorageBusyError, match="behind"):
             store.nowait().put("refused", output())
         with pytest.raises(NotFoundError):

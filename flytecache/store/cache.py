@@ -27,7 +27,7 @@ from flytecache.errors import (
 )
 from flytecache.store.codec import SPILL_BYTES, cached_output, entry_params, payload
 from flytecache.store.dbclock import DatabaseClock
-from flytecache.store.eviction import Evictor
+from flytecache.store.evictor import Evictor
 from flytecache.store.keyhash import key_hash
 from flytecache.store.models import ENTRY_DATA_COLUMNS, Entry, Output, Reservation
 from flytecache.store.pool import HotPool, Sql
