@@ -197,3 +197,52 @@ def test_delete_blobs_memory_filesystem_by_size_and_env_prefixes(db: str) -> Non
         "/flyte/cache/4/outputs.pb",
     ]
     fs.rm("/flyte", recursive=True)
+
+
+def test_a_target_missed_because_of_live_leases_is_said(twenty: str) -> None:
+    dry = run(twenty, "entries", "prune", "--to-count", "0", "--dry-run")
+    assert "would remove 19 entries" in dry.stderr
+    assert "1 entry (16 B) would remain, above the target" in dry.stderr
+    result = run(twenty, "entries", "prune", "--to-count", "0", "--yes")
+    assert result.exit_code == 0
+    assert "removed 19 entries (304 B)" in result.stderr
+    assert "1 entry (16 B) remains, above the target" in result.stderr
+    assert "live reservations" in result.stderr
+    reached = run(twenty, "entries", "prune", "--to-count", "1", "--yes")
+    assert "above the target" not in reached.stderr
+
+
+def test_ctrl_c_reports_what_the_committed_batches_removed(tmp_path: Path) -> None:
+    """A real SIGINT to a real ``flytecache entries prune`` process, mid-prune."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from _cli import bulk_insert, new_db
+    from _store import query, wait_until
+
+    db = new_db(tmp_path)
+    total = 20_000
+    bulk_insert(db, total, updated_us=1_700_000_000_000_000)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "flytecache", "entries", "prune", "--db", db),
+            *("--to-count", "0", "--batch-size", "1", "--yes"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: query(db, "SELECT count(*) FROM entries")[0][0] < total - 20)
+        os.kill(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    left = query(db, "SELECT count(*) FROM entries")[0][0]
+    assert 0 < left < total
+    reported = int(stderr.split("interrupted: removed ")[1].split()[0].replace(",", ""))
+    # The interrupt may land between a batch's COMMIT and its count: one batch of one entry.
+    assert reported <= total - left <= reported + 1, stderr
+    assert "running the prune again continues" in stderr

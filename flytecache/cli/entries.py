@@ -450,6 +450,18 @@ def prune(
             print_json(present.prune_json(result))
         verb = "would remove" if dry_run else "removed"
         err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({human_bytes(result.bytes)})")
+        if by_size and (
+            (to_count is not None and result.remaining_entries > to_count)
+            or (to_size is not None and result.remaining_bytes > to_size)
+        ):
+            remain = "remains" if result.remaining_entries == 1 else "remain"
+            err(
+                f"{plural(result.remaining_entries, 'entry', 'entries')} "
+                f"({human_bytes(result.remaining_bytes)}) "
+                f"{'would remain' if dry_run else remain}, "
+                "above the target: the others' keys have live reservations (or were written "
+                "meanwhile); prune again once they are released"
+            )
         if delete_blobs and not dry_run:
             err(
                 f"deleted {plural(result.blobs.deleted, 'blob', 'blobs')} "
@@ -480,13 +492,14 @@ def _prune_by_age(
             f"last updated before {human_time(now - older_than // timedelta(microseconds=1))}",
             yes=yes,
         )
-    with progress("pruning", total=count) as update:
+    removed = _Removed()
+    with progress("pruning", total=count) as update, removed.reported():
         return admin.prune(
             store,
             where,
             now_us=now,
             batch_size=batch_size,
-            on_batch=_advance(update, count),
+            on_batch=removed.advance(update, count),
             blob_prefixes=blobs,
         )
 
@@ -512,24 +525,43 @@ def _prune_to(
             f"({human_bytes(planned.bytes)}), {policy.replace('-', ' ')} first",
             yes=yes,
         )
-    with progress("pruning", total=planned.entries) as update:
+    removed = _Removed()
+    with progress("pruning", total=planned.entries) as update, removed.reported():
         return admin.prune_to(
             store,
             size=to_size,
             count=to_count,
             policy=policy,
             batch_size=batch_size,
-            on_batch=_advance(update, planned.entries),
+            on_batch=removed.advance(update, planned.entries),
             blob_prefixes=blobs,
         )
 
 
-def _advance(update: Callable[..., None], count: int) -> Callable[[int, int], None]:
-    done = 0
+class _Removed:
+    """Entries and bytes a prune's committed batches removed: the progress bar's count, and
+    what an interrupt reports (every batch commits on its own, so they stay removed)."""
 
-    def advance(entries: int, _bytes: int) -> None:
-        nonlocal done
-        done += entries
-        update(done, max(count, done))
+    def __init__(self) -> None:
+        self.entries = 0
+        self.bytes = 0
 
-    return advance
+    def advance(self, update: Callable[..., None], count: int) -> Callable[[int, int], None]:
+        def advance(entries: int, size: int) -> None:
+            self.entries += entries
+            self.bytes += size
+            update(self.entries, max(count, self.entries))
+
+        return advance
+
+    @contextlib.contextmanager
+    def reported(self) -> Iterator[None]:
+        try:
+            yield
+        except KeyboardInterrupt:
+            err(
+                f"interrupted: removed {plural(self.entries, 'entry', 'entries')} "
+                f"({human_bytes(self.bytes)}) before the interrupt; they stay removed, and "
+                "running the prune again continues"
+            )
+            raise typer.Exit(130) from None
