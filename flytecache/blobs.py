@@ -98,34 +98,38 @@ def is_managed(uri: str, prefixes: Sequence[str]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class BlobDeletion:
-    """What :func:`delete_blobs` did: blobs deleted and their bytes, and those it could not
-    delete with the reason (a missing blob counts there too: nothing was freed)."""
+    """What :func:`delete_blobs` did: blobs deleted and their bytes, those it could not
+    delete with the reason (a missing blob counts there too: nothing was freed), and how many
+    URIs it left alone as outside the prefixes (``skipped``)."""
 
     deleted: int = 0
     bytes: int = 0
     failed: tuple[tuple[str, str], ...] = field(default=())
+    skipped: int = 0
 
     def __add__(self, other: BlobDeletion) -> BlobDeletion:
         return BlobDeletion(
             deleted=self.deleted + other.deleted,
             bytes=self.bytes + other.bytes,
             failed=self.failed + other.failed,
+            skipped=self.skipped + other.skipped,
         )
 
 
 def delete_blobs(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
     """Delete each of ``uris`` under ``prefixes`` through fsspec (a directory with what it
-    holds); URIs outside them are left alone and not counted.
+    holds); URIs outside them are left alone, counted in :attr:`BlobDeletion.skipped`.
 
     Never raises for a blob: one that cannot be measured or deleted (missing, no permission,
     no fsspec backend for its scheme) is reported in :attr:`BlobDeletion.failed`. The caller
     has already committed the removal of the entries, so a failure leaves a blob behind,
     never an entry pointing at nothing.
     """
-    deleted = freed = 0
+    deleted = freed = skipped = 0
     failed: list[tuple[str, str]] = []
     for uri in dict.fromkeys(uris):
         if not is_managed(uri, prefixes):
+            skipped += 1
             continue
         if _is_local(uri) and not _resolves_under(uri, prefixes):
             failed.append((uri, "a symbolic link leads outside the blob prefixes; left alone"))
@@ -144,7 +148,7 @@ def delete_blobs(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
             continue
         deleted += 1
         freed += size
-    return BlobDeletion(deleted=deleted, bytes=freed, failed=tuple(failed))
+    return BlobDeletion(deleted=deleted, bytes=freed, failed=tuple(failed), skipped=skipped)
 
 
 def _resolves_under(uri: str, prefixes: Sequence[str]) -> bool:

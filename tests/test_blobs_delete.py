@@ -46,12 +46,12 @@ def test_delete_blobs_reports_failures_and_skips_unmanaged(tmp_path: Path) -> No
                 "memory://managed/b",  # a directory: everything in it
                 "memory://managed/a/outputs.pb",  # twice: once
                 "memory://managed/missing",
-                "memory://other/c",  # not under a prefix: left alone, not reported
+                "memory://other/c",  # not under a prefix: left alone, counted as skipped
                 "nosuchscheme://managed/z",
             ],
             ["memory://managed", "nosuchscheme://managed"],
         )
-        assert (result.deleted, result.bytes) == (2, 10)
+        assert (result.deleted, result.bytes, result.skipped) == (2, 10, 1)
         failed = dict(result.failed)
         assert failed["memory://managed/missing"] == "does not exist"
         assert "nosuchscheme://managed/z" in failed
@@ -63,8 +63,9 @@ def test_delete_blobs_reports_failures_and_skips_unmanaged(tmp_path: Path) -> No
 
 
 def test_blob_deletions_add_up() -> None:
-    one = BlobDeletion(deleted=1, bytes=5, failed=(("a", "x"),))
-    assert one + one == BlobDeletion(deleted=2, bytes=10, failed=(("a", "x"), ("a", "x")))
+    one = BlobDeletion(deleted=1, bytes=5, failed=(("a", "x"),), skipped=3)
+    two = BlobDeletion(deleted=2, bytes=10, failed=(("a", "x"), ("a", "x")), skipped=6)
+    assert one + one == two
 
 
 def test_a_symbolic_link_never_leads_a_deletion_outside_the_prefix(tmp_path: Path) -> None:

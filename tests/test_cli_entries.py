@@ -410,7 +410,7 @@ def test_prune_dry_run_then_for_real(populated: str) -> None:
         "batches": 0,
         "dry_run": True,
         "longest_batch_seconds": 0.0,
-        "blobs": {"deleted": 0, "bytes": 0, "failed": []},
+        "blobs": {"deleted": 0, "bytes": 0, "failed": [], "outside_prefixes": 0},
     }
     assert len(keys(run(populated, "entries", "ls", "--json"))) == 5
     result = ok(run(populated, "entries", "prune", "--older-than", "30d", "--yes", "--json"))

@@ -174,6 +174,8 @@ def test_delete_blobs_local_files_and_a_failure(db: str, tmp_path: Path) -> None
         {"uri": str(blobs / "never-written"), "error": "does not exist"}
     ]
     assert "could not delete blob" in result.stderr
+    assert report["blobs"]["outside_prefixes"] == 1
+    assert "deleted 4 blobs (1000 B); left 1 blob outside the prefixes" in result.stderr
     assert sorted(p.name for p in blobs.iterdir()) == ["run-1", "run-3"]  # empty dirs stay
     assert not any(blobs.rglob("outputs.pb"))
     assert outside.read_bytes() == b"keep"  # not under a managed prefix
@@ -191,7 +193,7 @@ def test_delete_blobs_memory_filesystem_by_size_and_env_prefixes(db: str) -> Non
         db, "--to-count", "2", "--delete-blobs", FLYTECACHE_BLOB_PREFIXES="memory://flyte/cache"
     )
     assert report["entries"] == 3
-    assert report["blobs"] == {"deleted": 3, "bytes": 30, "failed": []}
+    assert report["blobs"] == {"deleted": 3, "bytes": 30, "failed": [], "outside_prefixes": 0}
     assert sorted(fs.find("/flyte/cache")) == [
         "/flyte/cache/3/outputs.pb",
         "/flyte/cache/4/outputs.pb",

@@ -121,6 +121,7 @@ def prune_json(result: PruneResult) -> dict[str, Any]:
             "deleted": result.blobs.deleted,
             "bytes": result.blobs.bytes,
             "failed": [{"uri": uri, "error": reason} for uri, reason in result.blobs.failed],
+            "outside_prefixes": result.blobs.skipped,
         },
     }
 

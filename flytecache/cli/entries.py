@@ -463,9 +463,15 @@ def prune(
                 "meanwhile); prune again once they are released"
             )
         if delete_blobs and not dry_run:
+            outside = result.blobs.skipped
             err(
                 f"deleted {plural(result.blobs.deleted, 'blob', 'blobs')} "
                 f"({human_bytes(result.blobs.bytes)})"
+                + (
+                    f"; left {plural(outside, 'blob', 'blobs')} outside the prefixes"
+                    if outside
+                    else ""
+                )
             )
             for uri, reason in result.blobs.failed:
                 err(f"warning: could not delete blob {uri}: {reason}")
