@@ -13,14 +13,14 @@ The limit is the same stack over a CacheService whose RPCs are the limit's state
 server/limit (``server_vs_limit``) is how far flytecache is from that.
 
     python -m benchmarks.bench_server [--quick] [--seconds S] [--rounds R] [--clients 1,4,8]
-                                      [--workers N] [--json PATH]
+                                      [--workers N] [--no-limit] [--json PATH]
 
 Each cell runs ``--rounds`` times (default 3), the three targets one after the other in an
 order that rotates round by round; it reports the medians with the min–max over rounds, the
 median of the per-round ratios, and each server process's CPU time per request (with
 ``--workers``, the workers' sum; the other two always run one process).
 
-Both servers and all clients share this machine's cores, as they would in a sandbox.
+All three servers and all clients share this machine's cores, as they would in a sandbox.
 """
 
 from __future__ import annotations
