@@ -1,18 +1,26 @@
-"""``flytecache serve`` against the same server stack with a no-op service, in one run.
+"""``flytecache serve`` against the same server stack with a no-op service and with the
+limit, in one run.
 
 The ceiling is the very stack the real server runs (uvicorn, the gateway with auth/limits/
 metrics, flyteidl2's Connect app) over a CacheService that does nothing. The ratio
-server/ceiling is therefore what the store, the thread hop and key scoping cost on top of the
-transport, for 1, 4 and 8 concurrent client processes using flyteidl2's generated client.
+server/ceiling (``ratio``, issue #15's target) is therefore what the store, the thread hop and
+key scoping cost on top of the transport, for 1, 4 and 8 concurrent client processes using
+flyteidl2's generated client.
+
+The limit is the same stack over a CacheService whose RPCs are the limit's statements
+(``benchmarks/limit_service.py``: one upsert per put, committed). limit/ceiling
+(``limit_vs_ceiling``) is the most any store that commits each put can reach on this stack;
+server/limit (``server_vs_limit``) is how far flytecache is from that.
 
     python -m benchmarks.bench_server [--quick] [--seconds S] [--rounds R] [--clients 1,4,8]
-                                      [--workers N] [--json PATH]
+                                      [--workers N] [--no-limit] [--json PATH]
 
-Each cell runs ``--rounds`` times (default 3), the two targets alternating; it reports the
-medians with the min–max over rounds, the median of the per-round ratios, and each server
-process's CPU time per request (with ``--workers``, the workers' sum).
+Each cell runs ``--rounds`` times (default 3), the three targets one after the other in an
+order that rotates round by round; it reports the medians with the min–max over rounds, the
+median of the per-round ratios, and each server process's CPU time per request (with
+``--workers``, the workers' sum; the other two always run one process).
 
-Both servers and all clients share this machine's cores, as they would in a sandbox.
+All three servers and all clients share this machine's cores, as they would in a sandbox.
 """
 
 from __future__ import annotations
@@ -52,6 +60,23 @@ def serve_noop(port: int) -> None:
     sock = bind(settings.host, settings.port)
     print(f"no-op CacheService on {listen_url(sock)}", flush=True)
     run_app(build_noop_app(settings), sock, settings, log_config=log_config)
+
+
+def serve_limit(port: int, db: Path) -> None:
+    """Run the limit's service on the real stack (the ``serve-limit`` subcommand)."""
+    from benchmarks.limit_service import build_limit_app
+    from flytecache.server import ServerSettings
+    from flytecache.server.run import bind, configure_logging, listen_url, run_app
+
+    settings = ServerSettings(port=port, log_level="warning")
+    log_config = configure_logging(settings.log_level)
+    app = build_limit_app(db, settings)
+    try:
+        sock = bind(settings.host, settings.port)
+        print(f"the limit's CacheService on {listen_url(sock)}", flush=True)
+        run_app(app, sock, settings, log_config=log_config)
+    finally:
+        app.close()
 
 
 class _Server:
@@ -193,45 +218,69 @@ def run(
     workdir: Path,
     workers: int = 1,
     rounds: int = 1,
+    *,
+    with_limit: bool = True,
 ) -> list[dict[str, Any]]:
-    """Measure every (op, clients) cell against both servers ``rounds`` times, interleaved;
-    returns one row per cell: medians, and each round's values in ``*_runs``."""
+    """Measure every (op, clients) cell against each server ``rounds`` times, interleaved;
+    returns one row per cell: medians, and each round's values in ``*_runs``. Without
+    ``with_limit`` only the server and the ceiling run (and the rows have no limit fields)."""
     python = sys.executable
-    real = _Server(
-        "flytecache serve",
-        [
-            python,
-            "-c",
-            "import sys; from flytecache.cli import main; sys.argv[0] = 'flytecache'; main()",
-            "serve",
-            "--db",
-            str(workdir / "bench.db"),
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-            "--workers",
-            str(workers),
-        ],
-        workdir / "server.log",
-    )
-    noop = _Server(
-        "no-op server",
-        [python, "-m", "benchmarks.bench_server", "serve-noop", "--port", "0"],
-        workdir / "noop.log",
-    )
+    servers = {
+        "server": _Server(
+            "flytecache serve",
+            [
+                python,
+                "-c",
+                "import sys; from flytecache.cli import main; sys.argv[0] = 'flytecache'; main()",
+                "serve",
+                "--db",
+                str(workdir / "bench.db"),
+                "--port",
+                "0",
+                "--log-level",
+                "warning",
+                "--workers",
+                str(workers),
+            ],
+            workdir / "server.log",
+        ),
+        "ceiling": _Server(
+            "no-op server",
+            [python, "-m", "benchmarks.bench_server", "serve-noop", "--port", "0"],
+            workdir / "noop.log",
+        ),
+    }
+    if with_limit:
+        servers["limit"] = _Server(
+            "the limit's server",
+            [
+                python,
+                "-m",
+                "benchmarks.bench_server",
+                "serve-limit",
+                "--port",
+                "0",
+                "--db",
+                str(workdir / "limit.db"),
+            ],
+            workdir / "limit.log",
+        )
+    names = list(servers)
     runs: dict[tuple[str, int], dict[str, list[float]]] = {}
     try:
-        urls = {"server": real.wait_ready(), "ceiling": noop.wait_ready()}
-        pids = {"server": real.proc.pid, "ceiling": noop.proc.pid}
-        _preload(urls["server"])
+        urls = {name: server.wait_ready() for name, server in servers.items()}
+        pids = {name: server.proc.pid for name, server in servers.items()}
+        for name in ("server", "limit"):
+            if name in urls:
+                _preload(urls[name])
         with ProcessPoolExecutor(max(clients), mp_context=CTX) as pool:
             list(pool.map(_warm, range(max(clients))))
-            puts = 0
+            puts = dict.fromkeys(names, 0)
             for round_ in range(rounds):
-                # Alternate targets cell by cell, and which goes first round by round, so
-                # drift hits both alike.
-                targets = ("server", "ceiling") if round_ % 2 == 0 else ("ceiling", "server")
+                # Rotate which target goes first round by round (with two: alternate), and
+                # run the targets cell by cell, so drift hits all alike.
+                shift = round_ % len(names)
+                targets = names[shift:] + names[:shift]
                 for op in ops:
                     for n in clients:
                         cell = runs.setdefault((op, n), {})
@@ -255,30 +304,48 @@ def run(
                             cell.setdefault(f"{target}_cpu_us", []).append(
                                 cpu / max(requests, 1) * 1e6
                             )
-                            if target == "server" and op == "put":
-                                puts += requests
+                            if op == "put":
+                                puts[target] += requests
                         cell.setdefault("ratio", []).append(
                             cell["server"][-1] / cell["ceiling"][-1]
                         )
+                        if with_limit:
+                            cell.setdefault("limit_vs_ceiling", []).append(
+                                cell["limit"][-1] / cell["ceiling"][-1]
+                            )
+                            cell.setdefault("server_vs_limit", []).append(
+                                cell["server"][-1] / cell["limit"][-1]
+                            )
                         if rounds == 1:
                             _print_row(_row(op, n, cell))
                 if rounds > 1:
                     print(f"round {round_ + 1}/{rounds} done", flush=True)
             # Check after timing: every put the clients counted is in the database.
-            expected = GET_KEYS + puts
             stored = _entries(urls["server"])
-            if stored != expected:
-                raise SystemExit(f"expected {expected} entries after the run, found {stored}")
+            if stored != GET_KEYS + puts["server"]:
+                raise SystemExit(
+                    f"expected {GET_KEYS + puts['server']} entries after the run, found {stored}"
+                )
+            if with_limit:
+                from benchmarks.limit import Limit
+
+                with Limit.open(workdir / "limit.db") as limit:
+                    stored = limit.count("kv", "proj-dev-bench-")
+                if stored != GET_KEYS + puts["limit"]:
+                    raise SystemExit(
+                        f"expected {GET_KEYS + puts['limit']} rows in the limit after the run, "
+                        f"found {stored}"
+                    )
     except BaseException:
-        for server in (real, noop):
+        for server in servers.values():
             tail = server.log.read_text(errors="replace").splitlines()[-30:]
             print(f"--- {server.name} log (tail)", *tail, sep="\n", file=sys.stderr)
         raise
     finally:
-        real.stop()
-        noop.stop()
-    if real.proc.returncode != 0:
-        raise SystemExit(f"flytecache serve exited {real.proc.returncode} on SIGTERM")
+        for server in servers.values():
+            server.stop()
+    if servers["server"].proc.returncode != 0:
+        raise SystemExit(f"flytecache serve exited {servers['server'].proc.returncode} on SIGTERM")
     rows = [_row(op, n, cell) for (op, n), cell in runs.items()]
     if rounds > 1:
         for row in rows:
@@ -313,20 +380,29 @@ def _print_row(row: dict[str, Any]) -> None:
         runs = row[f"{name}_runs"]
         if len(runs) < 2:
             return ""
-        digits = 2 if name == "ratio" else 0
+        digits = 0 if name in ("server", "ceiling", "limit") else 2
         return f" ({min(runs):,.{digits}f}–{max(runs):,.{digits}f})"
 
-    print(
+    line = (
         f"{row['op']:<8} {row['clients']:>7} {row['server']:>9,.0f}{spread('server')}"
         f" {row['ceiling']:>9,.0f}{spread('ceiling')} {row['ratio']:>6.2f}{spread('ratio')}"
-        f"   cpu/request {row['server_cpu_us']:,.0f} vs {row['ceiling_cpu_us']:,.0f} µs",
-        flush=True,
     )
+    cpu = f"{row['server_cpu_us']:,.0f} vs {row['ceiling_cpu_us']:,.0f}"
+    if "limit" in row:
+        line += (
+            f" | limit {row['limit']:,.0f}{spread('limit')}"
+            f" limit/ceiling {row['limit_vs_ceiling']:.2f}{spread('limit_vs_ceiling')}"
+            f" server/limit {row['server_vs_limit']:.2f}{spread('server_vs_limit')}"
+        )
+        cpu += f" vs {row['limit_cpu_us']:,.0f} (limit)"
+    print(f"{line}   cpu/request {cpu} µs", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", nargs="?", choices=["bench", "serve-noop"], default="bench")
+    parser.add_argument(
+        "command", nargs="?", choices=["bench", "serve-noop", "serve-limit"], default="bench"
+    )
     parser.add_argument("--quick", action="store_true", help="1 s per cell instead of 5 s")
     parser.add_argument("--seconds", type=float, help="seconds per cell")
     parser.add_argument("--clients", default="1,4,8", help="client process counts")
@@ -334,10 +410,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers for the server")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions (medians reported)")
-    parser.add_argument("--port", type=int, default=0, help="serve-noop: port")
+    parser.add_argument("--port", type=int, default=0, help="serve-noop, serve-limit: port")
+    parser.add_argument("--db", type=Path, help="serve-limit: the limit's SQLite file")
+    parser.add_argument(
+        "--no-limit", action="store_true", help="measure the server and the ceiling only"
+    )
     args = parser.parse_args(argv)
     if args.command == "serve-noop":
         serve_noop(args.port)
+        return
+    if args.command == "serve-limit":
+        if args.db is None:
+            parser.error("serve-limit needs --db")
+        serve_limit(args.port, args.db)
         return
     seconds = args.seconds or (1.0 if args.quick else 5.0)
     clients = [int(c) for c in args.clients.split(",")]
@@ -350,9 +435,20 @@ def main(argv: list[str] | None = None) -> None:
         f"{seconds:g} s per cell, {args.rounds} rounds, {os.cpu_count()} CPUs; requests/s (sum "
         "over clients), medians (min–max); the server processes' CPU time per request"
     )
-    print(f"{'op':<8} {'clients':>7} {'server':>9} {'ceiling':>9} {'ratio':>6}")
+    print(
+        f"{'op':<8} {'clients':>7} {'server':>9} {'ceiling':>9} {'ratio':>6}"
+        + ("" if args.no_limit else " | limit, limit/ceiling, server/limit")
+    )
     with tempfile.TemporaryDirectory(prefix="flytecache-bench-") as tmp:
-        rows = run(seconds, clients, ops, Path(tmp), args.workers, args.rounds)
+        rows = run(
+            seconds,
+            clients,
+            ops,
+            Path(tmp),
+            args.workers,
+            args.rounds,
+            with_limit=not args.no_limit,
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
                 os.environ["FLYTECACHE_UI"] = ui
                 print(f"round {round_ + 1}/{args.rounds}, web view {ui}", flush=True)
                 with tempfile.TemporaryDirectory(prefix="flytecache-bench-ui-") as tmp:
-                    for row in run(args.seconds, clients, ops, Path(tmp)):
+                    for row in run(args.seconds, clients, ops, Path(tmp), with_limit=False):
                         key = (row["op"], row["clients"], ui)
                         samples.setdefault(key, []).append(row["server"])
                         ratios.setdefault(key, []).append(row["ratio"])

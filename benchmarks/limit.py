@@ -8,7 +8,9 @@ statements themselves, measured in the same run as flytecache so every result is
 * ``kv(key TEXT PRIMARY KEY, value BLOB)`` holding ``CachedOutput.SerializeToString()``:
   put = serialize + one upsert, get = one ``SELECT value`` + ``CachedOutput.FromString``;
 * ``lease(key PRIMARY KEY, owner, expires)``: acquire = one
-  ``INSERT … ON CONFLICT DO UPDATE … WHERE … RETURNING``, release = one ``DELETE``.
+  ``INSERT … ON CONFLICT DO UPDATE … WHERE … RETURNING``, release = one ``DELETE``
+  (``limit_service.py``, which serves the limit, also reads a refused lease's holder and
+  deletes entries: one statement each).
 
 Every operation is one autocommit statement, one round trip on PostgreSQL (psycopg, prepared
 statements): the fewest a cache can do. ``Limit.open`` takes a file path (SQLite) or a
@@ -62,6 +64,8 @@ _ACQUIRE = (
     " WHERE lease.owner = excluded.owner OR lease.expires <= ? RETURNING owner"
 )
 _RELEASE = "DELETE FROM lease WHERE key = ? AND owner = ?"
+_HOLDER = "SELECT owner, expires FROM lease WHERE key = ?"
+_DELETE = "DELETE FROM kv WHERE key = ?"
 
 
 def _now_us() -> int:
@@ -75,8 +79,8 @@ class Limit:
         self.conn = conn
         self.postgres = postgres
         marker = "%s" if postgres else "?"
-        self._get, self._put, self._acquire, self._release = (
-            sql.replace("?", marker) for sql in (_GET, _PUT, _ACQUIRE, _RELEASE)
+        self._get, self._put, self._acquire, self._release, self._holder, self._delete = (
+            sql.replace("?", marker) for sql in (_GET, _PUT, _ACQUIRE, _RELEASE, _HOLDER, _DELETE)
         )
         self._parse = cs.CachedOutput.FromString
         # psycopg: prepared on first use (server-side plan, no parse per call).
@@ -126,6 +130,10 @@ class Limit:
         """Store ``output``; False when the key exists and ``overwrite`` is not set."""
         return bool(self._run(self._put, (key, output.SerializeToString(), overwrite)).rowcount)
 
+    def delete(self, key: str) -> bool:
+        """Remove the entry under ``key``; whether there was one."""
+        return bool(self._run(self._delete, (key,)).rowcount)
+
     # -- leases --------------------------------------------------------------------------
 
     def acquire(
@@ -139,6 +147,12 @@ class Limit:
     def release(self, key: str, owner: str) -> bool:
         """Drop ``owner``'s lease on ``key``; whether there was one."""
         return bool(self._run(self._release, (key, owner)).rowcount)
+
+    def holder(self, key: str) -> tuple[str, int] | None:
+        """The lease on ``key`` as (owner, expiry in µs), expired or not; None if there is
+        none (read after a refused :meth:`acquire`, to answer with the holder's lease)."""
+        row = self._run(self._holder, (key,)).fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
     # -- building databases --------------------------------------------------------------
 
