@@ -41,6 +41,24 @@ class FakeClock:
         return now
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``-n 2`` without ``--dist``: work stealing rather than xdist's default ``load``.
+
+    ``load`` hands each worker its share up front; the suite's tests range from microseconds to
+    tens of seconds, and a run measured one worker idle for its last 97 s of 337 while the other
+    still had a queue of server tests. Stealing lets an idle worker take from the other's queue.
+    (An explicit ``--dist`` is respected; ``addopts`` cannot say this because the benchmark
+    runner starts pytest with ``-p no:xdist``.)
+    """
+    named = any(arg.startswith(("--dist", "-d")) for arg in config.invocation_params.args)
+    if config.getoption("dist") != "load" or named:
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+
+    return WorkStealingScheduling(config, log)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     """A fake clock starting at 2026-01-01T00:00:00.123456Z (non-zero microseconds on purpose)."""

@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("flytekit")
 
+import _cli as cli
 import _sdk_runs
 from _sdk_runs import Runs, Target
 from hypothesis import HealthCheck, given, settings
@@ -121,19 +122,20 @@ def test_import_a_cache_flytekit_wrote(runs: Runs, home: Path, tmp_path: Path) -
     before = _digests(local_cache)
 
     db = str(tmp_path / "imported.db")
-    flytecache = str(BIN / "flytecache")
-    command = [flytecache, "import", "--from-flytekit-cache", str(local_cache), "--db", db]
-    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
-    assert dry.returncode == 1 and "does not exist" in dry.stderr  # a dry run creates nothing
+    # The CLI in-process (CliRunner, as the CLI tests run it): five interpreters that each
+    # import flytekit cost seconds; the commands and the files they touch are the same.
+    command = ["import", "--from-flytekit-cache", str(local_cache), "--db", db]
+    dry = cli.run(None, *command, "--dry-run")
+    assert dry.exit_code == 1 and "does not exist" in dry.stderr  # a dry run creates nothing
     assert not Path(db).exists()
-    done = subprocess.run([*command, "--json"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = cli.run(None, *command, "--json")
+    assert done.exit_code == 0, done.stderr
     assert '"imported": 2' in done.stdout
-    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True)
-    assert dry.returncode == 0 and "would import 0 entries" in dry.stderr, dry.stderr
-    again = subprocess.run(command, capture_output=True, text=True)
+    dry = cli.run(None, *command, "--dry-run")
+    assert dry.exit_code == 0 and "would import 0 entries" in dry.stderr, dry.stderr
+    again = cli.run(None, *command)
     assert "imported 0 entries" in again.stderr and "2 skipped" in again.stderr
-    replaced = subprocess.run([*command, "--overwrite"], capture_output=True, text=True)
+    replaced = cli.run(None, *command, "--overwrite")
     assert "imported 2 entries" in replaced.stderr and "2 replaced" in replaced.stderr
     assert _digests(local_cache) == before  # flytekit's cache is only read
 

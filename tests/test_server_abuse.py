@@ -264,8 +264,10 @@ def test_connection_cap_evicts_idle_connections_then_refuses_clearly(tmp_path: P
             tmp_path / "cache.db",
             "--max-connections",
             "16",
+            # Long enough to outlast opening the stalled bodies and asking /healthz (well under
+            # a second), short because the test then waits for it to pass.
             "--body-timeout",
-            "5s",
+            "3s",
             log_path=tmp_path / "server.log",
         ) as server,
         _sockets() as opened,
