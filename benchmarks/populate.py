@@ -211,9 +211,14 @@ def build_store(size: int, path: Path) -> None:
             f" JOIN t.{table} c ON c.{child} = e.{parent} ORDER BY r.rank"
         )
     lease_cols = _columns(conn, "reservations")
-    conn.execute("CREATE TEMP TABLE lease_keys (key TEXT PRIMARY KEY) WITHOUT ROWID")
-    conn.executemany("INSERT INTO lease_keys VALUES (?)", ((k,) for k in _lease_keys(size)))
-    select = ", ".join("k.key" if c == "key" else f"l.{c}" for c in lease_cols)
+    conn.execute(
+        "CREATE TEMP TABLE lease_keys (key TEXT PRIMARY KEY, key_hash INTEGER) WITHOUT ROWID"
+    )
+    conn.executemany(
+        "INSERT INTO lease_keys VALUES (?, ?)", ((k, key_hash(k)) for k in _lease_keys(size))
+    )
+    lease_own = {"key": "k.key", "key_hash": "k.key_hash"}
+    select = ", ".join(lease_own.get(c, f"l.{c}") for c in lease_cols)
     conn.execute(
         f"INSERT INTO main.reservations ({', '.join(lease_cols)}) SELECT {select}"
         " FROM lease_keys k, t.reservations l ORDER BY k.key"

@@ -67,7 +67,10 @@ def _rows(engine: sa.Engine) -> dict[str, Any]:
                 )
             ).all()
         )
-        leases = conn.execute(sa.text("SELECT * FROM reservations ORDER BY key")).all()
+        leases = [
+            {k: v for k, v in row.items() if k != "key_hash"}
+            for row in conn.execute(sa.text("SELECT * FROM reservations ORDER BY key")).mappings()
+        ]
     return {"entries": entries, "spilled": spilled, "leases": leases}
 
 
@@ -93,15 +96,16 @@ def test_upgrade_downgrade_upgrade_keeps_every_entry(url: str, engine: sa.Engine
     assert _rows(engine) == before  # ids, payloads, accessed_at, spilled payloads: all kept
     with engine.connect() as conn:
         hashes = conn.execute(sa.text("SELECT key, key_hash FROM entries")).all()
-    assert hashes and all(h == key_hash(k) for k, h in hashes)
+        hashes += conn.execute(sa.text("SELECT key, key_hash FROM reservations")).all()
+    assert before["leases"] and hashes and all(h == key_hash(k) for k, h in hashes)
     assert _unique_columns(engine) == [["key_hash"]]
 
     migrate.downgrade(engine, "0003_accessed_at")
     assert _rows(engine) == before
     assert _unique_columns(engine) == [["key"]]
     with engine.connect() as conn:
-        columns = {c["name"] for c in sa.inspect(conn).get_columns("entries")}
-    assert "key_hash" not in columns
+        for table in ("entries", "reservations"):
+            assert "key_hash" not in {c["name"] for c in sa.inspect(conn).get_columns(table)}
 
     migrate.upgrade(engine)
     _check_reads(url, cases)

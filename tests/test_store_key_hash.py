@@ -1,19 +1,19 @@
 """Entries are found by the key's 64-bit hash and the key itself (schema 0004).
 
-The hash is SHA-256's first 8 bytes, the same from Python and from SQL on both backends. Two
-keys sharing a hash never read or replace each other's entry: the second is refused with
+The hash is XXH3-64 as a signed integer, in ``entries`` and ``reservations`` alike. Two keys
+sharing a hash never read or replace each other's entry: the second is refused with
 FAILED_PRECONDITION, locally and through the server. A real 64-bit collision cannot be found,
 so the tests give a stored row the other key's hash by SQL (fault injection).
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import xxhash
 from _store import check_error, inline_output, int_literal, query, uri_output
 
 from flytecache import CacheStore
@@ -22,7 +22,7 @@ from flytecache.remote import RemoteCache
 from flytecache.scoping import Scope
 from flytecache.store.admin.entries import delete_entries, get_entry
 from flytecache.store.codec import SPILL_BYTES
-from flytecache.store.keyhash import key_hash, key_hash_of
+from flytecache.store.keyhash import key_hash
 
 KEYS = [
     "",
@@ -33,21 +33,15 @@ KEYS = [
 ]
 
 
-def test_the_hash_is_sha256s_first_8_bytes_as_a_signed_integer() -> None:
-    # FIPS 180-2's SHA-256("abc") starts ba7816bf8f01cfea: the top bit is set, so negative.
-    assert key_hash("abc") == int.from_bytes(bytes.fromhex("ba7816bf8f01cfea"), "big", signed=True)
-    assert key_hash("abc") < 0
+def test_the_hash_is_xxh3_64_as_a_signed_integer() -> None:
+    # XXH3_64bits of no bytes, seed 0, from the xxHash specification's test vectors; the top
+    # bit is clear, so the signed value is the same number.
+    assert key_hash("") == 0x2D06800538D394C2
     for key in KEYS:
-        digest = hashlib.sha256(key.encode()).digest()
-        assert key_hash(key) == int.from_bytes(digest[:8], "big", signed=True)
+        unsigned = xxhash.xxh3_64_intdigest(key.encode("utf-8"))
+        assert key_hash(key) == (unsigned if unsigned < 2**63 else unsigned - 2**64)
         assert -(2**63) <= key_hash(key) < 2**63
-
-
-def test_the_database_computes_the_same_hash(store: CacheStore) -> None:
-    with store.engine.connect() as conn:
-        for key in KEYS:
-            got = conn.execute(sa.select(key_hash_of(sa.literal(key, sa.Text)))).scalar_one()
-            assert got == key_hash(key), key
+    assert key_hash("a") < 0 < key_hash("b")  # both halves of the range occur
 
 
 def test_every_stored_row_carries_its_keys_hash(store: CacheStore) -> None:
@@ -56,6 +50,10 @@ def test_every_stored_row_carries_its_keys_hash(store: CacheStore) -> None:
         store.put(key, uri_output("s3://b/" + str(len(key))))
     rows = query(store, "SELECT key, key_hash FROM entries")
     assert sorted(rows) == sorted((key, key_hash(key)) for key in keys)
+    for key in keys:
+        store.get_or_extend_reservation(key, "owner")
+    leases = query(store, "SELECT key, key_hash FROM reservations")
+    assert sorted(leases) == sorted((key, key_hash(key)) for key in keys)
 
 
 def _collide(store: CacheStore, holder: str, key: str) -> None:

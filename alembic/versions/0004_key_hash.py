@@ -6,14 +6,15 @@ Create Date: 2026-11-30
 
 A stored key is ~150 characters of base64 hashes; its unique index took 164 bytes per entry
 (a quarter of the file) and was the costliest b-tree a put wrote. 0004 indexes
-``key_hash`` = the first 8 bytes of SHA-256 of the key (flytecache/store/keyhash.py; every
-lookup still compares the key). Measured in docs/benchmarks-details.md.
+``key_hash`` = XXH3-64 of the key (flytecache/store/keyhash.py; every lookup still compares
+the key). ``reservations.key_hash`` (no index) carries the same value, so a lease joins its
+entry through that index. Measured in docs/benchmarks-details.md.
 
 The data migration is resumable, as 0002's: ``prepare()`` (run by ``flytecache db upgrade``
-before alembic) adds the nullable column and fills it in committed batches; a SIGKILL loses at
-most the batch in flight and a re-run continues. ``upgrade()`` then fills what is left (all of
-it, when run by alembic alone; rows a 0003 writer added since) and swaps the unique
-constraint in one transaction. SQLite cannot drop a table's UNIQUE constraint in place, so
+before alembic) adds the nullable columns and fills them in committed batches; a SIGKILL loses
+at most the batch in flight and a re-run continues. ``upgrade()`` then fills what is left (all
+of it, when run by alembic alone; rows a 0003 writer added since), makes the columns NOT NULL
+and swaps the unique constraint in one transaction. SQLite cannot drop a table's UNIQUE constraint in place, so
 there ``entries`` is rebuilt (alembic's batch mode): ``outputs`` is copied aside first, because
 dropping the old ``entries`` with foreign keys on would cascade into it.
 
@@ -24,12 +25,12 @@ SchemaError naming them, before anything changes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+from xxhash import xxh3_64_intdigest
 
 from flytecache.errors import SchemaError
 
@@ -46,11 +47,14 @@ Progress = Callable[[int, int], None]
 _entries = sa.table(
     "entries", sa.column("id", sa.Integer), sa.column("key"), sa.column("key_hash", sa.BigInteger)
 )
+_reservations = sa.table("reservations", sa.column("key"), sa.column("key_hash", sa.BigInteger))
 
 
 def key_hash(key: str) -> int:
-    """Frozen here (flytecache/store/keyhash.py must keep computing the same)."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big", signed=True)
+    """Frozen here (flytecache/store/keyhash.py must keep computing the same): XXH3-64 of the
+    UTF-8 bytes as a signed 64-bit integer."""
+    value = xxh3_64_intdigest(key.encode())
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _columns(conn: sa.Connection, table: str) -> set[str]:
@@ -58,37 +62,50 @@ def _columns(conn: sa.Connection, table: str) -> set[str]:
 
 
 def _fill(conn: sa.Connection, limit: int) -> int:
-    """Hash up to ``limit`` rows that have no hash yet; how many."""
-    rows = conn.execute(
-        sa.select(_entries.c.id, _entries.c.key)
-        .where(_entries.c.key_hash.is_(None))
-        .order_by(_entries.c.id)
-        .limit(limit)
-    ).all()
-    if rows:
-        conn.execute(
-            sa.update(_entries)
-            .where(_entries.c.id == sa.bindparam("b_id"))
-            .values(key_hash=sa.bindparam("b_hash")),
-            [{"b_id": row.id, "b_hash": key_hash(row.key)} for row in rows],
+    """Hash up to ``limit`` rows (entries, then leases) that have no hash yet; how many."""
+    for table, order in ((_entries, _entries.c.id), (_reservations, _reservations.c.key)):
+        rows = conn.execute(
+            sa.select(order, table.c.key)
+            .where(table.c.key_hash.is_(None))
+            .order_by(order)
+            .limit(limit)
+        ).all()
+        if rows:
+            conn.execute(
+                sa.update(table)
+                .where(order == sa.bindparam("b_row"))
+                .values(key_hash=sa.bindparam("b_hash")),
+                [{"b_row": row[0], "b_hash": key_hash(row.key)} for row in rows],
+            )
+            return len(rows)
+    return 0
+
+
+def _pending(conn: sa.Connection) -> int:
+    return sum(
+        int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(table).where(table.c.key_hash.is_(None))
+            ).scalar_one()
         )
-    return len(rows)
+        for table in (_entries, _reservations)
+    )
 
 
 def prepare(
     begin: Callable[[], Any], progress: Progress | None = None, batch: int = BATCH
 ) -> None:
-    """Add ``key_hash`` and fill it in committed batches before the revision's own upgrade.
+    """Add ``key_hash`` to both tables and fill it in committed batches before the revision's
+    own upgrade.
 
     ``begin()`` returns a context manager yielding a connection inside a new write
     transaction (flytecache's ``write_connection``), holding the migration lock.
     """
     with begin() as conn:
-        columns = _columns(conn, "entries")
-        if "key_hash" not in columns:
-            conn.execute(sa.text("ALTER TABLE entries ADD COLUMN key_hash BIGINT"))
-        pending = sa.select(sa.func.count()).select_from(_entries)
-        total = int(conn.execute(pending.where(_entries.c.key_hash.is_(None))).scalar_one())
+        for table in ("entries", "reservations"):
+            if "key_hash" not in _columns(conn, table):
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN key_hash BIGINT"))
+        total = _pending(conn)
     done = 0
     if progress is not None:
         progress(0, total)
@@ -114,14 +131,16 @@ def _check_unique(conn: sa.Connection) -> None:
     if keys:
         raise SchemaError(
             f"cannot upgrade to 0004: the stored keys {keys[0].key!r} and {keys[1].key!r} share "
-            "one 64-bit hash; delete one of them (flytecache entries delete) and upgrade again"
+            "one 64-bit hash; delete one of them (`flytecache entries rm KEY` of the release "
+            "that wrote this database, or SQL) and upgrade again"
         )
 
 
 def upgrade() -> None:
     conn = op.get_bind()
-    if "key_hash" not in _columns(conn, "entries"):
-        op.add_column("entries", sa.Column("key_hash", sa.BigInteger(), nullable=True))
+    for table in ("entries", "reservations"):
+        if "key_hash" not in _columns(conn, table):
+            op.add_column(table, sa.Column("key_hash", sa.BigInteger(), nullable=True))
     while _fill(conn, BATCH):
         pass
     _check_unique(conn)
@@ -129,15 +148,23 @@ def upgrade() -> None:
         op.drop_constraint(op.f("uq_entries_key"), "entries", type_="unique")
         op.alter_column("entries", "key_hash", existing_type=sa.BigInteger(), nullable=False)
         op.create_unique_constraint(op.f("uq_entries_key_hash"), "entries", ["key_hash"])
+        op.alter_column(
+            "reservations", "key_hash", existing_type=sa.BigInteger(), nullable=False
+        )
         return
     with _outputs_aside(conn), op.batch_alter_table("entries", recreate="always") as batch:
         batch.drop_constraint(op.f("uq_entries_key"), type_="unique")
         batch.alter_column("key_hash", existing_type=sa.BigInteger(), nullable=False)
         batch.create_unique_constraint(op.f("uq_entries_key_hash"), ["key_hash"])
+    # No table refers to reservations: a plain rebuild.
+    with op.batch_alter_table("reservations", recreate="always") as batch:
+        batch.alter_column("key_hash", existing_type=sa.BigInteger(), nullable=False)
 
 
 def downgrade() -> None:
     conn = op.get_bind()
+    # In place on both backends (a column without constraints).
+    op.drop_column("reservations", "key_hash")
     if conn.dialect.name != "sqlite":
         op.drop_constraint(op.f("uq_entries_key_hash"), "entries", type_="unique")
         op.create_unique_constraint(op.f("uq_entries_key"), "entries", ["key"])

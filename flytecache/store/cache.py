@@ -191,6 +191,7 @@ class Statements:
         self.clock = Sql.compile(sa.select(database_now()), engine) if database_clock else None
         lease = insert(r).values(
             key=b("key"),
+            key_hash=b("key_hash", type_=sa.BigInteger),
             owner_id=b("owner_id"),
             heartbeat_interval=b("heartbeat_interval"),
             expires_at=now + b("lease", type_=sa.BigInteger),
@@ -672,6 +673,7 @@ class CacheStore:
         sql = self._sql
         params: dict[str, Any] = {
             "key": key,
+            "key_hash": key_hash(key),
             "owner_id": owner_id,
             "heartbeat_interval": hb,
             "lease": hb * self._grace if type(self._grace) is int else round(hb * self._grace),

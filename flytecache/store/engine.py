@@ -25,7 +25,6 @@ from flytecache.config import StoreSettings
 from flytecache.errors import UnavailableError
 from flytecache.store.driver_errors import BUSY_MESSAGE, translate_errors
 from flytecache.store.filesystem import check_sqlite_path, create_private_file
-from flytecache.store.keyhash import SQLITE_FUNCTION, sqlite_key_hash
 from flytecache.store.pool import forget_pools_after_fork
 from flytecache.store.urls import is_sqlite, sqlite_file
 
@@ -81,8 +80,6 @@ def _install_sqlite_events(engine: Engine, settings: StoreSettings, read_only: b
         # the size it grew to (883 MiB, measured) although checkpoints empty it. With one, the
         # first commit after a complete checkpoint cuts it back to this size.
         dbapi_conn.execute(f"PRAGMA journal_size_limit = {settings.wal_size_limit}")
-        # Joins on a key held in another table find the entry by its hash (store/keyhash.py).
-        dbapi_conn.create_function(SQLITE_FUNCTION, 1, sqlite_key_hash, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:

@@ -123,6 +123,9 @@ class Reservation(Base):
     __tablename__ = "reservations"
 
     key: Mapped[str] = mapped_column(Text, primary_key=True)
+    key_hash: Mapped[int] = mapped_column(BigInteger)
+    """``store.keyhash.key_hash(key)`` (revision 0004), not indexed: listings join a lease to
+    its entry through ``entries.key_hash``'s unique index."""
     owner_id: Mapped[str] = mapped_column(Text)
     heartbeat_interval: Mapped[int] = mapped_column(BigInteger)
     """Effective heartbeat in microseconds (after clamping to ``max_heartbeat``)."""

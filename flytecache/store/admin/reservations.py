@@ -21,7 +21,6 @@ from flytecache.store.admin._base import (
 )
 from flytecache.store.cache import CacheStore
 from flytecache.store.engine import read_connection, write_connection
-from flytecache.store.keyhash import key_hash_of
 from flytecache.timeutil import (
     US,
 )
@@ -169,7 +168,7 @@ def search_reservations(
     joined = RESERVATIONS.outerjoin(
         ENTRIES,
         sa.and_(
-            ENTRIES.c.key_hash == key_hash_of(RESERVATIONS.c.key),
+            ENTRIES.c.key_hash == RESERVATIONS.c.key_hash,
             ENTRIES.c.key == RESERVATIONS.c.key,
         ),
     )
