@@ -74,6 +74,14 @@ def query(target: str | CacheStore, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
+RAW_LEASE = (
+    "INSERT INTO reservations (key, key_hash, owner_id, heartbeat_interval, expires_at,"
+    " created_at, updated_at) VALUES (?, 0, 'o', 1, 1, 1, 1)"
+)
+"""An expired lease on the key bound to ``?``, written by raw SQL (a write to hold a lock or
+grow the WAL with; its ``key_hash`` is not the key's)."""
+
+
 def lease_rows(target: str | CacheStore) -> list[tuple[Any, ...]]:
     return query(target, "SELECT * FROM reservations ORDER BY key")
 

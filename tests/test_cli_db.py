@@ -28,6 +28,7 @@ from _cli import (
     run,
     table_names,
 )
+from _store import RAW_LEASE
 from typer.testing import Result
 
 HEAD = "0004_key_hash"
@@ -208,7 +209,7 @@ def test_check_fails_on_corruption(db: str) -> None:
 def test_check_fails_on_a_large_wal(db: str) -> None:
     holder = sqlite3.connect(db, isolation_level=None)  # keeps the WAL from being removed
     try:
-        holder.execute("insert into reservations values ('k', 'o', 1, 1, 1, 1, null)")
+        holder.execute(RAW_LEASE, ("k",))
         assert Path(f"{db}-wal").stat().st_size > 0
         result = run(db, "db", "check", "--max-wal", "1")
         assert "wal" in fails(result)

@@ -29,6 +29,7 @@ from _cli import (
     put_uri,
     run,
 )
+from _store import RAW_LEASE
 from flyteidl2.core import literals_pb2
 
 
@@ -142,10 +143,10 @@ def test_checkpoint_blocked_by_a_reader_exits_1(db: str) -> None:
     writer = sqlite3.connect(db, isolation_level=None)
     reader = sqlite3.connect(db, isolation_level=None)
     try:
-        writer.execute("insert into reservations values ('a', 'o', 1, 1, 1, 1, null)")
+        writer.execute(RAW_LEASE, ("a",))
         reader.execute("BEGIN")
         reader.execute("select count(*) from reservations").fetchone()  # pins a snapshot
-        writer.execute("insert into reservations values ('b', 'o', 1, 1, 1, 1, null)")
+        writer.execute(RAW_LEASE, ("b",))
         line = fails(run(db, "checkpoint", FLYTECACHE_BUSY_TIMEOUT="100ms"))
         assert "could not complete" in line
     finally:
