@@ -27,6 +27,9 @@ __all__ = ["ERROR_DOMAIN", "STORAGE_BUSY_REASON", "from_connect_error", "to_conn
 ERROR_DOMAIN = "flytecache"
 STORAGE_BUSY_REASON = "STORAGE_BUSY"
 """``google.rpc.ErrorInfo.reason`` on an UNAVAILABLE that means "database busy, retry"."""
+KEY_HASH_COLLISION_REASON = "KEY_HASH_COLLISION"
+"""``google.rpc.ErrorInfo.reason`` on the FAILED_PRECONDITION of a :class:`KeyHashCollisionError`
+(any other FAILED_PRECONDITION, from another cache service, stays a plain error)."""
 
 
 def to_connect_error(error: BaseException) -> ConnectError:
@@ -40,7 +43,14 @@ def to_connect_error(error: BaseException) -> ConnectError:
     if isinstance(error, InvalidArgumentError):
         return ConnectError(Code.INVALID_ARGUMENT, error.message)
     if isinstance(error, KeyHashCollisionError):
-        return ConnectError(Code.FAILED_PRECONDITION, error.message)
+        # The other key is not named: it may belong to another project.
+        key = error.fields.get("key", "")
+        return ConnectError(
+            Code.FAILED_PRECONDITION,
+            f'cache key "{key}" has the same 64-bit hash as another stored key; it cannot be '
+            "cached while that entry exists",
+            [ErrorInfo(reason=KEY_HASH_COLLISION_REASON, domain=ERROR_DOMAIN)],
+        )
     if isinstance(error, StorageBusyError):
         # UNAVAILABLE makes Flyte's client retry; ErrorInfo lets ours say "busy" precisely.
         return ConnectError(
@@ -66,7 +76,7 @@ def from_connect_error(error: ConnectError, *, key: str, url: str) -> FlyteCache
         translated = AlreadyExistsError(message, key=key)
     elif code is Code.INVALID_ARGUMENT:
         translated = InvalidArgumentError(message)
-    elif code is Code.FAILED_PRECONDITION:  # flytecache's server answers it for this alone
+    elif code is Code.FAILED_PRECONDITION and _has_reason(error, KEY_HASH_COLLISION_REASON):
         translated = KeyHashCollisionError(message, key=key)
     elif code is Code.UNAVAILABLE:
         cause = error.__cause__
@@ -102,12 +112,17 @@ def from_connect_error(error: ConnectError, *, key: str, url: str) -> FlyteCache
 
 
 def _is_busy(error: ConnectError) -> bool:
+    return _has_reason(error, STORAGE_BUSY_REASON)
+
+
+def _has_reason(error: ConnectError, reason: str) -> bool:
+    """Whether ``error`` carries flytecache's ``ErrorInfo`` with ``reason``."""
     for detail in error.details:
         info = ErrorInfo()
         if (
             detail.Is(ErrorInfo.DESCRIPTOR)
             and detail.Unpack(info)
-            and (info.domain, info.reason) == (ERROR_DOMAIN, STORAGE_BUSY_REASON)
+            and (info.domain, info.reason) == (ERROR_DOMAIN, reason)
         ):
             return True
     return False

@@ -204,14 +204,16 @@ def test_delete_blobs_memory_filesystem_by_size_and_env_prefixes(db: str) -> Non
 def test_a_target_missed_because_of_live_leases_is_said(twenty: str) -> None:
     dry = run(twenty, "entries", "prune", "--to-count", "0", "--dry-run")
     assert "would remove 19 entries" in dry.stderr
-    assert "1 entry (16 B) would remain, above the target" in dry.stderr
+    assert "1 entry (16 B) would remain: 1 entry over --to-count 0." in dry.stderr
     result = run(twenty, "entries", "prune", "--to-count", "0", "--yes")
     assert result.exit_code == 0
     assert "removed 19 entries (304 B)" in result.stderr
-    assert "1 entry (16 B) remains, above the target" in result.stderr
-    assert "live reservations" in result.stderr
+    assert "1 entry (16 B) remains: 1 entry over --to-count 0." in result.stderr
+    assert "live reservation are kept" in result.stderr
     reached = run(twenty, "entries", "prune", "--to-count", "1", "--yes")
-    assert "above the target" not in reached.stderr
+    assert "over --to-count" not in reached.stderr
+    report = as_json(run(twenty, "entries", "prune", "--to-size", "1", "--yes", "--json"))
+    assert (report["remaining_entries"], report["remaining_bytes"]) == (1, 16)
 
 
 def test_ctrl_c_reports_what_the_committed_batches_removed(tmp_path: Path) -> None:
@@ -230,7 +232,7 @@ def test_ctrl_c_reports_what_the_committed_batches_removed(tmp_path: Path) -> No
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "flytecache", "entries", "prune", "--db", db),
-            *("--to-count", "0", "--batch-size", "1", "--yes"),
+            *("--to-count", "0", "--batch-size", "50", "--yes"),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -245,6 +247,6 @@ def test_ctrl_c_reports_what_the_committed_batches_removed(tmp_path: Path) -> No
     left = query(db, "SELECT count(*) FROM entries")[0][0]
     assert 0 < left < total
     reported = int(stderr.split("interrupted: removed ")[1].split()[0].replace(",", ""))
-    # The interrupt may land between a batch's COMMIT and its count: one batch of one entry.
-    assert reported <= total - left <= reported + 1, stderr
+    # The prune stops after the batch in flight is committed and counted: exact.
+    assert reported == total - left, stderr
     assert "running the prune again continues" in stderr

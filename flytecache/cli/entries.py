@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -447,21 +448,15 @@ def prune(
                 where = _filter(project, domain, name, version, older_than, None)
                 result = _prune_by_age(store, where, older_than, dry_run, batch_size, blobs, yes)
         if json:
-            print_json(present.prune_json(result))
+            report = present.prune_json(result)
+            if by_size:  # what is left, against the targets
+                report["remaining_entries"] = result.remaining_entries
+                report["remaining_bytes"] = result.remaining_bytes
+            print_json(report)
         verb = "would remove" if dry_run else "removed"
         err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({human_bytes(result.bytes)})")
-        if by_size and (
-            (to_count is not None and result.remaining_entries > to_count)
-            or (to_size is not None and result.remaining_bytes > to_size)
-        ):
-            remain = "remains" if result.remaining_entries == 1 else "remain"
-            err(
-                f"{plural(result.remaining_entries, 'entry', 'entries')} "
-                f"({human_bytes(result.remaining_bytes)}) "
-                f"{'would remain' if dry_run else remain}, "
-                "above the target: the others' keys have live reservations (or were written "
-                "meanwhile); prune again once they are released"
-            )
+        if by_size:
+            _say_what_remains(result, to_size, to_count, dry_run)
         if delete_blobs and not dry_run:
             outside = result.blobs.skipped
             err(
@@ -520,7 +515,7 @@ def _prune_to(
     blobs: tuple[str, ...] | None,
     yes: bool,
 ) -> PruneResult:
-    from flytecache.store import admin
+    from flytecache.store import admin, eviction
 
     planned = admin.prune_to(store, size=to_size, count=to_count, policy=policy, dry_run=True)
     if dry_run:
@@ -533,7 +528,7 @@ def _prune_to(
         )
     removed = _Removed()
     with progress("pruning", total=planned.entries) as update, removed.reported():
-        return admin.prune_to(
+        pruned = admin.prune_to(
             store,
             size=to_size,
             count=to_count,
@@ -542,32 +537,85 @@ def _prune_to(
             on_batch=removed.advance(update, planned.entries),
             blob_prefixes=blobs,
         )
+    # Read again: other processes' puts meanwhile count against the target too.
+    entries, size = eviction.totals(store)
+    return dataclasses.replace(pruned, remaining_entries=entries, remaining_bytes=size)
+
+
+def _say_what_remains(
+    result: PruneResult, to_size: int | None, to_count: int | None, dry_run: bool
+) -> None:
+    """A line on stderr when the entries left are still above a --to-size/--to-count target."""
+    over = []
+    if to_count is not None and result.remaining_entries > to_count:
+        extra = plural(result.remaining_entries - to_count, "entry", "entries")
+        over.append(f"{extra} over --to-count {to_count:,}")
+    if to_size is not None and result.remaining_bytes > to_size:
+        over.append(
+            f"{human_bytes(result.remaining_bytes - to_size)} over --to-size {human_bytes(to_size)}"
+        )
+    if not over:
+        return
+    left = plural(result.remaining_entries, "entry", "entries")
+    err(
+        f"{left} ({human_bytes(result.remaining_bytes)}) {'would ' if dry_run else ''}remain"
+        f"{'' if dry_run or result.remaining_entries != 1 else 's'}: {' and '.join(over)}. "
+        "Entries whose key has a live reservation are kept"
+        + ("" if dry_run else ", and puts made meanwhile count too")
+        + "; prune again later"
+    )
 
 
 class _Removed:
     """Entries and bytes a prune's committed batches removed: the progress bar's count, and
-    what an interrupt reports (every batch commits on its own, so they stay removed)."""
+    what an interrupt reports (every batch commits on its own, so they stay removed).
+
+    The first Ctrl-C stops the prune after the batch in flight, once it is counted: a
+    KeyboardInterrupt raised between a batch's COMMIT and its count would report one batch
+    too few. A second Ctrl-C interrupts at once (a prune waiting for the lock or the eviction
+    lease), and the report then says "at least".
+    """
 
     def __init__(self) -> None:
         self.entries = 0
         self.bytes = 0
+        self._stop = False
+        self._exact = True
 
     def advance(self, update: Callable[..., None], count: int) -> Callable[[int, int], None]:
         def advance(entries: int, size: int) -> None:
             self.entries += entries
             self.bytes += size
             update(self.entries, max(count, self.entries))
+            if self._stop:
+                raise KeyboardInterrupt
 
         return advance
 
+    def _on_sigint(self, _signum: int, _frame: object) -> None:
+        if self._stop:
+            self._exact = False
+            raise KeyboardInterrupt
+        self._stop = True
+
     @contextlib.contextmanager
     def reported(self) -> Iterator[None]:
+        import signal
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             yield
         except KeyboardInterrupt:
+            removed = plural(self.entries, "entry", "entries")
             err(
-                f"interrupted: removed {plural(self.entries, 'entry', 'entries')} "
+                f"interrupted: removed {'' if self._exact else 'at least '}{removed} "
                 f"({human_bytes(self.bytes)}) before the interrupt; they stay removed, and "
                 "running the prune again continues"
             )
             raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
