@@ -37,6 +37,7 @@ from _cli import (
     put_uri,
     run,
 )
+from _store import query
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 from flyteidl2.core import identifier_pb2, literals_pb2
 from hypothesis import HealthCheck, given, settings
@@ -816,3 +817,45 @@ def test_the_readme_move_sequence_creates_what_it_needs(db: str, tmp_path: Path)
     assert not fresh.exists()
     ok(run(str(fresh), "import", str(dump_file)))
     assert dump(str(fresh)) == dump(db)
+
+
+def test_import_refuses_keys_whose_hash_another_key_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No two real keys share a 64-bit hash, so the import's hash is weakened for two keys
+    (fault injection); the stored entries keep their real hashes."""
+    from flytecache import CacheStore
+    from flytecache.store.admin import transfer
+    from flytecache.store.keyhash import key_hash
+
+    source = tmp_path / "source"
+    source.mkdir()
+    src = new_db(source)
+    with CacheStore.open(src) as store:
+        put_uri(store, "new-a", project="p")
+        put_uri(store, "new-b", project="p")
+    dump = tmp_path / "dump.jsonl"
+    ok(run(src, "export", str(dump)))
+    target = tmp_path / "target"
+    target.mkdir()
+    db = new_db(target)
+    with CacheStore.open(db) as store:
+        put_uri(store, "stored", project="p")
+
+    def weak(key: str) -> int:
+        return key_hash("stored") if key in ("new-a", "new-b") else key_hash(key)
+
+    monkeypatch.setattr(transfer, "key_hash", weak)
+    message = fails(run(db, "import", str(dump)))
+    assert 'key "new-b" has the same 64-bit hash as "new-a"' in message
+    assert "line 3" in message and "line 2" in message
+
+    def weak_one(key: str) -> int:
+        return key_hash("stored") if key == "new-b" else key_hash(key)
+
+    monkeypatch.setattr(transfer, "key_hash", weak_one)
+    for overwrite in ((), ("--overwrite",)):
+        message = fails(run(db, "import", str(dump), *overwrite))
+        assert 'key "new-b" has the same 64-bit hash as the stored key "stored"' in message
+    with CacheStore.open(db) as store:  # nothing was imported
+        assert [row[0] for row in query(store, "SELECT key FROM entries")] == ["stored"]

@@ -19,7 +19,7 @@ there ``entries`` is rebuilt (alembic's batch mode): ``outputs`` is copied aside
 dropping the old ``entries`` with foreign keys on would cascade into it.
 
 Two distinct stored keys with one hash (odds about n**2 / 2**65) stop the upgrade with a
-SchemaError naming them, before anything changes.
+SchemaError naming them, before the schema changes (the file stays a valid 0003 one).
 """
 
 from __future__ import annotations

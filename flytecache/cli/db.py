@@ -60,10 +60,17 @@ def upgrade(
         opening.create_parent_directory(db)
         engine = open_engine(db, must_exist=False, file_mode=file_mode)
         try:
-            # A data migration (0001 -> 0002) runs in committed batches behind this bar; if
-            # interrupted, running the command again continues where it stopped.
-            with progress("migrating entries", total=0) as update:
-                migrate.upgrade(engine, revision, progress=update)
+            # Data migrations (0001 -> 0002, 0003 -> 0004) run in committed batches behind
+            # this bar; if interrupted, running the command again continues where it stopped.
+            try:
+                with progress("migrating rows", total=0) as update:
+                    migrate.upgrade(engine, revision, progress=update)
+            except KeyboardInterrupt:
+                err(
+                    "interrupted: the batches already committed stay, and the schema is "
+                    "unchanged; run `flytecache db upgrade` again to continue"
+                )
+                raise typer.Exit(130) from None
             current = opening.schema_state(engine).current
         finally:
             engine.dispose()

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from flytecache.errors import (
     InvalidArgumentError,
+    KeyHashCollisionError,
 )
 from flytecache.store import codec, migrate
 from flytecache.store.admin._base import (
@@ -318,6 +319,50 @@ def _parse_header(line_no: int, record: Any) -> dict[str, Any]:
     return record
 
 
+def _check_hashes(conn: sa.Connection) -> None:
+    """:class:`KeyHashCollisionError` naming both keys when a staged key's 64-bit hash
+    (``store/keyhash.py``) is another staged key's or a stored other key's: nothing is imported
+    (the unique index would refuse the insert with a bare database error)."""
+    twice = (
+        sa.select(_STAGE.c.key_hash)
+        .group_by(_STAGE.c.key_hash)
+        .having(sa.func.count() > 1)
+        .limit(1)
+        .scalar_subquery()
+    )
+    staged = conn.execute(
+        sa.select(_STAGE.c.key, _STAGE.c.line).where(_STAGE.c.key_hash == twice).limit(2)
+    ).all()
+    if len(staged) == 2:
+        (first, first_line), (second, line) = sorted(staged, key=lambda row: row[1])
+        raise KeyHashCollisionError(
+            f'line {line}: key "{second}" has the same 64-bit hash as "{first}" (line '
+            f"{first_line}); import them separately, one of them cannot be stored with the other",
+            key=second,
+            stored=first,
+            line=line,
+        )
+    clash = conn.execute(
+        sa.select(_STAGE.c.key, _STAGE.c.line, ENTRIES.c.key.label("stored"))
+        .select_from(
+            _STAGE.join(
+                ENTRIES,
+                sa.and_(ENTRIES.c.key_hash == _STAGE.c.key_hash, ENTRIES.c.key != _STAGE.c.key),
+            )
+        )
+        .order_by(_STAGE.c.line)
+        .limit(1)
+    ).one_or_none()
+    if clash is not None:
+        raise KeyHashCollisionError(
+            f'line {clash.line}: key "{clash.key}" has the same 64-bit hash as the stored key '
+            f'"{clash.stored}"; it cannot be stored while that entry exists',
+            key=clash.key,
+            stored=clash.stored,
+            line=clash.line,
+        )
+
+
 def _stage(
     conn: sa.Connection,
     lines: Iterable[bytes | str],
@@ -421,6 +466,8 @@ def import_entries(
                     f"(first on line {duplicate[1]})",
                     line=duplicate[2],
                 )
+            with conn.begin():
+                _check_hashes(conn)
             same_key = sa.and_(
                 ENTRIES.c.key_hash == _STAGE.c.key_hash, ENTRIES.c.key == _STAGE.c.key
             )
@@ -440,6 +487,7 @@ def import_entries(
                     # marking below and the insert (writers wait, up to lock_timeout, for the
                     # short set-based merge).
                     conn.exec_driver_sql("LOCK TABLE entries IN SHARE ROW EXCLUSIVE MODE")
+                _check_hashes(conn)  # again, under the lock: a put may have come meanwhile
                 present = conn.execute(
                     sa.update(_STAGE).where(existing).values(existing=True)
                 ).rowcount
