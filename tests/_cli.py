@@ -28,7 +28,9 @@ BACKENDS = ["sqlite", "postgresql"]
 WITH_PAYLOAD = admin_base.WITH_PAYLOAD
 OUTPUTS_TABLE = admin_base.OUTPUTS
 PAYLOAD = admin_base.PAYLOAD
-CHECK_ITEMS = ["filesystem", "permissions", "connect", "schema", "models", "integrity", "wal"]
+CHECK_ITEMS = [
+    *("filesystem", "permissions", "connect", "schema", "models", "keys", "integrity", "wal"),
+]
 """The items of ``db check``, in order, on every backend."""
 
 runner = CliRunner()

@@ -76,10 +76,10 @@ def query(target: str | CacheStore, sql: str) -> list[tuple[Any, ...]]:
 
 RAW_LEASE = (
     "INSERT INTO reservations (key, key_hash, owner_id, heartbeat_interval, expires_at,"
-    " created_at, updated_at) VALUES (?, 0, 'o', 1, 1, 1, 1)"
+    " created_at, updated_at) VALUES (?, ?, 'o', 1, 1, 1, 1)"
 )
-"""An expired lease on the key bound to ``?``, written by raw SQL (a write to hold a lock or
-grow the WAL with; its ``key_hash`` is not the key's)."""
+"""An expired lease, written by raw SQL (a write to hold a lock or grow the WAL with): bind
+the key and ``flytecache.store.keyhash.key_hash(key)``."""
 
 
 def lease_rows(target: str | CacheStore) -> list[tuple[Any, ...]]:

@@ -256,6 +256,7 @@ def test_postgres_rejects_sqlite_only_operations(migrated_pg_url: str, tmp_path:
         "connect": "ok",
         "schema": "ok",
         "models": "ok",
+        "keys": "ok",
         "integrity": "skip",
         "wal": "skip",
     }

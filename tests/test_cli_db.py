@@ -31,6 +31,8 @@ from _cli import (
 from _store import RAW_LEASE
 from typer.testing import Result
 
+from flytecache.store.keyhash import key_hash
+
 HEAD = "0004_key_hash"
 SQLITE_ONLY = ("filesystem", "permissions", "integrity", "wal")
 
@@ -158,6 +160,7 @@ def test_check_passes_on_a_healthy_database(any_db: str) -> None:
             "connect": "ok",
             "schema": "ok",
             "models": "ok",
+            "keys": "ok",
             "integrity": "skip",
             "wal": "skip",
         }
@@ -206,10 +209,29 @@ def test_check_fails_on_corruption(db: str) -> None:
     assert "fail" in result.stdout
 
 
+def test_check_fails_when_rows_do_not_carry_their_keys_hash(any_db: str) -> None:
+    """As a file migrated by another hash would be (written here by SQL)."""
+    db = any_db
+    with open_store(db) as store:
+        put_uri(store, "k")
+        put_uri(store, "j")
+        store.get_or_extend_reservation("k", "owner")
+        assert as_json(run(db, "db", "check", "--json"))["ok"] is True
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE entries SET key_hash = key_hash + 1 WHERE key = 'j'")
+    result = run(db, "db", "check", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    keys = next(c for c in report["checks"] if c["name"] == "keys")
+    assert report["ok"] is False and keys["status"] == "fail"
+    assert keys["detail"].startswith("1 of 3 sampled rows hold a key_hash that is not their key")
+    assert "flytecache db downgrade 0003_accessed_at" in keys["detail"]
+
+
 def test_check_fails_on_a_large_wal(db: str) -> None:
     holder = sqlite3.connect(db, isolation_level=None)  # keeps the WAL from being removed
     try:
-        holder.execute(RAW_LEASE, ("k",))
+        holder.execute(RAW_LEASE, ("k", key_hash("k")))
         assert Path(f"{db}-wal").stat().st_size > 0
         result = run(db, "db", "check", "--max-wal", "1")
         assert "wal" in fails(result)
@@ -262,6 +284,7 @@ def test_check_when_postgresql_is_unreachable() -> None:
         "connect": "fail",
         "schema": "skip",
         "models": "skip",
+        "keys": "skip",
         "integrity": "skip",
         "wal": "skip",
     }
@@ -279,6 +302,7 @@ def test_check_on_a_file_that_is_not_a_database(tmp_path: Path) -> None:
         "connect": "fail",
         "schema": "skip",
         "models": "skip",
+        "keys": "skip",
         "integrity": "skip",
         "wal": "skip",
     }

@@ -32,6 +32,8 @@ from _cli import (
 from _store import RAW_LEASE
 from flyteidl2.core import literals_pb2
 
+from flytecache.store.keyhash import key_hash
+
 
 @pytest.fixture(params=BACKENDS)
 def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -143,10 +145,10 @@ def test_checkpoint_blocked_by_a_reader_exits_1(db: str) -> None:
     writer = sqlite3.connect(db, isolation_level=None)
     reader = sqlite3.connect(db, isolation_level=None)
     try:
-        writer.execute(RAW_LEASE, ("a",))
+        writer.execute(RAW_LEASE, ("a", key_hash("a")))
         reader.execute("BEGIN")
         reader.execute("select count(*) from reservations").fetchone()  # pins a snapshot
-        writer.execute(RAW_LEASE, ("b",))
+        writer.execute(RAW_LEASE, ("b", key_hash("b")))
         line = fails(run(db, "checkpoint", FLYTECACHE_BUSY_TIMEOUT="100ms"))
         assert "could not complete" in line
     finally:

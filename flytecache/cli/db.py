@@ -191,8 +191,8 @@ def check(
     json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Check the schema, the models, SQLite integrity, the WAL size, the filesystem and
-    the file permissions.
+    """Check the schema, the models, the key hashes (a sample), SQLite integrity, the WAL
+    size, the filesystem and the file permissions.
 
     A WAL larger than FLYTECACHE_WAL_SIZE_LIMIT is a warning naming the processes whose read
     transactions hold checkpoints back (past --max-wal, a failure); a database other users

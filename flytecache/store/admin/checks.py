@@ -17,8 +17,16 @@ from flytecache.store import migrate
 from flytecache.store.admin.maintenance import blocking_readers_hint, sqlite_files
 from flytecache.store.engine import read_connection
 from flytecache.store.filesystem import loose_permissions, network_filesystem_type
+from flytecache.store.keyhash import key_hash
 from flytecache.store.opening import describe_url
 from flytecache.store.urls import is_sqlite, sqlite_file
+
+_KEY_SAMPLES = (
+    ("entries", "SELECT key, key_hash FROM entries ORDER BY id LIMIT 1000"),
+    ("entries", "SELECT key, key_hash FROM entries ORDER BY id DESC LIMIT 1000"),
+    ("reservations", "SELECT key, key_hash FROM reservations LIMIT 1000"),
+)
+"""The rows ``keys`` checks: the oldest and newest entries by id, and some leases."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +49,8 @@ def check_database(
 
     Items, in this order: ``filesystem`` (not a network filesystem), ``permissions`` (a
     warning when other users may read the files), ``connect``, ``schema`` (at head),
-    ``models`` (the models match the migrations), ``integrity`` (``PRAGMA integrity_check`` or
+    ``models`` (the models match the migrations), ``keys`` (a sample of entries and leases
+    carries its key's hash, ``store/keyhash.py``), ``integrity`` (``PRAGMA integrity_check`` or
     ``quick_check``, plus ``foreign_key_check``) and ``wal`` (WAL file at most
     ``max_wal_bytes``; a warning past ``settings.wal_size_limit``, naming the processes whose
     read transactions hold checkpoints back). The same items on every backend, so scripts can
@@ -94,7 +103,7 @@ def check_database(
     sqlite_only("filesystem", filesystem)
     sqlite_only("permissions", permissions)
     if run("connect", connect).status != "ok":
-        for name in ("schema", "models", "integrity", "wal"):
+        for name in ("schema", "models", "keys", "integrity", "wal"):
             reason = not_applicable if name in ("integrity", "wal") and not sqlite else None
             items.append(CheckItem(name, "skip", reason or "cannot connect"))
         return items
@@ -118,6 +127,24 @@ def check_database(
             return CheckItem("models", "ok", "models match the migrations")
         shown = "; ".join(str(d) for d in diffs[:3])
         return CheckItem("models", "fail", f"{len(diffs)} difference(s): {shown}")
+
+    def keys() -> CheckItem:
+        rows: dict[tuple[str, str], int] = {}  # a small table's samples overlap
+        with read_connection(engine) as conn:
+            for table, sql in _KEY_SAMPLES:
+                for key, stored in conn.exec_driver_sql(sql):
+                    rows[table, key] = stored
+        sampled = len(rows)
+        wrong = sum(stored != key_hash(key) for (_, key), stored in rows.items())
+        if wrong:
+            return CheckItem(
+                "keys",
+                "fail",
+                f"{wrong} of {sampled} sampled rows hold a key_hash that is not their key's, so "
+                "lookups miss them (a file migrated by a pre-release build of 0004?); run "
+                "`flytecache db downgrade 0003_accessed_at` then `flytecache db upgrade`",
+            )
+        return CheckItem("keys", "ok", f"{sampled} sampled rows carry their key's hash")
 
     def integrity() -> CheckItem:
         pragma = "quick_check" if quick else "integrity_check"
@@ -162,8 +189,10 @@ def check_database(
     schema_ok = run("schema", schema).status == "ok"
     if schema_ok:
         run("models", models)
+        run("keys", keys)
     else:
         items.append(CheckItem("models", "skip", "schema is not at head"))
+        items.append(CheckItem("keys", "skip", "schema is not at head"))
     sqlite_only("integrity", integrity)
     sqlite_only("wal", wal)
     return items
