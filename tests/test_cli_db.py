@@ -105,6 +105,16 @@ def test_downgrade_to_base_and_back(any_db: str) -> None:
     assert as_json(run(db, "entries", "ls", "--json")) == []
 
 
+def test_current_says_when_a_newer_flytecache_wrote_the_database(db: str) -> None:
+    with connect(db) as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099_future'")
+    line = ok(run(db, "db", "current")).stdout
+    assert line == f"0099_future (newer than this flytecache knows; its head is {HEAD})\n"
+    with connect(db) as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0003_accessed_at'")
+    assert ok(run(db, "db", "current")).stdout == f"0003_accessed_at (behind head {HEAD})\n"
+
+
 def test_downgrade_needs_a_revision_and_an_existing_database(tmp_path: Path) -> None:
     assert run(str(tmp_path / "x.db"), "db", "downgrade").exit_code == 2
     assert "does not exist" in fails(run(str(tmp_path / "x.db"), "db", "downgrade", "base", "-y"))

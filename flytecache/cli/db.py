@@ -119,7 +119,7 @@ def current(
 ) -> None:
     """Print the database's schema revision (and whether it is the newest)."""
     with cli_errors(verbose):
-        from flytecache.store import opening
+        from flytecache.store import migrate, opening
 
         engine = open_engine(db)
         try:
@@ -130,7 +130,14 @@ def current(
         if json:
             print_json({"current": revision, "head": head, "at_head": revision == head})
             return
-        where = "head" if revision == head else f"behind head {head}" if revision else "empty"
+        if revision == head:
+            where = "head"
+        elif not revision:
+            where = "empty"
+        elif migrate.known_revision(revision):
+            where = f"behind head {head}"
+        else:  # written by a newer flytecache: upgrading this one cannot help
+            where = f"newer than this flytecache knows; its head is {head}"
         typer.echo(f"{revision or '(none)'} ({where})")
 
 
