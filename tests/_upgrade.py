@@ -11,6 +11,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+from flytecache import CacheStore
 
 _KILLABLE = textwrap.dedent(
     """
@@ -62,3 +65,10 @@ def upgrade_with_the_cli(db_path: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stderr
+
+
+def check_reads(url: str, cases: list[Any]) -> None:
+    """Every case of ``tests/_schema_0001.py`` reads back as expected through the store."""
+    with CacheStore.open(url, migrate=False) as store:
+        for case in cases:
+            assert store.get(case.key) == case.expected(), case.key

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import _postgres
 import pytest
+import sqlalchemy as sa
 
 from flytecache import CacheStore
 
@@ -147,6 +148,26 @@ def local_pg(migrated_pg_url: str) -> str:
     if not before <= server <= after:
         pytest.skip("the PostgreSQL server's clock is not this machine's (an external server)")
     return migrated_pg_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, db_path: str) -> str:
+    """An empty database (no schema) on each backend: for migration tests."""
+    if request.param == "sqlite":
+        return db_path
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def empty_engine(empty_url: str) -> Iterator[sa.Engine]:
+    """flytecache's engine on ``empty_url``."""
+    from flytecache import StoreSettings
+    from flytecache.store.engine import create_store_engine
+    from flytecache.store.urls import normalize_url
+
+    engine = create_store_engine(normalize_url(empty_url), StoreSettings())
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

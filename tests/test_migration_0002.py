@@ -8,14 +8,13 @@ that keep writing between its batches.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import _schema_0001 as old
 import pytest
 import sqlalchemy as sa
-from _upgrade import kill_upgrade_after, upgrade_with_the_cli
+from _upgrade import check_reads, kill_upgrade_after, upgrade_with_the_cli
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
 from flytecache import CacheStore, StoreSettings
@@ -25,20 +24,6 @@ from flytecache.store.engine import create_store_engine, write_connection
 from flytecache.store.urls import normalize_url
 
 BULK = 60
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, db_path: str) -> str:
-    if request.param == "sqlite":
-        return db_path
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-def engine(url: str) -> Iterator[sa.Engine]:
-    engine = create_store_engine(normalize_url(url), StoreSettings())
-    yield engine
-    engine.dispose()
 
 
 def _populate(engine: sa.Engine, n: int = BULK) -> list[old.Case]:
@@ -70,20 +55,16 @@ def _rows(engine: sa.Engine) -> dict[str, Any]:
     return {"entries": entries, "outputs": outputs, "leases": leases}
 
 
-def _check_reads(url: str, cases: list[old.Case]) -> None:
-    with CacheStore.open(url, migrate=False) as store:
-        for case in cases:
-            assert store.get(case.key) == case.expected(), case.key
+def test_upgrade_downgrade_upgrade_keeps_every_entry(
+    empty_url: str, empty_engine: sa.Engine
+) -> None:
+    cases = _populate(empty_engine)
+    before = _rows(empty_engine)
+    migrate.upgrade(empty_engine)
+    check_reads(empty_url, cases)
 
-
-def test_upgrade_downgrade_upgrade_keeps_every_entry(url: str, engine: sa.Engine) -> None:
-    cases = _populate(engine)
-    before = _rows(engine)
-    migrate.upgrade(engine)
-    _check_reads(url, cases)
-
-    migrate.downgrade(engine, "0001_initial")
-    after = _rows(engine)
+    migrate.downgrade(empty_engine, "0001_initial")
+    after = _rows(empty_engine)
     assert after["outputs"] == before["outputs"]  # literal bytes exactly as 0001 stored them
     assert after["leases"] == before["leases"]
     for key, row in before["entries"].items():
@@ -95,15 +76,15 @@ def test_upgrade_downgrade_upgrade_keeps_every_entry(url: str, engine: sa.Engine
             row, back = dict(row, **{column: None}), dict(back, **{column: None})
         assert back == row, key
 
-    migrate.upgrade(engine)
-    _check_reads(url, cases)
-    assert migrate.check_models_match(engine) == []
+    migrate.upgrade(empty_engine)
+    check_reads(empty_url, cases)
+    assert migrate.check_models_match(empty_engine) == []
 
 
-def test_large_payloads_move_to_outputs(url: str, engine: sa.Engine) -> None:
-    cases = _populate(engine, 0)
-    migrate.upgrade(engine)
-    with engine.connect() as conn:
+def test_large_payloads_move_to_outputs(empty_url: str, empty_engine: sa.Engine) -> None:
+    cases = _populate(empty_engine, 0)
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as conn:
         spilled = conn.execute(
             sa.text("SELECT e.key FROM entries e JOIN outputs o ON o.entry_id = e.id")
         ).all()
@@ -112,19 +93,21 @@ def test_large_payloads_move_to_outputs(url: str, engine: sa.Engine) -> None:
         ).scalar_one()
     assert [row.key for row in spilled] == ["big-output"]
     assert inline_nulls == 1
-    _check_reads(url, cases)
+    check_reads(empty_url, cases)
 
 
-def test_writes_between_batches_are_converted_again(url: str, engine: sa.Engine) -> None:
+def test_writes_between_batches_are_converted_again(
+    empty_url: str, empty_engine: sa.Engine
+) -> None:
     """A 0001 writer that overwrites or adds an entry after the batched pass (it resets
     ``writes``) has that entry converted again by the final step."""
-    cases = _populate(engine)
+    cases = _populate(empty_engine)
     prepare = migrate._script().get_revision("0002_payload").module.prepare
-    prepare(lambda: write_connection(engine))
+    prepare(lambda: write_connection(empty_engine))
     replaced = old.generated(10_000)
     replaced = old.Case(cases[0].key, replaced.written, cases[0].created_at, old.BASE_US + 99, 3)
     added = old.generated(10_001)
-    with write_connection(engine) as conn:
+    with write_connection(empty_engine) as conn:
         entry_id = conn.execute(
             sa.select(old.ENTRIES.c.id).where(old.ENTRIES.c.key == replaced.key)
         ).scalar_one()
@@ -132,16 +115,16 @@ def test_writes_between_batches_are_converted_again(url: str, engine: sa.Engine)
         conn.execute(sa.delete(old.ENTRIES).where(old.ENTRIES.c.id == entry_id))
         conn.execute(sa.delete(old.RESERVATIONS))
         old.write_cases(conn, [replaced, added])
-    migrate.upgrade(engine)
-    _check_reads(url, [replaced, added, *cases[1:]])
+    migrate.upgrade(empty_engine)
+    check_reads(empty_url, [replaced, added, *cases[1:]])
 
 
 def test_sigkill_during_the_batched_pass_loses_nothing(db_path: str, tmp_path: Path) -> None:
-    engine = create_store_engine(normalize_url(db_path), StoreSettings())
+    empty_engine = create_store_engine(normalize_url(db_path), StoreSettings())
     try:
-        cases = _populate(engine, 3 * old_batch() + 7)
+        cases = _populate(empty_engine, 3 * old_batch() + 7)
     finally:
-        engine.dispose()
+        empty_engine.dispose()
     kill_upgrade_after(db_path, old_batch(), tmp_path)
     # Still a 0001 database (the new code will not open it unmigrated), part of it converted.
     with pytest.raises(SchemaError, match="0001_initial"):
@@ -152,7 +135,7 @@ def test_sigkill_during_the_batched_pass_loses_nothing(db_path: str, tmp_path: P
     assert converted >= old_batch()
     stderr = upgrade_with_the_cli(db_path)
     assert migrate.head_revision() in stderr
-    _check_reads(db_path, cases)
+    check_reads(db_path, cases)
 
 
 def old_batch() -> int:

@@ -9,14 +9,13 @@ batched pass must survive SIGKILL and 0003 writers that add rows between its bat
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import _schema_0001 as old
 import pytest
 import sqlalchemy as sa
-from _upgrade import kill_upgrade_after, upgrade_with_the_cli
+from _upgrade import check_reads, kill_upgrade_after, upgrade_with_the_cli
 
 from flytecache import CacheStore, StoreSettings
 from flytecache.errors import SchemaError
@@ -27,20 +26,6 @@ from flytecache.store.urls import normalize_url
 
 BULK = 40
 REVISION = "0004_key_hash"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, db_path: str) -> str:
-    if request.param == "sqlite":
-        return db_path
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-def engine(url: str) -> Iterator[sa.Engine]:
-    engine = create_store_engine(normalize_url(url), StoreSettings())
-    yield engine
-    engine.dispose()
 
 
 def _populate_0003(engine: sa.Engine, n: int = BULK) -> list[old.Case]:
@@ -79,45 +64,43 @@ def _unique_columns(engine: sa.Engine) -> list[list[str]]:
         return sorted(u["column_names"] for u in sa.inspect(conn).get_unique_constraints("entries"))
 
 
-def _check_reads(url: str, cases: list[old.Case]) -> None:
-    with CacheStore.open(url, migrate=False) as store:
-        for case in cases:
-            assert store.get(case.key) == case.expected(), case.key
-
-
-def test_upgrade_downgrade_upgrade_keeps_every_entry(url: str, engine: sa.Engine) -> None:
-    cases = _populate_0003(engine)
-    before = _rows(engine)
+def test_upgrade_downgrade_upgrade_keeps_every_entry(
+    empty_url: str, empty_engine: sa.Engine
+) -> None:
+    cases = _populate_0003(empty_engine)
+    before = _rows(empty_engine)
     assert before["spilled"]  # the catalogue's large output lives in outputs
-    assert _unique_columns(engine) == [["key"]]
+    assert _unique_columns(empty_engine) == [["key"]]
 
-    migrate.upgrade(engine)
-    _check_reads(url, cases)
-    assert _rows(engine) == before  # ids, payloads, accessed_at, spilled payloads: all kept
-    with engine.connect() as conn:
+    migrate.upgrade(empty_engine)
+    check_reads(empty_url, cases)
+    assert _rows(empty_engine) == before  # ids, payloads, accessed_at, spilled payloads: all kept
+    with empty_engine.connect() as conn:
         hashes = conn.execute(sa.text("SELECT key, key_hash FROM entries")).all()
         hashes += conn.execute(sa.text("SELECT key, key_hash FROM reservations")).all()
     assert before["leases"] and hashes and all(h == key_hash(k) for k, h in hashes)
-    assert _unique_columns(engine) == [["key_hash"]]
+    assert _unique_columns(empty_engine) == [["key_hash"]]
 
-    migrate.downgrade(engine, "0003_accessed_at")
-    assert _rows(engine) == before
-    assert _unique_columns(engine) == [["key"]]
-    with engine.connect() as conn:
+    migrate.downgrade(empty_engine, "0003_accessed_at")
+    assert _rows(empty_engine) == before
+    assert _unique_columns(empty_engine) == [["key"]]
+    with empty_engine.connect() as conn:
         for table in ("entries", "reservations"):
             assert "key_hash" not in {c["name"] for c in sa.inspect(conn).get_columns(table)}
 
-    migrate.upgrade(engine)
-    _check_reads(url, cases)
-    assert _rows(engine) == before
-    assert migrate.check_models_match(engine) == []
+    migrate.upgrade(empty_engine)
+    check_reads(empty_url, cases)
+    assert _rows(empty_engine) == before
+    assert migrate.check_models_match(empty_engine) == []
 
 
-def test_rows_a_0003_writer_adds_between_batches_are_hashed(url: str, engine: sa.Engine) -> None:
-    cases = _populate_0003(engine, 0)
+def test_rows_a_0003_writer_adds_between_batches_are_hashed(
+    empty_url: str, empty_engine: sa.Engine
+) -> None:
+    cases = _populate_0003(empty_engine, 0)
     prepare = migrate._script().get_revision(REVISION).module.prepare
-    prepare(lambda: write_connection(engine))
-    with write_connection(engine) as conn:  # what 0003's put writes: no key_hash
+    prepare(lambda: write_connection(empty_engine))
+    with write_connection(empty_engine) as conn:  # what 0003's put writes: no key_hash
         conn.execute(
             sa.text(
                 "INSERT INTO entries (key, resource_type, project, domain, name, version, org,"
@@ -129,34 +112,36 @@ def test_rows_a_0003_writer_adds_between_batches_are_hashed(url: str, engine: sa
         )
         late = conn.execute(sa.text("SELECT count(*) FROM entries WHERE key_hash IS NULL"))
         assert late.scalar_one() > 0
-    migrate.upgrade(engine)
-    _check_reads(url, cases)
-    with CacheStore.open(url, migrate=False) as store:
+    migrate.upgrade(empty_engine)
+    check_reads(empty_url, cases)
+    with CacheStore.open(empty_url, migrate=False) as store:
         inline = [c for c in cases if c.key != "big-output"]
         for case in inline:
             assert store.get("late-" + case.key) == case.expected()
 
 
-def test_colliding_keys_stop_the_upgrade_and_change_nothing(url: str, engine: sa.Engine) -> None:
+def test_colliding_keys_stop_the_upgrade_and_change_nothing(
+    empty_url: str, empty_engine: sa.Engine
+) -> None:
     """Two stored keys sharing a hash. A real 64-bit collision cannot be found, so one row's
     hash is overwritten with another's after the batched pass (fault injection)."""
-    _populate_0003(engine, 2)
-    before = _rows(engine)
+    _populate_0003(empty_engine, 2)
+    before = _rows(empty_engine)
     prepare = migrate._script().get_revision(REVISION).module.prepare
-    prepare(lambda: write_connection(engine))
+    prepare(lambda: write_connection(empty_engine))
     first, second = old.generated(0).key, old.generated(1).key
-    with write_connection(engine) as conn:
+    with write_connection(empty_engine) as conn:
         conn.execute(
             sa.text("UPDATE entries SET key_hash = :h WHERE key = :k"),
             {"h": key_hash(first), "k": second},
         )
     with pytest.raises(SchemaError, match="share one 64-bit hash") as caught:
-        migrate.upgrade(engine)
+        migrate.upgrade(empty_engine)
     assert first in str(caught.value) and second in str(caught.value)
-    with engine.connect() as conn:
+    with empty_engine.connect() as conn:
         assert migrate.current_revision(conn) == "0003_accessed_at"
-    assert _rows(engine) == before
-    assert _unique_columns(engine) == [["key"]]
+    assert _rows(empty_engine) == before
+    assert _unique_columns(empty_engine) == [["key"]]
 
 
 def _batch() -> int:
@@ -164,13 +149,13 @@ def _batch() -> int:
 
 
 def test_sigkill_during_the_batched_pass_loses_nothing(db_path: str, tmp_path: Path) -> None:
-    engine = create_store_engine(normalize_url(db_path), StoreSettings())
+    empty_engine = create_store_engine(normalize_url(db_path), StoreSettings())
     try:
-        cases = _populate_0003(engine, 0)
+        cases = _populate_0003(empty_engine, 0)
         # Copies of the catalogue's inline entries under new keys, by SQL: a 0003 database of
         # three and a bit batches without writing each row from Python.
         copies = 3 * _batch() + 7
-        with write_connection(engine) as conn:
+        with write_connection(empty_engine) as conn:
             conn.execute(
                 sa.text(
                     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :c)"
@@ -183,7 +168,7 @@ def test_sigkill_during_the_batched_pass_loses_nothing(db_path: str, tmp_path: P
                 {"c": copies, "k": cases[0].key},
             )
     finally:
-        engine.dispose()
+        empty_engine.dispose()
     kill_upgrade_after(db_path, _batch(), tmp_path)
     with pytest.raises(SchemaError, match="0003_accessed_at"):
         CacheStore.open(db_path, migrate=False)
@@ -193,7 +178,7 @@ def test_sigkill_during_the_batched_pass_loses_nothing(db_path: str, tmp_path: P
     conn.close()
     stderr = upgrade_with_the_cli(db_path)
     assert REVISION in stderr
-    _check_reads(db_path, cases)
+    check_reads(db_path, cases)
     with CacheStore.open(db_path, migrate=False) as store:
         for i in (1, copies // 2, copies):
             assert store.get(f"copy-{i}-{cases[0].key}") == cases[0].expected()

@@ -15,21 +15,6 @@ from flytecache.store.engine import create_store_engine
 from flytecache.store.urls import normalize_url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request: pytest.FixtureRequest, db_path: str) -> str:
-    """An empty database on each backend."""
-    if request.param == "sqlite":
-        return db_path
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-def engine(empty_url: str):
-    engine = create_store_engine(normalize_url(empty_url), StoreSettings())
-    yield engine
-    engine.dispose()
-
-
 def _tables(engine: sa.Engine) -> set[str]:
     return set(sa.inspect(engine).get_table_names())
 
@@ -39,34 +24,34 @@ def test_single_head() -> None:
     assert migrate.head_revision() == "0004_key_hash"
 
 
-def test_empty_to_head(engine: sa.Engine) -> None:
-    migrate.upgrade(engine)
-    assert {"entries", "outputs", "reservations", "alembic_version"} <= _tables(engine)
-    with migrate.read_connection(engine) as conn:
+def test_empty_to_head(empty_engine: sa.Engine) -> None:
+    migrate.upgrade(empty_engine)
+    assert {"entries", "outputs", "reservations", "alembic_version"} <= _tables(empty_engine)
+    with migrate.read_connection(empty_engine) as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
 
 
-def test_head_to_base_to_head(engine: sa.Engine) -> None:
-    migrate.upgrade(engine)
-    migrate.downgrade(engine, "base")
-    assert _tables(engine) <= {"alembic_version"}
-    migrate.upgrade(engine)
-    assert {"entries", "outputs", "reservations"} <= _tables(engine)
+def test_head_to_base_to_head(empty_engine: sa.Engine) -> None:
+    migrate.upgrade(empty_engine)
+    migrate.downgrade(empty_engine, "base")
+    assert _tables(empty_engine) <= {"alembic_version"}
+    migrate.upgrade(empty_engine)
+    assert {"entries", "outputs", "reservations"} <= _tables(empty_engine)
 
 
-def test_models_match_migrations(engine: sa.Engine) -> None:
-    migrate.upgrade(engine)
-    assert migrate.check_models_match(engine) == []
+def test_models_match_migrations(empty_engine: sa.Engine) -> None:
+    migrate.upgrade(empty_engine)
+    assert migrate.check_models_match(empty_engine) == []
 
 
 def test_upgrade_keeps_data_and_is_idempotent(empty_url: str) -> None:
     with CacheStore.open(empty_url) as store:
         store.put("k", cs.CachedOutput(output_uri="s3://b/k"))
-    engine = create_store_engine(normalize_url(empty_url), StoreSettings())
+    empty_engine = create_store_engine(normalize_url(empty_url), StoreSettings())
     try:
-        migrate.upgrade(engine)  # already at head: nothing happens
+        migrate.upgrade(empty_engine)  # already at head: nothing happens
     finally:
-        engine.dispose()
+        empty_engine.dispose()
     with CacheStore.open(empty_url, migrate=False) as store:
         assert store.get("k").output_uri == "s3://b/k"
 
@@ -87,9 +72,9 @@ def test_old_database_without_migrate_is_refused(db_path: str) -> None:
         CacheStore.open(db_path, migrate=False)
 
 
-def test_newer_database_is_refused_on_any_backend(engine: sa.Engine, empty_url: str) -> None:
-    migrate.upgrade(engine)
-    with engine.begin() as conn:
+def test_newer_database_is_refused_on_any_backend(empty_engine: sa.Engine, empty_url: str) -> None:
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_future'")
     with pytest.raises(SchemaError, match="9999_future"):
         CacheStore.open(empty_url)
@@ -105,25 +90,25 @@ def _entry_columns(engine: sa.Engine) -> set[str]:
 
 
 def test_0003_adds_accessed_at_and_its_downgrade_keeps_the_entries(
-    engine: sa.Engine, empty_url: str
+    empty_engine: sa.Engine, empty_url: str
 ) -> None:
-    migrate.upgrade(engine, "0002_payload")
-    assert "accessed_at" not in _entry_columns(engine)
-    with engine.begin() as conn:  # a row as a 0002 store wrote it
+    migrate.upgrade(empty_engine, "0002_payload")
+    assert "accessed_at" not in _entry_columns(empty_engine)
+    with empty_engine.begin() as conn:  # a row as a 0002 store wrote it
         conn.exec_driver_sql(
             "INSERT INTO entries (key, project, domain, name, version, org, created_at,"
             " last_updated_at, output_uri, size, payload)"
             " VALUES ('k', '', '', '', '', '', 1, 2, 's3://b/k', 8, NULL)"
         )
-    migrate.upgrade(engine)
-    assert "accessed_at" in _entry_columns(engine)
-    with engine.connect() as conn:
+    migrate.upgrade(empty_engine)
+    assert "accessed_at" in _entry_columns(empty_engine)
+    with empty_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT key, accessed_at FROM entries").all() == [("k", None)]
         conn.exec_driver_sql("UPDATE entries SET accessed_at = 3")
         conn.commit()
-    migrate.downgrade(engine, "0002_payload")
-    assert "accessed_at" not in _entry_columns(engine)
-    with engine.connect() as conn:
+    migrate.downgrade(empty_engine, "0002_payload")
+    assert "accessed_at" not in _entry_columns(empty_engine)
+    with empty_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT key, size FROM entries").all() == [("k", 8)]
-    migrate.upgrade(engine)
-    assert migrate.check_models_match(engine) == []
+    migrate.upgrade(empty_engine)
+    assert migrate.check_models_match(empty_engine) == []
