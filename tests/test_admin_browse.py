@@ -4,8 +4,10 @@ backends."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import test_admin
 from _cli import put_uri
 from test_admin import NOW, T0, Clock, us
@@ -48,6 +50,39 @@ def test_entry_pages_with_equal_timestamps(store: CacheStore) -> None:
     second = admin.entry_page(store, after=first.next_cursor, limit=4)
     assert [e.key for e in first.entries + second.entries] == [f"k{i}" for i in range(6, -1, -1)]
     assert second.next_cursor is None
+
+
+@pytest.mark.parametrize("url", ["sqlite"], indirect=True)  # SQLite's progress handler counts
+def test_a_page_deep_among_equal_timestamps_reads_about_a_page(store: CacheStore) -> None:
+    """A cursor inside a run of entries written in one microsecond (as an import can write
+    them) seeks to its place: SQLite runs about as many steps for the page halfway down as
+    for the first one, where a range scan over the tie would walk half the entries. Counted
+    in SQLite's virtual-machine steps (a progress handler), not in time."""
+    for i in range(3000):  # the clock does not move: every entry has the same time
+        put_uri(store, f"k{i:04d}")
+    halfway = admin.entry_page(store, limit=1000)
+    halfway = admin.entry_page(store, after=halfway.next_cursor, limit=500)
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    def counted(conn: Any, *args: Any) -> None:
+        conn.connection.driver_connection.set_progress_handler(count, 100)
+
+    def measured(after: str | None) -> int:
+        steps[0] = 0
+        sa.event.listen(store.engine, "before_cursor_execute", counted)
+        try:
+            page = admin.entry_page(store, after=after, limit=50)
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", counted)
+        assert len(page.entries) == 50
+        return steps[0]
+
+    first, deep = measured(None), measured(halfway.next_cursor)
+    assert deep <= 3 * first + 20, (first, deep)
 
 
 @pytest.mark.parametrize("cursor", ["", "x", "1", "1.", ".1", "1.x", "1.-2", "1.2.3"])
