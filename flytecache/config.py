@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from flytecache.errors import InvalidArgumentError
@@ -31,8 +32,10 @@ _DURATION_UNITS = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$", re.IGNORECASE
+)
+_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 LEASE_CLOCKS = ("auto", "database", "host")
 EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "none")
 Eviction = Literal["least-recently-stored", "least-recently-used", "none"]
@@ -54,17 +57,27 @@ def parse_duration(text: str | float | timedelta, *, name: str = "duration") -> 
 
 
 def parse_size(text: str | int, *, name: str = "size") -> int:
-    """Parse a byte size: ``16MiB``, ``512k``, ``1048576``. Units are binary whatever their
-    spelling: ``10GB``, ``10G`` and ``10GiB`` are all 10 × 1024³ bytes."""
+    """Parse a byte size: ``16MiB``, ``512k``, ``1.5GiB``, ``1048576``, as
+    :func:`format_size` prints them. Units are binary whatever their spelling: ``10GB``,
+    ``10G`` and ``10GiB`` are all 10 × 1024³ bytes; a fraction of a unit is rounded down to
+    whole bytes, and a fraction of a byte is refused. Raises :class:`InvalidArgumentError`."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     match = _SIZE.match(str(text))
     if not match:
         raise InvalidArgumentError(
-            f"{name}: {text!r} is not a size (examples: 16MiB, 512k)", field=name
+            f"{name}: {text!r} is not a size (examples: 16MiB, 512k, 1.5GiB)", field=name
         )
     number, unit = match.groups()
-    return int(number) * _SIZE_UNITS[(unit or "b")[0].lower()]
+    scale = _SIZE_UNITS[(unit or "b")[0].lower()]
+    if "." not in number:
+        return int(number) * scale
+    if scale == 1:
+        raise InvalidArgumentError(
+            f"{name}: {text!r} is not a whole number of bytes (write 1.5KiB, not 1536.5)",
+            field=name,
+        )
+    return int(Decimal(number) * scale)
 
 
 def format_size(size: int) -> str:

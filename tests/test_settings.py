@@ -12,6 +12,7 @@ import pytest
 from _store import US, check_error
 
 from flytecache import CacheStore, StoreSettings
+from flytecache.config import format_size, parse_size
 from flytecache.errors import InvalidArgumentError
 
 
@@ -191,3 +192,28 @@ def test_limit_settings_from_env():
         StoreSettings.from_env({"FLYTECACHE_MAX_SIZE_BYTES": "big"})
     with pytest.raises(InvalidArgumentError, match="FLYTECACHE_MAX_ENTRIES"):
         StoreSettings.from_env({"FLYTECACHE_MAX_ENTRIES": "many"})
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1048576", 1048576),
+        ("512k", 512 * 1024),
+        ("16MiB", 16 * 1024**2),
+        ("10GB", 10 * 1024**3),
+        ("1.5GiB", 3 * 1024**3 // 2),
+        ("0.5 k", 512),
+        ("2T", 2 * 1024**4),
+        ("883.3 MiB", int(883.3 * 1024**2)),  # what format_size prints reads back
+    ],
+)
+def test_sizes_parse_as_format_size_prints_them(text: str, size: int):
+    assert parse_size(text) == size
+    assert format_size(parse_size(format_size(size))) == format_size(size)  # reads back
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1.5", "2.0b", "1,5GiB", "-1k", "1.5 PiB", ".5k"])
+def test_a_size_that_is_not_one_names_the_option(text: str):
+    with pytest.raises(InvalidArgumentError, match=r"^--max-size: ") as caught:
+        parse_size(text, name="--max-size")
+    assert caught.value.field == "--max-size"
