@@ -20,6 +20,7 @@ __all__ = [
     "check_uri_exists",
     "delete_blobs",
     "is_managed",
+    "preview_deletion",
     "read_outputs",
 ]
 
@@ -128,11 +129,12 @@ def delete_blobs(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
     deleted = freed = skipped = 0
     failed: list[tuple[str, str]] = []
     for uri in dict.fromkeys(uris):
-        if not is_managed(uri, prefixes):
+        refusal = _refusal(uri, prefixes)
+        if refusal is _OUTSIDE:
             skipped += 1
             continue
-        if _is_local(uri) and not _resolves_under(uri, prefixes):
-            failed.append((uri, "a symbolic link leads outside the blob prefixes; left alone"))
+        if refusal is not None:
+            failed.append((uri, refusal))
             continue
         try:
             import fsspec
@@ -149,6 +151,36 @@ def delete_blobs(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
         deleted += 1
         freed += size
     return BlobDeletion(deleted=deleted, bytes=freed, failed=tuple(failed), skipped=skipped)
+
+
+def preview_deletion(uris: Iterable[str], prefixes: Sequence[str]) -> BlobDeletion:
+    """What :func:`delete_blobs` would do with ``uris``, touching nothing (a dry run):
+    ``deleted`` counts the distinct URIs it would delete, ``skipped`` those outside
+    ``prefixes``, ``failed`` the local ones a symbolic link leads out of. ``bytes`` stays 0:
+    measuring would read every blob's storage, and a blob may be gone by the real run."""
+    deleted = skipped = 0
+    failed: list[tuple[str, str]] = []
+    for uri in dict.fromkeys(uris):
+        refusal = _refusal(uri, prefixes)
+        if refusal is None:
+            deleted += 1
+        elif refusal is _OUTSIDE:
+            skipped += 1
+        else:
+            failed.append((uri, refusal))
+    return BlobDeletion(deleted=deleted, failed=tuple(failed), skipped=skipped)
+
+
+_OUTSIDE = "outside the blob prefixes"
+
+
+def _refusal(uri: str, prefixes: Sequence[str]) -> str | None:
+    """Why ``uri`` is not to be deleted (:data:`_OUTSIDE` or a reason to report), or None."""
+    if not is_managed(uri, prefixes):
+        return _OUTSIDE
+    if _is_local(uri) and not _resolves_under(uri, prefixes):
+        return "a symbolic link leads outside the blob prefixes; left alone"
+    return None
 
 
 def _resolves_under(uri: str, prefixes: Sequence[str]) -> bool:

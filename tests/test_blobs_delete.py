@@ -8,7 +8,13 @@ import fsspec
 import pytest
 
 from flytecache import StoreSettings
-from flytecache.blobs import BlobDeletion, check_backends, delete_blobs, is_managed
+from flytecache.blobs import (
+    BlobDeletion,
+    check_backends,
+    delete_blobs,
+    is_managed,
+    preview_deletion,
+)
 from flytecache.errors import InvalidArgumentError
 
 
@@ -99,3 +105,23 @@ def test_a_prefix_without_an_fsspec_backend_is_refused_before_anything_goes() ->
     with pytest.raises(InvalidArgumentError, match="nosuchscheme://bucket/cache"):
         check_backends(["/data/out", "nosuchscheme://bucket/cache"])
     check_backends(["/data/out", "file:///data/x", "memory://cache"])
+
+
+def test_a_preview_counts_what_deleting_would_do_and_touches_nothing(tmp_path: Path) -> None:
+    prefix, outside = tmp_path / "blobs", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    prefix.mkdir()
+    (prefix / "link").symlink_to(outside)
+    (prefix / "own").write_text("mine")
+    uris = [
+        f"{prefix}/own",
+        f"file://{prefix}/own",  # the same blob by another name: counted again (tried again)
+        f"{prefix}/link/secret",  # a link leads out: reported, as delete_blobs would
+        str(outside / "secret"),  # outside the prefix: left alone
+        f"{prefix}/missing",  # not checked: a blob may appear before the real run
+    ]
+    preview = preview_deletion(uris, [str(prefix)])
+    assert (preview.deleted, preview.bytes, preview.skipped) == (3, 0, 1)
+    assert [uri for uri, _ in preview.failed] == [f"{prefix}/link/secret"]
+    assert (prefix / "own").read_text() == "mine" and (outside / "secret").exists()

@@ -154,18 +154,17 @@ def test_delete_blobs_local_files_and_a_failure(db: str, tmp_path: Path) -> None
         clock.at(4 * DAY)
         outside.write_bytes(b"keep")
         put_uri(store, "outside", str(outside))
-    result = run(
-        db,
-        "entries",
-        "prune",
-        "--older-than",
-        "3d",
-        "--delete-blobs",
-        "--blob-prefix",
-        str(blobs),
-        "--yes",
-        "--json",
+    args = ("entries", "prune", "--older-than", "3d", "--delete-blobs", "--blob-prefix", str(blobs))
+    dry = run(db, *args, "--dry-run", "--json")
+    preview = as_json(dry)
+    # Counted, not measured: the missing blob is among the five it would try.
+    assert (preview["entries"], preview["dry_run"]) == (6, True)
+    assert preview["blobs"] == {"deleted": 5, "bytes": 0, "failed": [], "outside_prefixes": 1}
+    assert "would delete up to 5 blobs under the prefixes; would leave 1 blob outside" in (
+        dry.stderr
     )
+    assert len(list(blobs.rglob("outputs.pb"))) == 4  # nothing touched
+    result = run(db, *args, "--yes", "--json")
     report = as_json(result)
     assert report["entries"] == 6
     # e0 and e2 are directories, e1 and e3 files: 100 + 200 + 300 + 400 bytes freed.
@@ -189,6 +188,16 @@ def test_delete_blobs_memory_filesystem_by_size_and_env_prefixes(db: str) -> Non
             fs.pipe(f"/flyte/cache/{i}/outputs.pb", b"y" * 10)
             clock.at((10 - i) * DAY)
             put_uri(store, f"e{i}", f"memory://flyte/cache/{i}/outputs.pb")
+    dry = prune(
+        db,
+        "--to-count",
+        "2",
+        "--delete-blobs",
+        "--dry-run",
+        FLYTECACHE_BLOB_PREFIXES="memory://flyte/cache",
+    )
+    assert dry["blobs"] == {"deleted": 3, "bytes": 0, "failed": [], "outside_prefixes": 0}
+    assert len(fs.find("/flyte/cache")) == 5
     report = prune(
         db, "--to-count", "2", "--delete-blobs", FLYTECACHE_BLOB_PREFIXES="memory://flyte/cache"
     )

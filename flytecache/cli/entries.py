@@ -381,7 +381,12 @@ def prune(
     name: NameOption = None,
     version: VersionOption = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", metavar="", help="Only count what would be removed.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            metavar="",
+            help="Only count what would be removed (with --delete-blobs, the blobs too).",
+        ),
     ] = False,
     delete_blobs: Annotated[
         bool,
@@ -457,19 +462,26 @@ def prune(
         err(f"{verb} {plural(result.entries, 'entry', 'entries')} ({human_bytes(result.bytes)})")
         if by_size:
             _say_what_remains(result, to_size, to_count, dry_run)
-        if delete_blobs and not dry_run:
-            outside = result.blobs.skipped
-            err(
-                f"deleted {plural(result.blobs.deleted, 'blob', 'blobs')} "
-                f"({human_bytes(result.blobs.bytes)})"
-                + (
-                    f"; left {plural(outside, 'blob', 'blobs')} outside the prefixes"
-                    if outside
-                    else ""
-                )
-            )
-            for uri, reason in result.blobs.failed:
-                err(f"warning: could not delete blob {uri}: {reason}")
+        if delete_blobs:
+            _say_what_blobs(result, dry_run)
+
+
+def _say_what_blobs(result: PruneResult, dry_run: bool) -> None:
+    """The blob line of a prune with --delete-blobs; a dry run counts, measuring nothing."""
+    blobs = result.blobs
+    outside = plural(blobs.skipped, "blob", "blobs")
+    if dry_run:
+        err(
+            f"would delete up to {plural(blobs.deleted, 'blob', 'blobs')} under the prefixes"
+            + (f"; would leave {outside} outside them" if blobs.skipped else "")
+        )
+    else:
+        err(
+            f"deleted {plural(blobs.deleted, 'blob', 'blobs')} ({human_bytes(blobs.bytes)})"
+            + (f"; left {outside} outside the prefixes" if blobs.skipped else "")
+        )
+    for uri, reason in blobs.failed:
+        err(f"warning: {'would not' if dry_run else 'could not'} delete blob {uri}: {reason}")
 
 
 def _prune_by_age(
@@ -484,9 +496,9 @@ def _prune_by_age(
     from flytecache.store import admin
 
     now = store.now_us()
-    count, size = admin.count_entries(store, where, now_us=now)
     if dry_run:
-        return admin.PruneResult(entries=count, bytes=size, batches=0, dry_run=True)
+        return admin.prune(store, where, now_us=now, dry_run=True, blob_prefixes=blobs)
+    count, size = admin.count_entries(store, where, now_us=now)
     if count:
         confirm(
             f"remove {plural(count, 'entry', 'entries')} ({human_bytes(size)}) "
@@ -517,7 +529,14 @@ def _prune_to(
 ) -> PruneResult:
     from flytecache.store import admin, eviction
 
-    planned = admin.prune_to(store, size=to_size, count=to_count, policy=policy, dry_run=True)
+    planned = admin.prune_to(
+        store,
+        size=to_size,
+        count=to_count,
+        policy=policy,
+        dry_run=True,
+        blob_prefixes=blobs if dry_run else None,  # a preview only when it is all there is
+    )
     if dry_run:
         return planned
     if planned.entries:

@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
-from flytecache.blobs import BlobDeletion, delete_blobs
+from flytecache.blobs import BlobDeletion, delete_blobs, preview_deletion
 from flytecache.config import Eviction
 from flytecache.errors import InvalidArgumentError, StorageBusyError
+from flytecache.store.engine import read_connection
 from flytecache.store.models import Entry, Reservation
 from flytecache.store.pool import Sql
 
@@ -239,25 +240,34 @@ def plan(
     max_bytes: int | None = None,
     max_entries: int | None = None,
     policy: Eviction = "least-recently-stored",
+    blob_prefixes: Sequence[str] | None = None,
 ) -> EvictionResult:
-    """What :func:`evict` would remove now (a dry run: reads only, in pages of :data:`BATCH`)."""
+    """What :func:`evict` would remove now (a dry run: reads only, in pages of :data:`BATCH`);
+    with ``blob_prefixes``, also which of their blobs it would delete
+    (:func:`~flytecache.blobs.preview_deletion`)."""
     _check_targets(max_bytes, max_entries)
     entries, size = totals(store)
     need_entries, need_bytes = _needs(entries, size, max_entries, max_bytes)
     sql = statements(store)
     count = freed = 0
     limit = BATCH
+    chosen: list[int] = []
     while need_entries > count or need_bytes > freed:
         params = {**sql.params(store), "limit": limit}
         rows = store.pool.fetchall(sql.candidates(policy), params)
-        for _, entry_size, _ in rows[count:]:
+        for entry_id, entry_size, _ in rows[count:]:
             if count >= need_entries and freed >= need_bytes:
                 break
             count += 1
             freed += int(entry_size)
+            if blob_prefixes:
+                chosen.append(int(entry_id))
         if len(rows) < limit:
             break
         limit *= 2  # a dry run reads the prefix again, twice as long: linear overall
+    blobs = BlobDeletion()
+    if blob_prefixes and chosen:
+        blobs = preview_deletion(_output_uris(store, chosen), blob_prefixes)
     return EvictionResult(
         entries=count,
         bytes=freed,
@@ -265,7 +275,20 @@ def plan(
         dry_run=True,
         remaining_entries=entries - count,
         remaining_bytes=size - freed,
+        blobs=blobs,
     )
+
+
+def _output_uris(store: CacheStore, ids: list[int]) -> list[str]:
+    """The output URIs of the entries ``ids`` (those stored by URI), read in chunks."""
+    e = _ENTRIES
+    uris: list[str] = []
+    with read_connection(store.engine) as conn:
+        for start in range(0, len(ids), BATCH):
+            chunk = ids[start : start + BATCH]
+            query = sa.select(e.c.output_uri).where(e.c.id.in_(chunk), e.c.output_uri.is_not(None))
+            uris += conn.execute(query).scalars()
+    return uris
 
 
 BatchHook = Callable[[list[Victim], float, BlobDeletion], None]

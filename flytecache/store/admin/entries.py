@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from google.protobuf.message import DecodeError
 
-from flytecache.blobs import BlobDeletion, delete_blobs
+from flytecache.blobs import BlobDeletion, delete_blobs, preview_deletion
 from flytecache.config import Eviction
 from flytecache.errors import (
     InvalidArgumentError,
@@ -355,18 +355,27 @@ def prune(
     The age cut-off is fixed when the prune starts: entries written meanwhile are never touched.
     ``on_batch(entries, bytes)`` is called after each batch (for progress bars). With
     ``blob_prefixes``, the blobs of removed entries under them are deleted after each batch
-    commits (:func:`flytecache.blobs.delete_blobs`: failures are reported, never raised).
+    commits (:func:`flytecache.blobs.delete_blobs`: failures are reported, never raised);
+    with ``dry_run`` too, the result's ``blobs`` says which would be
+    (:func:`flytecache.blobs.preview_deletion`).
     """
     if where.older_than is None:
         raise InvalidArgumentError("prune needs an age (older_than)", field="older_than")
     if batch_size < 1:
         raise InvalidArgumentError("batch_size must be at least 1", field="batch_size")
     now = now_us_of(store, now_us)
+    clauses = where.clauses(now)
     if dry_run:
         count, size = count_entries(store, where, now_us=now)
-        return PruneResult(entries=count, bytes=size, batches=0, dry_run=True)
+        blobs = BlobDeletion()
+        if blob_prefixes:
+            uris = sa.select(ENTRIES.c.output_uri).where(
+                *clauses, ENTRIES.c.output_uri.is_not(None)
+            )
+            with read_connection(store.engine) as conn:
+                blobs = preview_deletion(conn.execute(uris).scalars(), blob_prefixes)
+        return PruneResult(entries=count, bytes=size, batches=0, dry_run=True, blobs=blobs)
     engine = store.engine
-    clauses = where.clauses(now)
     victims = sa.select(ENTRIES.c.id).where(*clauses).limit(batch_size)
     statement = (
         sa.delete(ENTRIES)
@@ -421,7 +430,8 @@ def prune_to(
 
     The store's own eviction (see ``flytecache/store/eviction.py``): batches re-check their
     victims, entries whose key has a live reservation stay, and the eviction lease keeps it
-    from racing a store's background evictor. ``dry_run`` only counts what would go.
+    from racing a store's background evictor. ``dry_run`` only counts what would go (and,
+    with ``blob_prefixes``, which blobs: :func:`flytecache.blobs.preview_deletion`).
     """
     if policy not in ("least-recently-stored", "least-recently-used"):
         raise InvalidArgumentError(
@@ -429,7 +439,9 @@ def prune_to(
             field="eviction",
         )
     if dry_run:
-        return eviction.plan(store, max_bytes=size, max_entries=count, policy=policy)
+        return eviction.plan(
+            store, max_bytes=size, max_entries=count, policy=policy, blob_prefixes=blob_prefixes
+        )
 
     def progress(victims: list[eviction.Victim], _held: float, _blobs: BlobDeletion) -> None:
         if on_batch is not None:
