@@ -235,31 +235,40 @@ class StoreSettings:
         for name in ("max_heartbeat", "busy_timeout", "pool_timeout"):
             value = getattr(self, name)
             if not isinstance(value, timedelta):
-                raise InvalidArgumentError(f"{name} must be a timedelta, got {value!r}")
+                raise InvalidArgumentError(f"{name} must be a timedelta, got {value!r}", field=name)
             if value <= timedelta(0):
-                raise InvalidArgumentError(f"{name} must be positive, got {value}")
+                raise InvalidArgumentError(f"{name} must be positive, got {value}", field=name)
         if isinstance(self.grace_multiplier, bool) or not isinstance(
             self.grace_multiplier, int | float
         ):
             raise InvalidArgumentError(
-                f"grace_multiplier must be a number, got {self.grace_multiplier!r}"
+                f"grace_multiplier must be a number, got {self.grace_multiplier!r}",
+                field="grace_multiplier",
             )
         if not 0 < self.grace_multiplier <= 1000:
             raise InvalidArgumentError(
-                f"grace_multiplier must be in (0, 1000], got {self.grace_multiplier}"
+                f"grace_multiplier must be in (0, 1000], got {self.grace_multiplier}",
+                field="grace_multiplier",
             )
         if self.synchronous not in ("NORMAL", "FULL"):
             raise InvalidArgumentError(
-                f"synchronous must be 'NORMAL' or 'FULL', got {self.synchronous!r}"
+                f"synchronous must be 'NORMAL' or 'FULL', got {self.synchronous!r}",
+                field="synchronous",
             )
         if not isinstance(self.allow_network_filesystem, bool):
-            raise InvalidArgumentError("allow_network_filesystem must be a bool")
+            raise InvalidArgumentError(
+                "allow_network_filesystem must be a bool", field="allow_network_filesystem"
+            )
         for name in ("pool_size", "max_overflow"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+                raise InvalidArgumentError(
+                    f"{name} must be a non-negative integer, got {value!r}", field=name
+                )
         if self.pool_size < 1:
-            raise InvalidArgumentError(f"pool_size must be at least 1, got {self.pool_size}")
+            raise InvalidArgumentError(
+                f"pool_size must be at least 1, got {self.pool_size}", field="pool_size"
+            )
         if (
             isinstance(self.wal_size_limit, bool)
             or not isinstance(self.wal_size_limit, int)
@@ -267,7 +276,8 @@ class StoreSettings:
         ):
             raise InvalidArgumentError(
                 "wal_size_limit must be a non-negative number of bytes, "
-                f"got {self.wal_size_limit!r}"
+                f"got {self.wal_size_limit!r}",
+                field="wal_size_limit",
             )
         check_file_mode(self.file_mode)
         if self.lease_clock not in LEASE_CLOCKS:
@@ -284,7 +294,9 @@ class StoreSettings:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise InvalidArgumentError(
-                    f"{name} must be a positive integer or None, got {value!r}", field=name
+                    f"{name} must be a positive integer, got {value!r} (leave it unset for no "
+                    "limit)",
+                    field=name,
                 )
         if self.eviction not in EVICTION_POLICIES:
             raise InvalidArgumentError(

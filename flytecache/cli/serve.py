@@ -254,11 +254,17 @@ def register(app: typer.Typer) -> None:
             # Name the option (and so its variable, in the usage message) the value came from.
             field = error.fields.get("field")
             option = None
+            message = str(error)
             if isinstance(field, str):
                 option = _OPTION_OF_FIELD.get(field) or (
                     field if field.startswith("--") else f"--{field.replace('_', '-')}"
                 )
-            raise typer.BadParameter(str(error), param_hint=option and f"'{option}'") from None
+                # typer names the option: "--x: bad" and "x must ..." lose their own name.
+                for named in (f"{option}: ", f"{field}: "):
+                    message = message.removeprefix(named)
+                if message.startswith(f"{field} must "):
+                    message = message[len(field) + 1 :]
+            raise typer.BadParameter(message, param_hint=option and f"'{option}'") from None
         with cli_errors(verbose):
             run_server(
                 db,
