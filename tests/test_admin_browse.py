@@ -85,7 +85,24 @@ def test_a_page_deep_among_equal_timestamps_reads_about_a_page(store: CacheStore
     assert deep <= 3 * first + 20, (first, deep)
 
 
-@pytest.mark.parametrize("cursor", ["", "x", "1", "1.", ".1", "1.x", "1.-2", "1.2.3"])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "x",
+        "1",
+        "1.",
+        ".1",
+        "1.x",
+        "1.-2",
+        "1.2.3",
+        "\u00b2.1",  # a digit to str.isdigit(), not to int()
+        "9223372036854775808.1",  # past the 64-bit columns
+        "-9223372036854775809.1",
+        "1.9223372036854775808",
+        " 1.2",
+    ],
+)
 def test_a_malformed_cursor_is_invalid(populated: CacheStore, cursor: str) -> None:
     with pytest.raises(InvalidArgumentError):
         admin.entry_page(populated, after=cursor or "…")

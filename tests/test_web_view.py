@@ -370,6 +370,12 @@ def _all_entries(store: CacheStore) -> list[Any]:
         "/ui/entries?limit=abc",
         "/ui/entries?limit=1&limit=2",
         "/ui/entries?after=nope",
+        "/ui/entries?after=%C2%B2.1",  # a superscript two: a digit to isdigit(), not to int()
+        "/ui/entries?after=9223372036854775808.1",  # past a 64-bit column
+        "/ui/entries?after=1.9223372036854775808",
+        "/ui/entries?limit=%C2%B2",
+        "/ui/entries?limit=%E2%91%A0",
+        "/ui/reservations?refresh=%C2%B2",
         "/ui/entries?newer=yesterday",
         "/ui/entries?older=9999999999999d",
         "/ui/entries?project=" + "p" * 300,
@@ -407,8 +413,13 @@ def test_pages_say_how_long_they_took_and_lock_down_the_browser(server: ServerPr
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     for missing in ("/ui/static/../app.py", "/ui/static/nope.js", "/ui/nope"):
         assert httpx.get(server.url + missing).status_code == 404
-    assert httpx.post(server.url + "/ui/entries").status_code == 405
-    assert httpx.get(server.url + "/ui/entry/delete").status_code == 405
+    read_only = httpx.post(server.url + "/ui/entries")
+    assert read_only.status_code == 405 and read_only.headers["allow"] == "GET, HEAD"
+    action = httpx.get(server.url + "/ui/entry/delete")
+    assert action.status_code == 405 and action.headers["allow"] == "POST"
+    # A NUL in the path is shown escaped in the 404 page, never raw.
+    nul = httpx.get(server.url + "/ui/static/ui.css%00")
+    assert nul.status_code == 404 and r"ui.css\x00" in nul.text and "\x00" not in nul.text
     big = httpx.post(server.url + "/ui/logout", content=b"csrf=" + b"x" * 100_000)
     assert big.status_code == 413
 
@@ -448,6 +459,10 @@ def test_admin_actions_need_the_form_token(admin_server: ServerProcess) -> None:
         headers={**auth, "origin": "https://evil.example"},
     )
     assert crossed.status_code == 403 and "another site" in crossed.text
+    # A script with a wrong token gets a status, not the sign-in form.
+    wrong = httpx.get(admin_server.url + "/ui/entries", headers={"authorization": "Bearer no"})
+    assert wrong.status_code == 401 and "Wrong token" in wrong.text
+    assert httpx.get(admin_server.url + "/ui/entries").status_code == 303  # a browser: the form
     # Not signed in at all: refused before anything else.
     assert httpx.post(admin_server.url + "/ui/entry/delete", data={"key": key}).status_code == 401
     page = httpx.get(admin_server.url + f"/ui/entry?key={quote(key, safe='')}", headers=auth)
@@ -459,6 +474,54 @@ def test_admin_actions_need_the_form_token(admin_server: ServerProcess) -> None:
         headers=auth,
     )
     assert done.status_code == 303
+
+
+def test_a_release_goes_back_only_to_the_listing(admin_server: ServerProcess) -> None:
+    """The form's ``back`` is a page of the listing or nothing: a line break (a header
+    injection) or another site sends the browser to the listing, after the release."""
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    page = httpx.get(admin_server.url + "/ui/reservations", headers=auth)
+    csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+    assert csrf is not None
+    for back, location in [
+        ("/ui/reservations\r\nSet-Cookie: pwn=1", "/ui/reservations"),
+        ("https://evil.example/ui/reservations", "/ui/reservations"),
+        ("/ui/reservations?", "/ui/reservations"),
+        ("/ui/reservations?q=caf\u00e9 <x>", "/ui/reservations?q=caf%C3%A9%20%3Cx%3E"),
+    ]:
+        data = {"key": "proj-dev-none", "owner": "o", "csrf": csrf.group(1), "back": back}
+        response = httpx.post(
+            admin_server.url + "/ui/reservations/release", data=data, headers=auth
+        )
+        assert response.status_code == 303, response.text
+        assert response.headers["location"] == location
+        assert "pwn" not in response.headers.get("set-cookie", "")
+    assert httpx.get(admin_server.url + "/healthz").status_code == 200
+
+
+def test_admin_forms_work_whichever_worker_answers(tmp_path: Path) -> None:
+    """With --workers, each worker checks the forms any of them rendered (one CSRF key for
+    the server, drawn before forking); a restart draws a new one."""
+    db = tmp_path / "cache.db"
+    _seed(db)
+    with ServerProcess(
+        db, "--workers", "2", "--ui-admin", log_path=tmp_path / "server.log"
+    ) as proc:
+        key = quote(f"proj-dev-{'h' * 70}-00", safe="")
+        tokens = set()
+        for _ in range(6):  # new connections: the kernel spreads them over the workers
+            page = httpx.get(f"{proc.url}/ui/entry?key={key}")
+            tokens.update(re.findall(r'name="csrf" value="([0-9a-f]{64})"', page.text))
+        assert len(tokens) == 1
+        csrf = tokens.pop()
+        answers = [
+            httpx.post(
+                proc.url + "/ui/entry/delete",
+                data={"key": f"proj-dev-{'h' * 70}-{n:02d}", "csrf": csrf},
+            ).status_code
+            for n in range(12)
+        ]
+        assert answers == [303] * 12
 
 
 def test_open_redirects_are_refused(admin_server: ServerProcess) -> None:

@@ -17,6 +17,7 @@ import logging.config
 import math
 import os
 import resource
+import secrets
 import signal
 import socket
 import threading
@@ -274,6 +275,9 @@ def serve(
             return
         # Nothing of the store may cross fork(): each worker opens its own.
         store.close()
+        if settings.ui_admin and settings.ui_secret is None:
+            # One CSRF key for all workers: a form rendered by one is posted to any of them.
+            settings = settings.replace(ui_secret=secrets.token_bytes(32))
 
         def run_worker() -> None:
             with _StopRequest() as own:

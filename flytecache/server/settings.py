@@ -57,6 +57,10 @@ class ServerSettings:
     """Serve the read-only web view under ``/ui/`` (see docs/web-view.md)."""
     ui_admin: bool = False
     """Let the web view release leases and delete entries (CSRF-protected forms)."""
+    ui_secret: bytes | None = field(default=None, repr=False)
+    """The key the web view signs its forms' CSRF tokens with (at least 16 bytes); None: a
+    random one per process, so forms from before a restart are refused. ``serve --workers``
+    draws one before forking, so a form one worker rendered is accepted by the others."""
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     """Request bodies held at once by one process (sum over requests, before decompression);
     a request that would pass it gets RESOURCE_EXHAUSTED with ``Retry-After``. At least
@@ -126,6 +130,10 @@ class ServerSettings:
         for name in ("ui", "ui_admin"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgumentError(f"{name} must be a boolean", field=name)
+        if self.ui_secret is not None and (
+            not isinstance(self.ui_secret, bytes) or len(self.ui_secret) < 16
+        ):
+            raise InvalidArgumentError("ui_secret must be at least 16 bytes", field="ui_secret")
         if self.ui_admin and not self.ui:
             raise InvalidArgumentError("ui_admin needs the web view (ui)", field="ui_admin")
 

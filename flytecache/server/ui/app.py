@@ -65,11 +65,15 @@ _SECURITY_HEADERS = [
 class _Answer(Exception):
     """Stop handling and answer with an error page (status, title, message)."""
 
-    def __init__(self, status: int, title: str, message: str) -> None:
+    def __init__(
+        self, status: int, title: str, message: str, *, allow: bytes | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.title = title
         self.message = message
+        self.allow = allow
+        """The methods a 405's ``Allow`` header names."""
 
 
 @dataclass(slots=True)
@@ -107,9 +111,9 @@ class WebView:
             if self._token is None
             else hmac.new(self._token, b"flytecache-ui-session", hashlib.sha256).hexdigest()
         )
-        # Per process: forms rendered before a restart fail the CSRF check afterwards, which
-        # is the safe direction.
-        self._csrf_key = secrets.token_bytes(32)
+        # Per server start (shared by --workers): forms rendered before a restart fail the
+        # CSRF check afterwards, which is the safe direction.
+        self._csrf_key = settings.ui_secret or secrets.token_bytes(32)
         self._templates = jinja2.Environment(
             loader=jinja2.PackageLoader("flytecache.server.ui", "templates"),
             autoescape=True,
@@ -146,7 +150,9 @@ class WebView:
                 log.warning("web view: %s %s: %s", request.method, request.path[:200], error)
             await body.drain()
             page = await self._render(request, "error.html", {"title": title, "message": message})
-            await self._send_page(send, request, status, page, started)
+            allow = error.allow if isinstance(error, _Answer) else None
+            extra = [] if allow is None else [(b"allow", allow)]
+            await self._send_page(send, request, status, page, started, extra=extra)
         except Exception:
             log.exception("web view: %s %s failed", request.method, request.path[:200])
             await body.drain()
@@ -173,6 +179,9 @@ class WebView:
             return
         if not request.signed_in:
             await receive.drain()
+            if b"authorization" in request.headers:
+                # A script with a wrong token wants a status, not a sign-in form.
+                raise _Answer(401, "Wrong token", "the bearer token is not the server's")
             if request.method in ("GET", "HEAD"):
                 target = path + (f"?{request.query.decode('latin-1')}" if request.query else "")
                 await _redirect(send, f"{PREFIX}/login?{urlencode({'next': target})}")
@@ -192,16 +201,20 @@ class WebView:
         page = pages.get(path)
         if page is not None:
             if request.method not in ("GET", "HEAD"):
-                raise _Answer(405, "Method not allowed", "this page is read with GET")
+                raise _Answer(
+                    405, "Method not allowed", "this page is read with GET", allow=b"GET, HEAD"
+                )
             await receive.drain()
             body = await page(request)
             await self._send_page(send, request, 200, body, started)
             return
         action = actions.get(path)
         if action is None:
-            raise _Answer(404, "Not found", f"there is no page {path[:200]}")
+            raise _Answer(404, "Not found", f"there is no page {_shown(path)}")
         if request.method != "POST":
-            raise _Answer(405, "Method not allowed", "this action is a POST from its form")
+            raise _Answer(
+                405, "Method not allowed", "this action is a POST from its form", allow=b"POST"
+            )
         form = await self._form(request, receive)
         location = await action(request, form)
         extra = []
@@ -412,7 +425,8 @@ class WebView:
             raise InvalidArgumentError("give the lease's key and owner", field="key")
         released = await self._threads.write(lambda: self._store.release_reservation(key, owner))
         log.info("web view: released %r held by %r (%s)", key, owner, released)
-        back = form.get("back")
+        # Back to the listing the form was on (its search kept), never anywhere else.
+        back = _safe_next(form.get("back") or None, f"{PREFIX}/reservations").removesuffix("?")
         return back if back.startswith(f"{PREFIX}/reservations") else f"{PREFIX}/reservations"
 
     # -- rendering --------------------------------------------------------------------------
@@ -450,7 +464,14 @@ class WebView:
         return await self._threads.read(lambda: self._render_now(request, name, context))
 
     async def _send_page(
-        self, send: Send, request: _Request, status: int, body: bytes, started: float
+        self,
+        send: Send,
+        request: _Request,
+        status: int,
+        body: bytes,
+        started: float,
+        *,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         timings = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in request.timings.items()]
         timings.append(f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
@@ -460,6 +481,7 @@ class WebView:
             (b"cache-control", b"no-store"),
             (b"server-timing", ", ".join(timings).encode()),
             *_SECURITY_HEADERS,
+            *(extra or ()),
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if request.method == "HEAD":
@@ -469,7 +491,7 @@ class WebView:
     async def _send_static(self, send: Send, request: _Request, name: str) -> None:
         found = self._static.get(name)
         if found is None or request.method not in ("GET", "HEAD"):
-            raise _Answer(404, "Not found", f"there is no file {name[:100]}")
+            raise _Answer(404, "Not found", f"there is no file {_shown(name)}")
         content_type, body = found
         headers = [
             (b"content-type", content_type),
@@ -536,9 +558,9 @@ def _cookie(value: str, *, max_age: int | None = None) -> bytes:
     return attributes.encode()
 
 
-def _safe_next(target: str | None) -> str:
-    """A page of this view to go to after signing in; anything else goes to the overview
-    (no open redirect to another site)."""
+def _safe_next(target: str | None, default: str = f"{PREFIX}/") -> str:
+    """A page of this view to go to (after signing in, or an action); anything else goes to
+    ``default`` (no open redirect to another site, no line break into a header)."""
     if (
         target
         and target.startswith(f"{PREFIX}/")
@@ -547,14 +569,22 @@ def _safe_next(target: str | None) -> str:
         and target.isprintable()
     ):
         return target
-    return f"{PREFIX}/"
+    return default
+
+
+def _shown(text: str) -> str:
+    """User text quoted in an error page: shortened, unprintable characters escaped (the page
+    escapes markup; a NUL or a control character would still reach the browser raw)."""
+    short = text[:200]
+    return short if short.isprintable() else repr(short)[1:-1]
 
 
 async def _redirect(
     send: Send, location: str, *, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     headers = [
-        (b"location", location.encode("utf-8")),
+        # A header is ASCII: anything else in the path or query is percent-encoded.
+        (b"location", quote(location, safe="/?&=%:;,+@!$'()*~#").encode("ascii")),
         (b"content-length", b"0"),
         (b"cache-control", b"no-store"),
         *(extra or ()),

@@ -67,7 +67,8 @@ class Params:
         value = self.text(name, limit=12)
         if value is None:
             return default
-        if not value.isdigit() or not low <= int(value) <= high:
+        # isdigit() alone takes "²" and "①", which int() refuses: ASCII digits only.
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
             raise InvalidArgumentError(
                 f"{name} must be a whole number in {low}..{high}, got {value!r}", field=name
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -227,10 +228,15 @@ class EntryPage:
     """Opaque: pass it back as ``after`` for the following page."""
 
 
+_CURSOR = re.compile(r"(-?[0-9]{1,19})\.([0-9]{1,19})", re.ASCII)
+
+
 def _parse_cursor(cursor: str) -> tuple[int, int]:
-    updated, sep, row_id = cursor.partition(".")
-    if sep and updated.lstrip("-").isdigit() and row_id.isdigit():
-        return int(updated), int(row_id)
+    match = _CURSOR.fullmatch(cursor)
+    if match is not None:
+        updated, row_id = int(match.group(1)), int(match.group(2))
+        if -(2**63) <= updated < 2**63 and row_id < 2**63:  # the columns are 64-bit
+            return updated, row_id
     raise InvalidArgumentError(f"not a listing cursor: {cursor[:80]!r}", field="after")
 
 
