@@ -381,6 +381,25 @@ def _profile(results: dict[str, Any]) -> str:
         + ", ".join(f"{CONTENDER_LABELS[k]} **{v:.1f}**" for k, v in pages.items())
         + "."
     ]
+    cost = prof.get("statement_cost_us")
+    if cost:  # absent from results older than the measurement
+        ours, bare, limit = (
+            cost["flytecache"],
+            cost["flytecache without secondary indexes"],
+            cost["limit"],
+        )
+
+        def us(cell: dict[str, float]) -> str:
+            return f"**{cell['median']:.1f}** [{cell['min']:.1f}–{cell['max']:.1f}]"
+
+        parts.append(
+            "A put's statement alone (CPU µs, run raw through `sqlite3` with its parameters "
+            "built beforehand, interleaved blocks, median [min–max]): flytecache "
+            f"{us(ours)}, the same schema without its two secondary indexes {us(bare)}, the "
+            f"limit {us(limit)}. On the statement alone the limit ÷ flytecache is "
+            f"{limit['median'] / ours['median']:.2f} with the indexes and "
+            f"{limit['median'] / bare['median']:.2f} without them."
+        )
     for op in ("get", "put"):
         rows = [
             [

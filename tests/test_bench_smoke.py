@@ -118,6 +118,9 @@ def test_runner_smoke_writes_results_and_pages_outside_the_repository(tmp_path: 
     assert {"put_vs_limit", "get_vs_diskcache", "bytes_per_entry", "get_growth"} <= keys
     assert results["footprint"]["limit"] > 0
     assert results["profile"]["wal_pages_per_put"]["limit"] > 0
+    cost = results["profile"]["statement_cost_us"]
+    assert set(cost) == {"flytecache", "flytecache without secondary indexes", "limit"}
+    assert all(0 < cell["min"] <= cell["median"] <= cell["max"] for cell in cost.values())
     docs = tmp_path / "docs"
     assert "# Benchmarks: what to expect" in (docs / "benchmarks.md").read_text()
     assert "## Targets (issue #14)" in (docs / "benchmarks-details.md").read_text()

@@ -381,7 +381,7 @@ class CacheStore:
 
     @property
     def statements(self) -> Statements:
-        """The compiled SQL of the hot path, by operation (``get``, ``put_entry``, ``reserve``,
+        """The compiled SQL of the hot path, by operation (``get``, ``put_simple``, ``reserve``,
         ``holder``, ``release``...): each has ``.text``, the SQL string the driver runs, and
         ``.args(params)``, its parameters in the driver's form.
 
