@@ -305,3 +305,67 @@ def test_connection_cap_evicts_idle_connections_then_refuses_clearly(tmp_path: P
         _healthz(server)
         assert _metric(server, "flytecache_connections_evicted_total") >= 1
         assert _metric(server, "flytecache_connections_refused_total") >= 1
+
+
+def _answer(sock: socket.socket, within: float) -> bytes:
+    """Everything the server sends on ``sock`` until it closes it (``within`` seconds)."""
+    sock.settimeout(within)
+    answer = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_refused_requests_whose_bodies_stall_do_not_hold_connections(tmp_path: Path) -> None:
+    """A request answered without its body (wrong content type, no token, too large) drops
+    the body only within --body-timeout: a client that stops sending never holds its place
+    under --max-connections for longer, and one declaring more than is worth reading is
+    answered at once and disconnected."""
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    token.chmod(0o600)
+    with (
+        ServerProcess(
+            tmp_path / "cache.db",
+            "--max-connections",
+            "16",
+            "--body-timeout",
+            "2s",
+            "--auth-token-file",
+            str(token),
+            log_path=tmp_path / "server.log",
+        ) as server,
+        _sockets() as opened,
+    ):
+        stalled = [
+            # A content type the service does not take, and then silence.
+            f"POST {SERVICE}/Put HTTP/1.1\r\nHost: x\r\ncontent-type: text/plain\r\n"
+            "authorization: Bearer s3cret\r\ncontent-length: 1000000\r\n\r\nab",
+            # No token: refused before the body, which never comes.
+            f"POST {SERVICE}/Put HTTP/1.1\r\nHost: x\r\ncontent-type: application/proto\r\n"
+            "content-length: 100\r\n\r\n",
+        ]
+        for n in range(16):
+            opened.append(_open(server, stalled[n % 2].encode()))
+        time.sleep(0.5)
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 503  # all busy
+        started = time.monotonic()
+        answers = [_answer(sock, within=10) for sock in opened]
+        assert time.monotonic() - started < 8  # the 2 s body deadline, not forever
+        assert all(a.startswith((b"HTTP/1.1 415", b"HTTP/1.1 401")) for a in answers), answers
+        assert sum(b'"unauthenticated"' in a for a in answers) == 8
+        _healthz(server)
+
+        # Declaring far more than the server would ever read: answered at once, then closed.
+        huge = _open(
+            server,
+            f"POST {SERVICE}/Put HTTP/1.1\r\nHost: x\r\ncontent-type: application/proto\r\n"
+            "authorization: Bearer s3cret\r\ncontent-length: 209715200\r\n\r\nx".encode(),
+        )
+        opened.append(huge)
+        started = time.monotonic()
+        answer = _answer(huge, within=5)
+        assert time.monotonic() - started < 1.5
+        assert answer.startswith(b"HTTP/1.1 429") and b'"resource_exhausted"' in answer
+        assert "Traceback" not in server.log()

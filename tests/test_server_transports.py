@@ -233,3 +233,79 @@ def test_wildcard_host_prints_a_usable_url(tmp_path: Path) -> None:
         assert proc.url.startswith("http://127.0.0.1:")
         assert "from other machines: http://" in proc.log()
         assert httpx.get(proc.url + "/healthz", timeout=10).status_code == 200
+
+
+def _grpc_over_h2(url: str, rpc: str, message: bytes, headers: dict[str, str]) -> dict[str, str]:
+    """A gRPC call over h2c with exactly ``headers`` (grpcio sets grpc-timeout itself): the
+    response's headers and trailers, merged."""
+    import socket
+    import struct
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    answer: dict[str, str] = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
+        conn.initiate_connection()
+        request = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", f"{host}:{port}"),
+            (":path", f"{SERVICE}/{rpc}"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *headers.items(),
+        ]
+        conn.send_headers(1, request)
+        conn.send_data(1, b"\x00" + struct.pack(">I", len(message)) + message, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection without ending the stream"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    answer.update(dict(event.headers))  # type: ignore[arg-type]
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return answer
+            sock.sendall(conn.data_to_send())
+
+
+@pytest.mark.parametrize("timeout", ["garbage", "1", "1x", "S", "999999999S", "-5S"])
+def test_a_malformed_grpc_timeout_is_invalid_argument(server: ServerProcess, timeout: str) -> None:
+    """gRPC's timeout is at most 8 digits and a unit: anything else is the caller's mistake
+    (INVALID_ARGUMENT), over gRPC and gRPC-Web alike, never an internal error."""
+    message = get_req("timeout-key").SerializeToString()
+    grpc = _grpc_over_h2(server.url, "Get", message, {"grpc-timeout": timeout})
+    assert grpc["grpc-status"] == "3", grpc
+    assert "grpc-timeout" in grpc["grpc-message"]
+    web = httpx.post(
+        server.url + f"{SERVICE}/Get",
+        content=b"\x00" + len(message).to_bytes(4, "big") + message,
+        headers={"content-type": "application/grpc-web+proto", "grpc-timeout": timeout},
+    )
+    assert b"grpc-status: 3\r\n" in web.content, web.content
+    # A well-formed one is honoured as before.
+    fine = _grpc_over_h2(server.url, "Get", message, {"grpc-timeout": "5S"})
+    assert fine["grpc-status"] == "5", fine  # NOT_FOUND: the key was never stored
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("timeout", ["-5", "abc", "1.5", "12345678901"])
+def test_a_malformed_connect_timeout_is_invalid_argument(
+    server: ServerProcess, timeout: str
+) -> None:
+    response = httpx.post(
+        server.url + f"{SERVICE}/Get",
+        content=get_req("timeout-key").SerializeToString(),
+        headers={
+            "content-type": "application/proto",
+            "connect-protocol-version": "1",
+            "connect-timeout-ms": timeout,
+        },
+    )
+    assert response.status_code == 400
+    error = connect_error(response)
+    assert error["code"] == "invalid_argument" and "connect-timeout-ms" in error["message"]

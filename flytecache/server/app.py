@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -162,7 +163,7 @@ class CacheServiceApp:
             elif self._ui is not None and (path in ("/", "/ui") or path.startswith("/ui/")):
                 await self._ui(scope, receive, send)
             else:
-                await self._discard(receive)
+                await self._discard(scope, receive)
                 self.metrics.observe("unknown", "unimplemented", 0.0)
                 await _connect_error(send, Code.UNIMPLEMENTED, f"no such procedure: {path[:200]}")
         finally:
@@ -237,7 +238,7 @@ class CacheServiceApp:
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         protocol = _PROTOCOLS.get(content_type.partition(";")[0].strip().lower())
         if protocol is None or scope["method"] != "POST":
-            await self._discard(receive)
+            await self._discard(scope, receive)
             if scope["method"] != "POST":
                 await _http_error(send, 405, "CacheService procedures take POST", allow="POST")
             else:
@@ -250,7 +251,7 @@ class CacheServiceApp:
             return
         if protocol == "grpc" and "http.response.trailers" not in scope.get("extensions", {}):
             # gRPC needs HTTP/2 trailers; over HTTP/1.1 only Connect and gRPC-Web work.
-            await self._discard(receive)
+            await self._discard(scope, receive)
             await _http_error(
                 send,
                 415,
@@ -260,11 +261,11 @@ class CacheServiceApp:
             return
         if protocol == "connect":
             skipped_compression.set(skipped)
-        refusal = self._refusal(headers, ledger)
+        refusal = self._refusal(headers, ledger) or _bad_timeout(scope, headers)
         if refusal is not None:
             # Raised from the first receive(), so that the runtime answers in the request's
             # own protocol (Connect JSON, or gRPC status trailers).
-            await self._connect(scope, self._failing(receive, refusal), send)
+            await self._connect(scope, self._failing(scope, receive, refusal), send)
             return
         await self._connect(scope, self._bounded(receive, ledger, connection_of(scope)), send)
 
@@ -298,11 +299,11 @@ class CacheServiceApp:
         # Constant time: the comparison must not reveal how much of a guess was right.
         return hmac.compare_digest(credentials.strip(), self._token)
 
-    def _failing(self, receive: Receive, error: ConnectError) -> Receive:
+    def _failing(self, scope: Scope, receive: Receive, error: ConnectError) -> Receive:
         """``receive`` that drops the body, then raises ``error``."""
 
         async def failing_receive() -> MutableMapping[str, Any]:
-            await self._discard(receive)
+            await self._discard(scope, receive)
             raise error
 
         return failing_receive
@@ -336,13 +337,13 @@ class CacheServiceApp:
             complete = not message.get("more_body", False)
             if received > self._limit:
                 if not complete:
-                    await self._discard(receive, already=received)
+                    await self._drop_rest(receive, received, connection)
                 raise self._too_large()
             try:
                 ledger.received(received)
             except ConnectError:
                 if not complete:
-                    await self._discard(receive, already=received)
+                    await self._drop_rest(receive, received, connection)
                 raise
             return message
 
@@ -354,16 +355,38 @@ class CacheServiceApp:
             f"request body is larger than the limit of {self._limit} bytes",
         )
 
-    async def _discard(self, receive: Receive, already: int = 0) -> None:
-        """Read and drop the rest of the body, so the answer reaches a client still sending."""
+    async def _discard(self, scope: Scope, receive: Receive) -> None:
+        """Drop the body of a request answered without it (see :meth:`_drop_rest`)."""
+        connection = connection_of(scope)
+        declared = _HEADER_INT.fullmatch(_headers(scope).get(b"content-length", b""))
+        if declared is not None and int(declared.group()) > self._drain_cap:
+            # Not worth reading: answered at once, and the connection closes after.
+            if connection is not None:
+                connection.close_when_answered()
+            return
+        await self._drop_rest(receive, 0, connection)
+
+    async def _drop_rest(
+        self, receive: Receive, already: int, connection: GuardedConnection | None
+    ) -> None:
+        """Read and drop the rest of the body, so the answer reaches a client still sending:
+        at most the drain cap, within ``--body-timeout``. A body past either is not waited
+        for; the connection closes once answered (a stalled upload must not hold it, and its
+        place under ``--max-connections``, forever)."""
         total = already
-        while total <= self._drain_cap:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            total += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
+        try:
+            async with asyncio.timeout(self._body_seconds):
+                while total <= self._drain_cap:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    total += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
+        except TimeoutError:
+            pass
+        if connection is not None:
+            connection.close_when_answered()
 
     # -- health and metrics --------------------------------------------------------------
 
@@ -408,6 +431,28 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     return {name.lower(): value for name, value in scope.get("headers", ())}
+
+
+_HEADER_INT = re.compile(rb"[0-9]{1,19}")
+# gRPC's "TimeoutValue TimeoutUnit" (at most 8 digits) and Connect's at most 10 digits.
+_GRPC_TIMEOUT = re.compile(rb"[0-9]{1,8}[HMSmun]")
+_CONNECT_TIMEOUT = re.compile(rb"[0-9]{1,10}")
+
+
+def _bad_timeout(scope: Scope, headers: dict[bytes, bytes]) -> ConnectError | None:
+    """INVALID_ARGUMENT for a malformed ``grpc-timeout`` or ``connect-timeout-ms`` header,
+    which is then dropped from ``scope``: the runtime would fail on it with an internal error
+    (gRPC) or ignore it (a negative Connect timeout)."""
+    for name, pattern in (
+        (b"grpc-timeout", _GRPC_TIMEOUT),
+        (b"connect-timeout-ms", _CONNECT_TIMEOUT),
+    ):
+        value = headers.get(name)
+        if value is not None and pattern.fullmatch(value.strip()) is None:
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != name]
+            shown = value[:40].decode("latin-1")
+            return ConnectError(Code.INVALID_ARGUMENT, f"invalid {name.decode()} header {shown!r}")
+    return None
 
 
 def _code_of(outcome: list[str], status: list[int], error_body: bytearray) -> str:
