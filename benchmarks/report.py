@@ -531,10 +531,12 @@ def publish(source: Path) -> Path:
     if results["meta"]["mode"] == "smoke":
         raise SystemExit(f"{source} is a smoke run: its numbers mean nothing")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    for old in RESULTS_DIR.glob("*.json"):
-        old.unlink()
     kept = RESULTS_DIR / source.name
-    shutil.copyfile(source, kept)
+    for old in RESULTS_DIR.glob("*.json"):
+        if old.resolve() != source.resolve():  # re-rendering the published run keeps it
+            old.unlink()
+    if kept.resolve() != source.resolve():
+        shutil.copyfile(source, kept)
     for stale in (DOCS / IMG).glob("bench-*.png"):
         stale.unlink()
     return render(results, DOCS, str(kept.relative_to(ROOT)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -142,6 +143,27 @@ def test_report_renders_the_published_run(tmp_path: Path) -> None:
     assert len(figures) == 3
     for name in figures:
         assert (tmp_path / "docs" / "img" / name).stat().st_size > 0
+
+
+def test_publishing_the_published_run_again_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-rendering the kept run (after a template change) must not delete it first."""
+    saved = sorted(RESULTS_DIR.glob("*.json"))
+    if not saved:
+        pytest.skip("no published run in benchmarks/results")
+    results_dir = tmp_path / "benchmarks" / "results"
+    results_dir.mkdir(parents=True)
+    kept = results_dir / saved[-1].name
+    shutil.copyfile(saved[-1], kept)
+    (results_dir / "19990101T000000Z.json").write_text("{}")  # an older one: replaced
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "RESULTS_DIR", results_dir)
+    monkeypatch.setattr(report, "DOCS", tmp_path / "docs")
+    report.publish(kept)
+    assert sorted(results_dir.iterdir()) == [kept]
+    assert json.loads(kept.read_text()) == json.loads(saved[-1].read_text())
+    assert (tmp_path / "docs" / "benchmarks-details.md").exists()
 
 
 def test_concurrency_smoke_library(tmp_path: Path) -> None:
