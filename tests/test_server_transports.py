@@ -235,9 +235,12 @@ def test_wildcard_host_prints_a_usable_url(tmp_path: Path) -> None:
         assert httpx.get(proc.url + "/healthz", timeout=10).status_code == 200
 
 
-def _grpc_over_h2(url: str, rpc: str, message: bytes, headers: dict[str, str]) -> dict[str, str]:
-    """A gRPC call over h2c with exactly ``headers`` (grpcio sets grpc-timeout itself): the
-    response's headers and trailers, merged."""
+def _grpc_over_h2(
+    url: str, rpc: str, message: bytes, headers: dict[str, str], *, framed: bool = True
+) -> dict[str, str]:
+    """A gRPC call over h2c with exactly ``headers`` (grpcio sets grpc-timeout itself) and
+    ``message`` in its 5-byte envelope (as it is, not ``framed``): the response's headers and
+    trailers, merged."""
     import socket
     import struct
 
@@ -260,7 +263,8 @@ def _grpc_over_h2(url: str, rpc: str, message: bytes, headers: dict[str, str]) -
             *headers.items(),
         ]
         conn.send_headers(1, request)
-        conn.send_data(1, b"\x00" + struct.pack(">I", len(message)) + message, end_stream=True)
+        body = b"\x00" + struct.pack(">I", len(message)) + message if framed else message
+        conn.send_data(1, body, end_stream=True)
         sock.sendall(conn.data_to_send())
         while True:
             data = sock.recv(65536)
@@ -309,3 +313,26 @@ def test_a_malformed_connect_timeout_is_invalid_argument(
     assert response.status_code == 400
     error = connect_error(response)
     assert error["code"] == "invalid_argument" and "connect-timeout-ms" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00\x00\x00\x00\x64" + b"x" * 10,  # promises 100 bytes, holds 10
+        b"\x00\xff\xff\xff\xff",  # promises 4 GiB, holds nothing
+        b"\x00\x00",  # not even a whole prefix
+    ],
+)
+def test_a_grpc_message_shorter_than_its_prefix_is_invalid_argument(
+    server: ServerProcess, body: bytes
+) -> None:
+    grpc = _grpc_over_h2(server.url, "Get", body, {}, framed=False)
+    assert grpc["grpc-status"] == "3" and "prefix" in grpc["grpc-message"], grpc
+    web = httpx.post(
+        server.url + f"{SERVICE}/Get",
+        content=body,
+        headers={"content-type": "application/grpc-web+proto"},
+    )
+    assert b"grpc-status: 3\r\n" in web.content, web.content
+    assert b"prefix" in web.content
+    assert "Traceback" not in server.log()

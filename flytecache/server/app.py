@@ -267,7 +267,10 @@ class CacheServiceApp:
             # own protocol (Connect JSON, or gRPC status trailers).
             await self._connect(scope, self._failing(scope, receive, refusal), send)
             return
-        await self._connect(scope, self._bounded(receive, ledger, connection_of(scope)), send)
+        bounded = self._bounded(
+            receive, ledger, connection_of(scope), enveloped=protocol != "connect"
+        )
+        await self._connect(scope, bounded, send)
 
     def _refusal(self, headers: dict[bytes, bytes], ledger: RequestLedger) -> ConnectError | None:
         """Why this request is answered without reading it, if it is."""
@@ -309,12 +312,19 @@ class CacheServiceApp:
         return failing_receive
 
     def _bounded(
-        self, receive: Receive, ledger: RequestLedger, connection: GuardedConnection | None
+        self,
+        receive: Receive,
+        ledger: RequestLedger,
+        connection: GuardedConnection | None,
+        *,
+        enveloped: bool,
     ) -> Receive:
-        """``receive`` charging the body to ``ledger``, within the size limit and deadline."""
+        """``receive`` charging the body to ``ledger``, within the size limit and deadline;
+        an ``enveloped`` body (gRPC, gRPC-Web) must hold the bytes its length prefix promises."""
         received = 0
         deadline = asyncio.get_running_loop().time() + self._body_seconds
         complete = False
+        prefix = bytearray()
 
         async def bounded_receive() -> MutableMapping[str, Any]:
             nonlocal received, complete
@@ -333,8 +343,13 @@ class CacheServiceApp:
                 ) from None
             if message["type"] != "http.request":
                 return message
-            received += len(message.get("body", b""))
+            chunk = message.get("body", b"")
+            received += len(chunk)
             complete = not message.get("more_body", False)
+            if enveloped and len(prefix) < 5:
+                prefix.extend(chunk[: 5 - len(prefix)])
+            if enveloped and complete:
+                _check_envelope(prefix, received)
             if received > self._limit:
                 if not complete:
                     await self._drop_rest(receive, received, connection)
@@ -427,6 +442,23 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _check_envelope(prefix: bytes | bytearray, received: int) -> None:
+    """INVALID_ARGUMENT for a gRPC body shorter than its 5-byte prefix promises (the runtime
+    would count it as no message at all and answer UNIMPLEMENTED), as connect-go does."""
+    if received == 0:
+        return  # no message: the runtime's own answer
+    if len(prefix) < 5:
+        raise ConnectError(
+            Code.INVALID_ARGUMENT, f"the body ({received} bytes) is shorter than a message prefix"
+        )
+    promised = int.from_bytes(prefix[1:5], "big")
+    if received - 5 < promised:
+        raise ConnectError(
+            Code.INVALID_ARGUMENT,
+            f"the message prefix promises {promised} bytes; the body holds {received - 5}",
+        )
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
