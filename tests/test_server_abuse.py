@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import signal
 import socket
 import threading
 import time
@@ -368,4 +369,30 @@ def test_refused_requests_whose_bodies_stall_do_not_hold_connections(tmp_path: P
         answer = _answer(huge, within=5)
         assert time.monotonic() - started < 1.5
         assert answer.startswith(b"HTTP/1.1 429") and b'"resource_exhausted"' in answer
+        assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stalled_upload_does_not_hold_a_stop(tmp_path: Path, sig: int) -> None:
+    """Requests still waiting for their bodies (one accepted, one refused and being drained)
+    are let go at once when the server stops, not after the 30 s graceful timeout, and
+    without a traceback; a request already answered is unaffected."""
+    with (
+        ServerProcess(tmp_path / "cache.db", log_path=tmp_path / "server.log") as server,
+        _sockets() as opened,
+    ):
+        for content_type in ("application/proto", "text/plain"):
+            opened.append(
+                _open(
+                    server,
+                    f"POST {SERVICE}/Put HTTP/1.1\r\nHost: x\r\ncontent-type: {content_type}\r\n"
+                    "content-length: 1000\r\n\r\nab".encode(),
+                )
+            )
+        _healthz(server)
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert server.stop(sig, timeout=20) == 0
+        assert time.monotonic() - started < 5
+        assert all(_closed_by_server(sock, within=1) for sock in opened)
         assert "Traceback" not in server.log()

@@ -330,6 +330,8 @@ class CacheServiceApp:
             nonlocal received, complete
             if complete:
                 return await receive()
+            if connection is not None:
+                connection.uploads += 1
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
@@ -341,7 +343,12 @@ class CacheServiceApp:
                     f"the request body did not arrive within {self._body_seconds:g} s "
                     "(--body-timeout)",
                 ) from None
+            finally:
+                if connection is not None:
+                    connection.uploads -= 1
             if message["type"] != "http.request":
+                if connection is not None and connection.aborted:
+                    raise ConnectError(Code.UNAVAILABLE, "the server is stopping; retry")
                 return message
             chunk = message.get("body", b"")
             received += len(chunk)
@@ -389,6 +396,8 @@ class CacheServiceApp:
         for; the connection closes once answered (a stalled upload must not hold it, and its
         place under ``--max-connections``, forever)."""
         total = already
+        if connection is not None:
+            connection.uploads += 1  # a shutdown does not wait for it either
         try:
             async with asyncio.timeout(self._body_seconds):
                 while total <= self._drain_cap:
@@ -400,6 +409,9 @@ class CacheServiceApp:
                         return
         except TimeoutError:
             pass
+        finally:
+            if connection is not None:
+                connection.uploads -= 1
         if connection is not None:
             connection.close_when_answered()
 

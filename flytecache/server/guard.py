@@ -122,6 +122,16 @@ class ConnectionGuard:
 
         return _Bound
 
+    def abort_uploads(self) -> None:
+        """At shutdown: close the connections whose requests are still waiting for body
+        bytes. Nothing of those requests has run; a graceful shutdown would otherwise wait up
+        to its timeout for a client that may never send, and then cancel them with a traceback.
+        Their requests end UNAVAILABLE (``CacheServiceApp``), which the client retries."""
+        for connection in list(self.connections):
+            if connection.uploads:
+                connection.aborted = True
+                connection.close()
+
     def admit(self, connection: GuardedConnection) -> bool:
         """Make room for ``connection``; False when every connection has a request running."""
         if len(self.connections) >= self.max_connections:
@@ -161,6 +171,10 @@ class GuardedConnection(asyncio.Protocol):
         self._close_when_answered = False
         self.active = 0
         """Requests of this connection inside the app (HTTP/2 may run several at once)."""
+        self.uploads = 0
+        """Of those, the ones waiting for body bytes right now (set by the app)."""
+        self.aborted = False
+        """Closed by :meth:`ConnectionGuard.abort_uploads` (the server is stopping)."""
 
     # -- the app's side -----------------------------------------------------------------
 
