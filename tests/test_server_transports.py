@@ -5,6 +5,7 @@ transport's own answers (content types, compression, startup line, port in use).
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -185,6 +186,34 @@ def test_every_4xx_carries_a_connect_error_body(server: ServerProcess, http2: bo
         unknown = http.post(server.url + "/nope", content=b"")
         assert unknown.status_code == 404
         assert connect_error(unknown)["code"] == "unimplemented"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "content-length: 5\r\ncontent-length: 6",
+        "content-length: -1",
+        "transfer-encoding: chunked\r\ncontent-length: 5",
+    ],
+)
+def test_a_malformed_http1_request_gets_a_connect_error_body(
+    server: ServerProcess, head: str
+) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {SERVICE}/Get HTTP/1.1\r\nHost: x\r\ncontent-type: application/proto\r\n"
+            f"{head}\r\n\r\nhello".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 400 Bad Request", answer
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in headers.lower()
+    assert json.loads(body) == {"code": "invalid_argument", "message": "malformed HTTP/1.1 request"}
 
 
 def test_small_responses_are_not_compressed_large_ones_are(server: ServerProcess, key: str) -> None:

@@ -61,6 +61,27 @@ class _H2Protocol(ZttpH2Protocol):
             cycle.message_event.set()
 
 
+class _Http1Protocol(ZttpProtocol):
+    """uvicorn 0.54's HTTP/1.1 protocol, whose answer to a request it cannot parse (a bad
+    chunk, two Content-Lengths, Transfer-Encoding with Content-Length) carries a Connect
+    error body like every other 4xx of the server, instead of plain text."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps(
+            {"code": "invalid_argument", "message": "malformed HTTP/1.1 request"}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close"),
+        ]
+        self.conn.send_response(400, headers)
+        self.conn.send_data(body)
+        self.conn.end_message()
+        self.transport.write(self.conn.data_to_send())
+        self.transport.close()
+
+
 class _CorkedTransport:
     """The transport as uvicorn's HTTP/1.1 protocol sees it: writes between ``cork()`` and
     ``uncork()`` leave in one ``send()``.
@@ -264,7 +285,7 @@ class GuardedConnection(asyncio.Protocol):
         # Each connection's app_state reaches the app as scope["state"]: the app's handle on it.
         # zttp, not httptools, for HTTP/1.1: on "Upgrade: h2c" (curl --http2) httptools stops
         # parsing and the app got an empty body; zttp answers over HTTP/1.1 with the body read.
-        inner_class: type[asyncio.Protocol] = _H2Protocol if http2 else ZttpProtocol
+        inner_class: type[asyncio.Protocol] = _H2Protocol if http2 else _Http1Protocol
         inner = inner_class(
             config=self._config,  # type: ignore[call-arg]
             server_state=self._server_state,
