@@ -28,7 +28,7 @@ from typing import Any
 
 from flyteidl2.cacheservice import cacheservice_pb2 as cs
 
-__all__ = ["KvLimit", "Limit", "checkpoint", "sqlite_pragmas"]
+__all__ = ["PUT_SQL", "KvLimit", "Limit", "checkpoint", "sqlite_pragmas"]
 
 
 def sqlite_pragmas() -> tuple[str, ...]:
@@ -53,7 +53,7 @@ _SCHEMA = (
 
 _GET = "SELECT value FROM kv WHERE key = ?"
 # The WHERE keeps an existing value unless the caller overwrites (Flyte's ALREADY_EXISTS).
-_PUT = (
+PUT_SQL = (
     "INSERT INTO kv (key, value) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE ?"
 )
@@ -80,7 +80,8 @@ class Limit:
         self.postgres = postgres
         marker = "%s" if postgres else "?"
         self._get, self._put, self._acquire, self._release, self._holder, self._delete = (
-            sql.replace("?", marker) for sql in (_GET, _PUT, _ACQUIRE, _RELEASE, _HOLDER, _DELETE)
+            sql.replace("?", marker)
+            for sql in (_GET, PUT_SQL, _ACQUIRE, _RELEASE, _HOLDER, _DELETE)
         )
         self._parse = cs.CachedOutput.FromString
         # psycopg: prepared on first use (server-side plan, no parse per call).

@@ -32,7 +32,7 @@ import diskcache
 
 from benchmarks import populate
 from benchmarks._common import entry_key, typical_output
-from benchmarks.limit import Limit
+from benchmarks.limit import PUT_SQL, Limit
 from flytecache import CacheStore
 from flytecache.store import codec
 
@@ -168,7 +168,7 @@ def statement_cost(directory: Path, n: int, repeats: int) -> dict[str, dict[str,
         put = limit.conn.execute
         started = time.process_time()
         for arg in args:
-            put(_LIMIT_PUT, arg)
+            put(PUT_SQL, arg)
         return (time.process_time() - started) / n * 1e6
 
     blocks: dict[str, Callable[[str], float]] = {
@@ -199,12 +199,6 @@ def statement_cost(directory: Path, n: int, repeats: int) -> dict[str, dict[str,
         }
         for name, values in samples.items()
     }
-
-
-_LIMIT_PUT = (
-    "INSERT INTO kv (key, value) VALUES (?, ?)"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE ?"
-)
 
 
 def _put_params(key: str, output: Any) -> dict[str, Any]:

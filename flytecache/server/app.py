@@ -276,13 +276,9 @@ class CacheServiceApp:
         """Why this request is answered without reading it, if it is."""
         if self._token is not None and not self._authorized(headers):
             return ConnectError(Code.UNAUTHENTICATED, "missing or invalid bearer token")
-        declared = headers.get(b"content-length")
-        if declared is None:
+        length = _content_length(headers)
+        if length is None:
             return None
-        try:
-            length = int(declared)
-        except ValueError:
-            length = -1
         if length < 0:
             return ConnectError(Code.INVALID_ARGUMENT, "invalid content-length")
         if length > self._limit:
@@ -380,8 +376,8 @@ class CacheServiceApp:
     async def _discard(self, scope: Scope, receive: Receive) -> None:
         """Drop the body of a request answered without it (see :meth:`_drop_rest`)."""
         connection = connection_of(scope)
-        declared = _HEADER_INT.fullmatch(_headers(scope).get(b"content-length", b""))
-        if declared is not None and int(declared.group()) > self._drain_cap:
+        declared = _content_length(_headers(scope))
+        if declared is not None and declared > self._drain_cap:
             # Not worth reading: answered at once, and the connection closes after.
             if connection is not None:
                 connection.close_when_answered()
@@ -477,7 +473,17 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
     return {name.lower(): value for name, value in scope.get("headers", ())}
 
 
-_HEADER_INT = re.compile(rb"[0-9]{1,19}")
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    """The declared body length: None without the header, -1 when it is not a number."""
+    declared = headers.get(b"content-length")
+    if declared is None:
+        return None
+    try:
+        return int(declared)
+    except ValueError:
+        return -1
+
+
 # gRPC's "TimeoutValue TimeoutUnit" (at most 8 digits) and Connect's at most 10 digits.
 _GRPC_TIMEOUT = re.compile(rb"[0-9]{1,8}[HMSmun]")
 _CONNECT_TIMEOUT = re.compile(rb"[0-9]{1,10}")
